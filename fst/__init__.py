@@ -1,0 +1,13 @@
+"""fst: fully sparse training with 2:4 structured sparsity.
+
+>>> import fst, torchvision
+>>> model = fst.sparsify(torchvision.models.resnet18(), strategy="fst", backend="native")
+>>> print(fst.summary(model))
+"""
+
+from fst.convert import densify, sparsify, summary
+from fst.ops import BACKENDS
+from fst.strategies import STRATEGIES, Strategy
+
+__all__ = ["sparsify", "densify", "summary", "STRATEGIES", "BACKENDS", "Strategy"]
+__version__ = "0.1.0"

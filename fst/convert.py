@@ -1,0 +1,188 @@
+"""Model conversion: :func:`sparsify`, :func:`densify` and :func:`summary`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatch
+
+from torch import nn
+
+from fst.layers import DENSE_CLASSES, SPARSE_CLASSES, SparseConv2d, _SparseMixin
+from fst.masks import is_nm
+from fst.ops import BACKENDS
+from fst.ops.base import weight_operands
+from fst.strategies import Strategy, get_strategy
+
+__all__ = ["sparsify", "densify", "summary", "Summary", "why_dense"]
+
+_SKIPPED_ATTR = "_fst_skipped"
+
+
+def why_dense(m: nn.Module) -> str | None:
+    """Why ``m`` (a Conv2d or Linear) cannot be sparsified, or None if it can."""
+    if type(m) not in SPARSE_CLASSES and type(m) not in DENSE_CLASSES:
+        return f"{type(m).__name__} subclasses {type(m).__mro__[1].__name__} with its own forward"
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1:
+            kind = "depthwise" if m.groups == m.in_channels == m.out_channels else "grouped"
+            return f"{kind} conv (groups={m.groups}): no dense GEMM to prune"
+        if m.padding_mode != "zeros":
+            return f"padding_mode={m.padding_mode!r} (only zero padding is supported)"
+        if isinstance(m.padding, str) and m.padding != "valid":
+            return f"padding={m.padding!r} (give explicit padding to sparsify it)"
+    return None
+
+
+def sparsify(
+    model: nn.Module,
+    strategy: str | Strategy = "fst",
+    backend: str = "native",
+    decay: float = 2e-4,
+    exclude: Iterable[str] = (),
+    **options,
+) -> nn.Module:
+    """Make every ``nn.Conv2d`` (groups=1) and ``nn.Linear`` of ``model`` sparse, in place.
+
+    Args:
+        model: any module; converted in place and returned.
+        strategy: a key of :data:`fst.strategies.STRATEGIES` (or a ``Strategy``).
+        backend: a key of :data:`fst.ops.BACKENDS`.
+        decay: SR-STE decay coefficient (Eq. 6); ignored by ``dense``.
+        exclude: fnmatch patterns on module names (``"fc"``, ``"conv1"``, ``"*.downsample.0"``)
+            of layers to keep dense. A pattern that matches no Conv2d/Linear is an error (a
+            typo would otherwise silently prune a layer meant to stay dense).
+        **options: strategy options (``ir_coef``, ``wt_source``, ``mask_layout``).
+
+    Parameters keep their names and identity (the optimizer's references stay valid), so
+    dense and sparse state_dicts load into each other. Grouped/depthwise convs and subclasses
+    with their own ``forward`` stay dense; :func:`summary` says why. Calling it again
+    reconfigures the model.
+    """
+    plan = get_strategy(strategy, **options)
+    BACKENDS.get(backend)  # fail early, listing the valid backends
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    unused = [p for p in exclude if not any(fnmatch(n, p) for n, _ in layers)]
+    if unused:
+        names = ", ".join(n for n, _ in layers[:8]) + (", ..." if len(layers) > 8 else "")
+        raise ValueError(
+            f"exclude pattern(s) {unused} match no Conv2d/Linear of the model; "
+            f"layer names look like: {names}"
+        )
+    skipped: dict[str, str] = {}
+    for name, m in layers:
+        hit = next((p for p in exclude if fnmatch(name, p)), None)
+        reason = f"excluded by pattern {hit!r}" if hit else why_dense(m)
+        if reason:
+            if isinstance(m, _SparseMixin):
+                _to_dense(m)
+            skipped[name] = reason
+            continue
+        if not isinstance(m, _SparseMixin):
+            m.__class__ = SPARSE_CLASSES[type(m)]
+        m.configure(plan, backend, decay)
+    setattr(model, _SKIPPED_ATTR, skipped)
+    return model
+
+
+def _to_dense(m: _SparseMixin) -> None:
+    m.__class__ = DENSE_CLASSES[type(m)]
+    for attr in ("plan", "strategy", "backend", "_backend", "decay", "geom", "last_input_shape"):
+        m.__dict__.pop(attr, None)
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """Undo :func:`sparsify` in place: sparse layers become plain Conv2d/Linear again.
+
+    The weights are left as they are (dense); to deploy the 2:4 weights, multiply by the
+    forward mask first (see ``eval.py --export``).
+    """
+    for m in model.modules():
+        if isinstance(m, _SparseMixin):
+            _to_dense(m)
+    model.__dict__.pop(_SKIPPED_ATTR, None)
+    return model
+
+
+class Summary:
+    """Per-layer report of a (sparsified) model; ``str()`` is a table, ``.rows`` the data."""
+
+    columns = ("name", "type", "weight", "status", "eq1", "eq2", "eq3", "pad_W", "pad_WT", "note")
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    @property
+    def num_sparse(self) -> int:
+        return sum(r["status"] == "sparse" for r in self.rows)
+
+    def __str__(self) -> str:
+        cells = [[str(r[c]) for c in self.columns] for r in self.rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)]
+        line = "  ".join(c.ljust(w) for c, w in zip(self.columns, widths))
+        out = [line, "-" * len(line)]
+        out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+        out.append(f"{self.num_sparse}/{len(self.rows)} layers sparse")
+        return "\n".join(out)
+
+    __repr__ = __str__
+
+
+def summary(model: nn.Module) -> Summary:
+    """List every Conv2d/Linear: which GEMMs are sparse, shapes, padding, why a layer is dense.
+
+    ``pad_W``/``pad_WT``: zeros added to complete the last group of S(W) (Ci*kh*kw % 4) and
+    of S(W^T) (Co % 4). For sparse layers the Eq. 1/2 operands are checked to be 2:4 along
+    their GEMM's reduction dimension (``ok``); Eq. 3's fixed mask F(X^T) is 2:4 along the
+    flattened H*W only when the output width is even, reported once the layer has run.
+    """
+    skipped = getattr(model, _SKIPPED_ATTR, None)
+    rows = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
+        co, k = m.weight.shape[0], m.weight[0].numel()
+        row = dict(name=name, type=kind, weight="x".join(map(str, m.weight.shape)))
+        if isinstance(m, _SparseMixin):
+            row.update(status="sparse", **_gemm_report(m), pad_W=(-k) % 4, pad_WT=(-co) % 4)
+        else:
+            if skipped is None:
+                reason = "model not sparsified"
+            else:
+                reason = skipped.get(name) or why_dense(m) or "added after sparsify"
+            row.update(status="dense", eq1="W X", eq2="W^T dY", eq3="dY X^T", note=reason)
+            row.update(pad_W="-", pad_WT="-")
+        row.setdefault("note", "")
+        rows.append(row)
+    return Summary(rows)
+
+
+def _gemm_report(m: _SparseMixin) -> dict:
+    plan = m.plan
+    eqs = plan.describe()
+    w_fwd, w_bwd = weight_operands(m.weight, plan)
+    notes = [f"{m.strategy}/{m.backend}"]
+    if plan.forward != "dense":
+        if plan.mask_layout == "cin" and w_fwd.dim() == 4:
+            ok, along = is_nm(w_fwd, dim=1), "Ci"
+        else:
+            ok, along = is_nm(w_fwd.reshape(w_fwd.shape[0], -1), dim=1), "K"
+        eqs["eq1"] += f" [2:4 along {along}: {'ok' if ok else 'NOT 2:4'}]"
+    if plan.input_grad in ("fwd", "nm_wt"):
+        ok = is_nm(w_bwd.reshape(w_bwd.shape[0], -1), dim=0)
+        eqs["eq2"] += f" [2:4 along Co: {'ok' if ok else 'NOT 2:4'}]"
+    shape = getattr(m, "last_input_shape", None)
+    if plan.weight_grad != "dense" and not isinstance(m, SparseConv2d):
+        if shape is not None and len(shape) < 3:
+            eqs["eq3"] = "dY X^T (2-D input: no token axis, Eq. 3 dense)"
+    if plan.weight_grad == "fixed" and isinstance(m, SparseConv2d):
+        if shape is not None:
+            wo = _out_width(m, shape[-1])
+            notes.append(f"Wo={wo}" + ("" if wo % 2 == 0 else ": F(X^T) not 2:4 along flat H*W"))
+    return {**eqs, "note": "; ".join(notes)}
+
+
+def _out_width(m: nn.Conv2d, w: int) -> int:
+    g = m.geom
+    return (w + 2 * g.padding[1] - g.dilation[1] * (m.kernel_size[1] - 1) - 1) // g.stride[1] + 1

@@ -1,0 +1,68 @@
+"""Sparse drop-in layers: ``nn.Conv2d`` / ``nn.Linear`` whose three GEMMs follow a strategy.
+
+They are the same classes with another ``forward``: parameters keep their names (``weight``,
+``bias``), so dense and sparse state_dicts load into each other, and :func:`fst.sparsify`
+converts a model by switching the class of each module in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from fst.ops import BACKENDS, ConvGeometry
+from fst.strategies import Strategy
+
+
+class _SparseMixin:
+    """Holds the plan (``.plan``), its key (``.strategy``), the backend and the SR-STE decay."""
+
+    plan: Strategy
+    strategy: str
+    backend: str
+    decay: float
+
+    def configure(self, plan: Strategy, backend: str, decay: float) -> None:
+        if decay < 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.plan = plan
+        self.strategy = plan.name
+        self.backend = backend
+        self._backend = BACKENDS.get(backend)
+        self.decay = float(decay)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, strategy={self.strategy}, backend={self.backend}"
+
+
+class SparseConv2d(_SparseMixin, nn.Conv2d):
+    """``nn.Conv2d`` (groups=1, zero padding) running ``plan``'s Eq. 1-3 on ``backend``."""
+
+    def configure(self, plan, backend, decay):
+        super().configure(plan, backend, decay)
+        self.geom = ConvGeometry.of(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_input_shape = tuple(x.shape)  # for summary(): output width of F(X^T)
+        return self._backend.conv2d(x, self.weight, self.bias, self.geom, self.plan, self.decay)
+
+
+class SparseLinear(_SparseMixin, nn.Linear):
+    """``nn.Linear`` running ``plan``'s Eq. 1-3 on ``backend`` (tokens: dim -2 of the input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_input_shape = tuple(x.shape)  # for summary(): 2-D inputs keep Eq. 3 dense
+        return self._backend.linear(x, self.weight, self.bias, self.plan, self.decay)
+
+
+SPARSE_CLASSES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}
+DENSE_CLASSES = {v: k for k, v in SPARSE_CLASSES.items()}
+
+
+def sparse_layers(model: nn.Module) -> Iterator[tuple[str, _SparseMixin]]:
+    """Yield ``(name, module)`` for every sparse layer of ``model``."""
+    for name, m in model.named_modules():
+        if isinstance(m, _SparseMixin):
+            yield name, m

@@ -1,0 +1,177 @@
+"""``native`` backend: every strategy with the fastest dense kernels of the device.
+
+- Eq. 1: ``F.conv2d`` / ``F.linear`` with the masked weight.
+- Eq. 2: the input-gradient convolution (``aten.convolution_backward``) with the Eq. 2
+  weight (dense W, T(W) or S(W^T)), or with S(dY) (2:4 along Co) for ``gg``/``gx``.
+- Eq. 3 for ``fst``/``fst_noir`` (``weight_grad="fixed"``): only the kept half is computed.
+  With F(X^T) keeping even output columns, ``sum_{w even} dY'(h, w) X(h, w)^T`` is exactly
+  the dense weight gradient of the same conv with width stride ``2 * s_w`` over the
+  IR-combined half ``dY'(h, w) = dY(h, w) + ir_coef * dY(h, w + 1)`` (w even): half of Eq. 3's
+  work on every device. For Linear the kept half is every even token.
+- Masks of W and W^T are computed once per forward and saved for backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from fst.masks import nm_mask
+from fst.ops.base import (
+    BACKENDS,
+    Backend,
+    ConvGeometry,
+    add_decay,
+    autocast_dtype,
+    cast,
+    weight_operands,
+)
+from fst.strategies import Strategy
+
+_conv_bwd = torch.ops.aten.convolution_backward.default
+
+
+def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
+    """The IR-combined kept half along ``dim``: ``dy[2i] + coef * dy[2i + 1]`` (0 past the end)."""
+    n = dy.shape[dim]
+    even = dy.narrow(dim, 0, n).unfold(dim, 1, 2).squeeze(-1) if n else dy
+    if not coef or n < 2:
+        return even.contiguous()
+    odd = dy.narrow(dim, 1, n - 1).unfold(dim, 1, 2).squeeze(-1)
+    out = even.clone()
+    out.narrow(dim, 0, odd.shape[dim]).add_(odd, alpha=coef)
+    return out
+
+
+def _even_positions(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.unfold(dim, 1, 2).squeeze(-1) if x.shape[dim] else x
+
+
+def _positions_mask(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` masked by 2:4 groups of consecutive positions along ``dim``."""
+    return t * nm_mask(t, dim=dim)
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
+        w_fwd, w_bwd = weight_operands(weight, plan)
+        dt = autocast_dtype(x)
+        xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.conv2d(xc, wf, b, geom.stride, geom.padding, geom.dilation)
+        ctx.save_for_backward(xc, wb, weight, w_fwd)
+        ctx.geom, ctx.plan, ctx.decay = geom, plan, decay
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        xc, wb, weight, w_fwd = ctx.saved_tensors
+        g, plan = ctx.geom, ctx.plan
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dy = dy.to(xc.dtype)
+        args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
+        dx = dw = db = None
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        # One call serves Eq. 2 and 3 when both use the plain dY (the common case).
+        shared = plan.input_grad != "nm_dy" and plan.weight_grad == "dense"
+        if shared:
+            dx, dw, db = _conv_bwd(dy, xc, wb, bias_sizes, *args, [need_x, need_w, need_b])
+        else:
+            if need_x:
+                dyi = dy * nm_mask(dy, dim=1) if plan.input_grad == "nm_dy" else dy
+                dx = _conv_bwd(dyi, xc, wb, None, *args, [True, False, False])[0]
+            if need_b:
+                db = dy.sum((0, 2, 3))
+            if need_w:
+                dw = _conv_weight_grad(dy, xc, wb, g, plan)
+        if dw is not None:
+            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
+        if dx is not None:
+            dx = dx.to(ctx.x_dtype)
+        if db is not None:
+            db = db.to(weight.dtype)
+        return dx, dw, db, None, None, None
+
+
+def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tensor:
+    """Eq. 3 for a conv: ``dW = dY X^T`` with the plan's mask on dY or X^T."""
+    if plan.weight_grad == "fixed":
+        dy_half = ir_half(dy, plan.ir_coef, dim=3)
+        stride = (g.stride[0], 2 * g.stride[1])
+        args = (stride, g.padding, g.dilation, False, [0, 0], 1)
+        return _conv_bwd(dy_half, xc, wb, None, *args, [False, True, False])[1]
+    if plan.weight_grad == "nm_x":
+        # S(X^T) needs X itself: groups of 4 output positions per (sample, im2col row).
+        k = wb.shape[2:]
+        cols = F.unfold(xc, k, g.dilation, g.padding, g.stride)  # [N, K, L]
+        cols = _positions_mask(cols, dim=2)
+        dw = torch.einsum("nol,nkl->ok", dy.flatten(2), cols)
+        return dw.reshape(wb.shape)
+    if plan.weight_grad == "nm_dy":
+        dy = _positions_mask(dy.flatten(2), dim=2).view_as(dy)
+    args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
+    return _conv_bwd(dy, xc, wb, None, *args, [False, True, False])[1]
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan: Strategy, decay: float):
+        w_fwd, w_bwd = weight_operands(weight, plan)
+        dt = autocast_dtype(x)
+        xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.linear(xc, wf, b)
+        ctx.save_for_backward(xc, wb, weight, w_fwd)
+        ctx.plan, ctx.decay = plan, decay
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        xc, wb, weight, w_fwd = ctx.saved_tensors
+        plan = ctx.plan
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dy = dy.to(xc.dtype)
+        dx = dw = db = None
+        if need_x:
+            dyi = dy * nm_mask(dy, dim=-1) if plan.input_grad == "nm_dy" else dy
+            dx = (dyi @ wb).to(ctx.x_dtype)
+        if need_b:
+            db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
+        if need_w:
+            dw = _linear_weight_grad(dy, xc, plan)
+            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
+        return dx, dw, db, None, None
+
+
+def _linear_weight_grad(dy, xc, plan: Strategy) -> torch.Tensor:
+    """Eq. 3 for a Linear; the token axis (dim -2) plays the conv's width (dense for 2-D x)."""
+    mode = plan.weight_grad if xc.dim() >= 3 else "dense"
+    if mode == "fixed":
+        dy = ir_half(dy, plan.ir_coef, dim=-2)
+        xc = _even_positions(xc, dim=-2)
+    elif mode == "nm_dy":
+        dy = _positions_mask(dy, dim=-2)
+    elif mode == "nm_x":
+        xc = _positions_mask(xc, dim=-2)
+    return dy.reshape(-1, dy.shape[-1]).T @ xc.reshape(-1, xc.shape[-1])
+
+
+class NativeBackend(Backend):
+    """Dense kernels, masked operands, halved Eq. 3 for the fixed mask."""
+
+    name = "native"
+
+    def conv2d(self, x, weight, bias, geom, plan, decay):
+        return _Conv.apply(x, weight, bias, geom, plan, decay)
+
+    def linear(self, x, weight, bias, plan, decay):
+        return _Linear.apply(x, weight, bias, plan, decay)
+
+
+BACKENDS.register("native", NativeBackend())
