@@ -10,25 +10,36 @@ the dimension Sparse Tensor Cores compress.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nm_mask", "transposable_mask", "is_nm", "TRANSPOSABLE_PATTERNS"]
+__all__ = ["nm_mask", "nm_mask_of_abs", "transposable_mask", "is_nm", "TRANSPOSABLE_PATTERNS"]
 
 
-def _groups(t: torch.Tensor, dim: int, m: int) -> tuple[torch.Tensor, int]:
-    """Move ``dim`` last, zero-pad it to a multiple of ``m`` and split it: ``[..., G, m]``."""
-    x = t.movedim(dim, -1)
-    length = x.shape[-1]
+def _groups(t: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+    """View ``t`` as ``[pre, G, m, post]``: groups of ``m`` along ``dim``, zero-padded.
+
+    ``dim`` is not moved, so grouping along a leading dim (S(W^T) along Co) costs no
+    transpose: each of the ``m`` slices ``g[:, :, i]`` is then a contiguous block.
+    """
+    shape = t.shape
+    length = shape[dim]
+    pre = math.prod(shape[:dim])
+    post = math.prod(shape[dim + 1 :])
+    x = t.reshape(pre, length, post)
     pad = (-length) % m
     if pad:
-        x = F.pad(x, (0, pad))
-    return x.reshape(*x.shape[:-1], -1, m), length
+        x = F.pad(x, (0, 0, 0, pad))
+    return x.reshape(pre, (length + pad) // m, m, post)
 
 
-def _ungroup(g: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    return g.flatten(-2)[..., :length].movedim(-1, dim)
+def _ungroup(g: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    x = g.reshape(g.shape[0], -1, g.shape[-1])
+    if x.shape[1] != shape[dim]:
+        x = x[:, : shape[dim]]
+    return x.reshape(shape)
 
 
 def nm_mask(t: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> torch.Tensor:
@@ -48,10 +59,15 @@ def nm_mask(t: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> torch.Ten
         raise ValueError(f"need 0 < n <= m, got n={n}, m={m}")
     if t.numel() == 0:
         return torch.zeros_like(t, dtype=torch.bool)
-    dim = dim % t.dim()
-    g, length = _groups(t.detach().abs(), dim, m)  # [..., G, m]
+    return nm_mask_of_abs(t.detach().abs(), dim, n, m)
+
+
+def nm_mask_of_abs(a: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> torch.Tensor:
+    """:func:`nm_mask` of a tensor that already holds magnitudes (saves a pass when shared)."""
+    dim = dim % a.dim()
+    g = _groups(a, dim, m)  # [pre, G, m, post]
     keep = _keep_2of4(g) if (n, m) == (2, 4) else _keep_rank(g, n)
-    return _ungroup(keep, length, dim)
+    return _ungroup(keep, a.shape, dim)
 
 
 def _keep_rank(g: torch.Tensor, n: int) -> torch.Tensor:
@@ -59,15 +75,15 @@ def _keep_rank(g: torch.Tensor, n: int) -> torch.Tensor:
 
     One comparison per pair (i < j): i beats j iff ``g_i >= g_j`` (the lower index wins ties).
     """
-    m = g.shape[-1]
-    cols = g.unbind(-1)
-    rank = [torch.zeros(g.shape[:-1], dtype=torch.uint8, device=g.device) for _ in range(m)]
+    m = g.shape[2]
+    cols = g.unbind(2)
+    rank = [torch.zeros_like(cols[0], dtype=torch.uint8) for _ in range(m)]
     for i in range(m):
         for j in range(i + 1, m):
             i_wins = cols[i] >= cols[j]
             rank[j] += i_wins
             rank[i] += ~i_wins
-    return torch.stack(rank, dim=-1) < n
+    return torch.stack(rank, dim=2) < n
 
 
 def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
@@ -76,7 +92,7 @@ def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
     Each entry meets three rivals; it is kept iff it loses to at most one of them, i.e. iff
     the majority of its three "lost" bits is false.
     """
-    a, b, c, d = g.unbind(-1)
+    a, b, c, d = g.unbind(2)
     w01, w02, w03 = a >= b, a >= c, a >= d
     w12, w13, w23 = b >= c, b >= d, c >= d
 
@@ -87,7 +103,7 @@ def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
     k1 = ~majority(w01, ~w12, ~w13)
     k2 = ~majority(w02, w12, ~w23)
     k3 = ~majority(w03, w13, w23)
-    return torch.stack((k0, k1, k2, k3), dim=-1)
+    return torch.stack((k0, k1, k2, k3), dim=2)
 
 
 def is_nm(mask: torch.Tensor, dim: int, n: int = 2, m: int = 4) -> bool:
@@ -98,8 +114,8 @@ def is_nm(mask: torch.Tensor, dim: int, n: int = 2, m: int = 4) -> bool:
     """
     if mask.numel() == 0:
         return True
-    g, _ = _groups((mask != 0).to(torch.int32), dim % mask.dim(), m)
-    return bool((g.sum(-1) <= n).all())
+    g = _groups((mask != 0).to(torch.int32), dim % mask.dim(), m)
+    return bool((g.sum(2) <= n).all())
 
 
 def _transposable_patterns() -> torch.Tensor:

@@ -1,1 +1,170 @@
-"""(being written)"""
+"""Classification data: the embedded ``digits`` set (no download) and ImageNet-layout folders.
+
+Each builder returns a ``DataBundle`` of map-style datasets yielding ``(image, label)`` with
+``image: float [3, H, W]`` (normalized) and ``label: int``. Loaders are built by the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from fst.engine.config import ConfigError
+from fst.tasks.base import DataBundle
+
+from . import DATASETS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class TensorImages(Dataset):
+    """Images held in memory: ``images [N, 1, S, S]`` in [0, 1], ``labels [N]``.
+
+    ``__getitem__`` returns a 3-channel normalized ``[3, S, S]`` image; with ``shift > 0`` the
+    image is translated by a random integer offset in ``[-shift, shift]`` per axis (zero fill),
+    drawn from the global torch RNG so that seeding and checkpointed RNG states reproduce it.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int = 0):
+        self.images, self.labels, self.shift = images, labels, shift
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.shift:
+            s = self.shift
+            dx, dy = torch.randint(-s, s + 1, (2,)).tolist()
+            x = F.pad(x, (s, s, s, s))[:, s + dy : s + dy + x.shape[1], s + dx : s + dx + x.shape[2]]
+        x = (x.expand(3, -1, -1) - 0.5) / 0.5
+        return x.contiguous(), int(self.labels[i])
+
+
+@DATASETS.register("digits")
+def digits(
+    num_classes: int | None = 10,
+    image_size: int = 32,
+    val_fraction: float = 0.2,
+    augment_shift: int = 2,
+) -> DataBundle:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
+
+    Split train/val with a fixed, stratified split (``val_fraction`` of each class to val),
+    upsampled bilinearly to ``image_size`` px. Ships with scikit-learn: nothing is downloaded.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if num_classes not in (None, 10):
+        raise ValueError(f"data.num_classes={num_classes}, but digits has 10 classes")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction={val_fraction} must lie in (0, 1)")
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N, 1, 8, 8] in [0, 1]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx_train, idx_val = train_test_split(
+        range(len(y)), test_size=val_fraction, random_state=0, stratify=d.target
+    )
+    idx_train, idx_val = sorted(idx_train), sorted(idx_val)
+    return DataBundle(
+        train=TensorImages(x[idx_train], y[idx_train], shift=augment_shift * image_size // 32),
+        val=TensorImages(x[idx_val], y[idx_val]),
+        num_classes=10,
+    )
+
+
+def _layout_error(root: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"data.root={root!r}: {problem}. Expected ImageFolder layout:\n"
+        "  ROOT/train/<class_name>/<image>.JPEG\n"
+        "  ROOT/val/<class_name>/<image>.JPEG   (same class folders as train/)\n"
+        "For a run that needs no data set, use the embedded digits data: data=digits "
+        "(the default of `python train.py`)."
+    )
+
+
+def check_imagefolder_root(root: str | None) -> list[str]:
+    """Check ``root`` has ``train/`` and ``val/`` with the same non-empty class folders.
+
+    Returns the sorted class names; raises ``ConfigError`` naming the expected layout and the
+    embedded alternative (``data=digits``).
+    """
+    if root in (None, "", "???"):
+        raise _layout_error(str(root), "not set")
+    r = Path(root).expanduser()
+    if not r.is_dir():
+        raise _layout_error(root, "no such directory")
+    classes = {}
+    for split in ("train", "val"):
+        d = r / split
+        if not d.is_dir():
+            raise _layout_error(root, f"missing {split}/ folder")
+        cls = sorted(p.name for p in d.iterdir() if p.is_dir())
+        if not cls:
+            raise _layout_error(root, f"{split}/ has no class folders")
+        empty = [
+            c
+            for c in cls
+            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (d / c).rglob("*"))
+        ]
+        if empty:
+            raise _layout_error(root, f"{split}/{empty[0]} holds no images ({len(empty)} empty)")
+        classes[split] = cls
+    if classes["train"] != classes["val"]:
+        diff = sorted(set(classes["train"]) ^ set(classes["val"]))
+        raise _layout_error(root, f"train/ and val/ class folders differ (e.g. {diff[:3]})")
+    return classes["train"]
+
+
+@DATASETS.register("imagenet")
+def imagenet(
+    root: str | None = None,
+    num_classes: int | None = None,
+    image_size: int = 224,
+    resize_size: int = 256,
+    on_error: str = "raise",
+) -> DataBundle:
+    """ImageNet (or any classification set) in ImageFolder layout under ``root``.
+
+    Train: ``RandomResizedCrop(image_size)`` + horizontal flip; val: ``Resize(resize_size)`` +
+    ``CenterCrop(image_size)``; both normalized with the ImageNet mean/std. Unreadable image
+    files stop the run naming the file (``on_error="raise"``) or are skipped and counted
+    (``"skip"``), see ``fst.engine.validate.SafeImageDataset``.
+    """
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    classes = check_imagefolder_root(root)
+    if num_classes is not None and num_classes != len(classes):
+        raise ValueError(
+            f"data.num_classes={num_classes}, but {root}/train has {len(classes)} class folders "
+            "(set data.num_classes=null to infer it)"
+        )
+    from fst.engine.validate import SafeImageDataset, load_image
+
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = T.Compose(
+        [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+    )
+    val_tf = T.Compose([T.Resize(resize_size), T.CenterCrop(image_size), T.ToTensor(), norm])
+    r = Path(root).expanduser()
+
+    def folder(split, tf):
+        ds = datasets.ImageFolder(str(r / split), transform=tf, loader=load_image)
+        return SafeImageDataset(ds, on_error=on_error)
+
+    return DataBundle(
+        train=folder("train", train_tf),
+        val=folder("val", val_tf),
+        num_classes=len(classes),
+    )
+
+
+imagenet.check = lambda root=None, **_: check_imagefolder_root(root)  # run before anything else

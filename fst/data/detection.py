@@ -1,1 +1,501 @@
-"""(being written)"""
+"""Detection data: COCO-format and PASCAL VOC datasets, their augmentations, and the embedded
+``shapes`` set (generated on first use as real COCO-format files, so the COCO path runs offline).
+
+Every dataset yields ``(image, target)``:
+
+- ``image``: ``uint8`` or ``float32`` tensor ``[3, H, W]`` (after ``transforms``: ``float32`` in
+  ``[0, 1]``); images keep their own size, the detectors resize internally.
+- ``target``: ``{"boxes": float32 [N, 4] (x1, y1, x2, y2) in pixels of this image,
+  "labels": int64 [N] in 1..K (0 is the detectors' background), "image_id": int}``; evaluation
+  targets of VOC also carry ``"difficult": bool [N]``.
+
+Labels are contiguous: a COCO ``category_id`` maps to ``1 + its rank`` among the sorted category
+ids (``dataset.label_to_cat_id`` maps back for the COCO evaluator).
+
+Registered in ``fst.data.DATASETS`` as ``shapes``, ``coco`` and ``voc`` (the ``configs/data/`` stems);
+each entry takes the data config and returns a ``DetectionData``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
+
+from . import DATASETS
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+# Bump when the generator's output changes, so stale caches are never reused.
+SHAPES_VERSION = 1
+
+
+def collate(batch: list[tuple[Any, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Detection collate: images differ in size and box count, so keep lists, don't stack."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentations
+# --------------------------------------------------------------------------------------------
+
+
+def build_transforms(kind: str, train: bool, fill: tuple[int, int, int] = (123, 117, 104)):
+    """Paired image+box transforms (torchvision ``transforms.v2``), as in torchvision's
+    detection references (``references/detection/presets.py``).
+
+    ``kind``: ``"ssd"`` - photometric distort, zoom out (filled with the mean colour), IoU crop,
+    horizontal flip (the SSD paper's augmentation); ``"flip"`` - horizontal flip only (the Faster
+    R-CNN recipe); ``"none"``. Evaluation (``train=False``) only converts to ``float32`` in
+    ``[0, 1]``: the detectors resize internally and map boxes back to the original image.
+    """
+    ops: list = []
+    if train:
+        if kind == "ssd":
+            ops += [
+                T.RandomPhotometricDistort(p=1.0),
+                T.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0}),
+                T.RandomIoUCrop(),
+                T.RandomHorizontalFlip(0.5),
+            ]
+        elif kind == "flip":
+            ops += [T.RandomHorizontalFlip(0.5)]
+        elif kind != "none":
+            raise ValueError(f"unknown augmentation {kind!r}; valid choices: ssd, flip, none")
+    ops += [T.ToDtype(torch.float32, scale=True)]
+    if train:
+        # Crops and zooms can push boxes out of the image: drop the degenerate ones (and labels).
+        ops += [T.SanitizeBoundingBoxes(min_size=1.0)]
+    ops += [T.ToPureTensor()]
+    return T.Compose(ops)
+
+
+def _wrap(image: torch.Tensor, boxes: torch.Tensor) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+    h, w = image.shape[-2:]
+    return tv_tensors.Image(image), tv_tensors.BoundingBoxes(
+        boxes.reshape(-1, 4), format="XYXY", canvas_size=(h, w)
+    )
+
+
+def _load_rgb(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        return TF.pil_to_tensor(im.convert("RGB"))
+
+
+# --------------------------------------------------------------------------------------------
+# COCO format
+# --------------------------------------------------------------------------------------------
+
+
+class CocoDetection(Dataset):
+    """Images in ``image_dir`` annotated by a COCO ``instances_*.json`` (boxes only).
+
+    Crowd annotations and boxes under 1 px are dropped (as torchvision's references do).
+    ``train=True`` also drops images left without boxes (nothing to learn from).
+
+    Attributes:
+        coco: the ``pycocotools.coco.COCO`` index (ground truth for ``fst.metrics.coco``).
+        ids: image ids in dataset order.
+        label_to_cat_id: ``{label: category_id}``, labels 1..K.
+        class_names: category names in label order (index 0 = label 1).
+    """
+
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, transforms=None, train: bool = False):
+        from pycocotools.coco import COCO
+
+        image_dir, ann_file = Path(image_dir), Path(ann_file)
+        if not ann_file.is_file():
+            raise FileNotFoundError(
+                f"COCO annotation file {ann_file} not found; set data.root to the COCO 2017 folder "
+                "(with annotations/instances_{train,val}2017.json and train2017/, val2017/)"
+            )
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"COCO image folder {image_dir} not found (check data.root)")
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco = COCO(str(ann_file))
+        self.image_dir = image_dir
+        self.transforms = transforms
+        cat_ids = sorted(self.coco.getCatIds())
+        self.cat_id_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
+        self.label_to_cat_id = {i + 1: c for i, c in enumerate(cat_ids)}
+        self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
+        ids = sorted(self.coco.imgs)
+        if train:
+            ids = [i for i in ids if len(self._annotations(i)[0])]
+        self.ids = ids
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _annotations(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        info = self.coco.imgs[image_id]
+        w, h = info["width"], info["height"]
+        boxes, labels = [], []
+        for a in self.coco.imgToAnns.get(image_id, []):
+            if a.get("iscrowd", 0):
+                continue
+            x, y, bw, bh = a["bbox"]
+            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                continue
+            boxes.append([x1, y1, x2, y2])
+            labels.append(self.cat_id_to_label[a["category_id"]])
+        return (
+            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.tensor(labels, dtype=torch.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        image = _load_rgb(self.image_dir / self.coco.imgs[image_id]["file_name"])
+        boxes, labels = self._annotations(image_id)
+        image, boxes = _wrap(image, boxes)
+        target = {"boxes": boxes, "labels": labels, "image_id": image_id}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+# --------------------------------------------------------------------------------------------
+# PASCAL VOC
+# --------------------------------------------------------------------------------------------
+
+
+def parse_voc_xml(path: str | Path) -> dict:
+    """One VOC annotation file -> ``{"boxes": [[x1, y1, x2, y2]], "labels": [1..20],
+    "difficult": [bool], "size": (h, w)}``.
+
+    VOC corners are 1-based inclusive pixel indices; ``(xmin - 1, ymin - 1, xmax, ymax)`` is the
+    same region in 0-based continuous coordinates.
+    """
+    root = ET.parse(path).getroot()
+    size = root.find("size")
+    hw = (int(size.find("height").text), int(size.find("width").text))
+    boxes, labels, difficult = [], [], []
+    for obj in root.iter("object"):
+        name = obj.find("name").text.strip()
+        if name not in VOC_CLASSES:
+            raise ValueError(f"{path}: unknown VOC class {name!r}")
+        bb = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([x1 - 1, y1 - 1, x2, y2])
+        labels.append(VOC_CLASSES.index(name) + 1)
+        d = obj.find("difficult")
+        difficult.append(d is not None and int(d.text) == 1)
+    return {"boxes": boxes, "labels": labels, "difficult": difficult, "size": hw}
+
+
+class VOCDetection(Dataset):
+    """PASCAL VOC in the standard ``VOCdevkit`` layout: ``<root>/VOC<year>/{JPEGImages,
+    Annotations, ImageSets/Main/<split>.txt}``; ``splits`` concatenates e.g. 07+12 trainval.
+
+    ``keep_difficult=False`` (training) drops boxes marked difficult and then images without boxes;
+    ``True`` (evaluation) keeps them with ``target["difficult"]``, which the VOC metric ignores.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        splits: list[tuple[str, str]] | list[list[str]],
+        transforms=None,
+        keep_difficult: bool = False,
+    ):
+        root = Path(root)
+        self.transforms = transforms
+        self.keep_difficult = keep_difficult
+        self.class_names = list(VOC_CLASSES)
+        self.items: list[tuple[Path, dict]] = []
+        for year, split in splits:
+            base = root / f"VOC{year}"
+            listing = base / "ImageSets" / "Main" / f"{split}.txt"
+            if not listing.is_file():
+                raise FileNotFoundError(
+                    f"{listing} not found; set data.root to the VOCdevkit folder holding "
+                    f"VOC{year}/ (standard layout: JPEGImages/, Annotations/, ImageSets/Main/)"
+                )
+            for stem in listing.read_text().split():
+                ann = parse_voc_xml(base / "Annotations" / f"{stem}.xml")
+                if not keep_difficult:
+                    keep = [not d for d in ann["difficult"]]
+                    for k in ("boxes", "labels", "difficult"):
+                        ann[k] = [v for v, ok in zip(ann[k], keep) if ok]
+                    if not ann["boxes"]:
+                        continue
+                self.items.append((base / "JPEGImages" / f"{stem}.jpg", ann))
+
+    @property
+    def num_classes(self) -> int:
+        return len(VOC_CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        path, ann = self.items[index]
+        image = _load_rgb(path)
+        image, boxes = _wrap(image, torch.tensor(ann["boxes"], dtype=torch.float32))
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor(ann["labels"], dtype=torch.int64),
+            "image_id": index,
+        }
+        if self.keep_difficult:
+            target["difficult"] = torch.tensor(ann["difficult"], dtype=torch.bool)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded shapes set
+# --------------------------------------------------------------------------------------------
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A textured background ``uint8 [size, size, 3]``: a colour gradient, oriented stripes and
+    blocky noise, so that boxes cannot be found by thresholding a flat background."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    t = rng.uniform(0, 1) * xx + rng.uniform(0, 1) * yy
+    img = c0 + (c1 - c0) * (t / max(t.max(), 1e-6))[..., None]
+    theta, freq = rng.uniform(0, math.pi), rng.uniform(4, 16)
+    stripes = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
+    img += rng.uniform(8, 30) * stripes[..., None]
+    cells = max(size // 8, 1)
+    blocks = rng.normal(0, rng.uniform(5, 20), (cells, cells, 3))
+    img += np.kron(blocks, np.ones((size // cells + 1, size // cells + 1, 1)))[:size, :size]
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shape_polygon(kind: str, cx: float, cy: float, s: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of one shape of size ``s`` (its box side before rotation) centred at (cx, cy)."""
+    if kind == "circle":
+        pts = [(math.cos(2 * math.pi * k / 32) / 2, math.sin(2 * math.pi * k / 32) / 2) for k in range(32)]
+        angle = 0.0
+    elif kind == "square":
+        pts = [(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)]
+    elif kind == "triangle":
+        pts = [(math.cos(a) / 2, math.sin(a) / 2) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    elif kind == "cross":
+        a, b = 0.5, 0.17
+        pts = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+    else:
+        raise ValueError(kind)
+    ca, sa = math.cos(angle), math.sin(angle)
+    return [(cx + s * (x * ca - y * sa), cy + s * (x * sa + y * ca)) for x, y in pts]
+
+
+def _polygon_area(pts: list[tuple[float, float]]) -> float:
+    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1])))
+
+
+def _overlap(a: list[float], b: list[float]) -> float:
+    """Intersection over the smaller box's area (how much of one box the other may hide)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return iw * ih / smaller if smaller > 0 else 1.0
+
+
+def _draw_image(rng: np.random.Generator, size: int, max_objects: int, scale: tuple[float, float]):
+    """One image and its objects ``[(class index, polygon, box)]``; a box may cover at most 10%
+    of another (shapes stay recognisable)."""
+    img = Image.fromarray(_texture(rng, size))
+    draw = ImageDraw.Draw(img)
+    objects, boxes = [], []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _try in range(20):
+            k = int(rng.integers(len(SHAPE_CLASSES)))
+            s = float(rng.uniform(*scale)) * size
+            cx, cy = rng.uniform(s / 2, size - s / 2, 2)
+            poly = _shape_polygon(SHAPE_CLASSES[k], float(cx), float(cy), s, float(rng.uniform(0, 2 * math.pi)))
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            box = [max(min(xs), 0.0), max(min(ys), 0.0), min(max(xs), size), min(max(ys), size)]
+            if all(_overlap(box, b) < 0.1 for b in boxes):
+                break
+        else:
+            continue
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        outline = tuple(255 - c for c in colour)
+        draw.polygon(poly, fill=colour, outline=outline)
+        objects.append((k, poly, box))
+        boxes.append(box)
+    return img, objects
+
+
+def generate_shapes(
+    out_dir: str | Path,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: int = 128,
+    max_objects: int = 4,
+    scale: tuple[float, float] = (0.15, 0.5),
+    seed: int = 0,
+) -> Path:
+    """Write the shapes set to ``out_dir`` as COCO files and return ``out_dir``:
+    ``{train,val}/*.jpg`` and ``annotations/instances_{train,val}.json`` (boxes, polygons, areas).
+
+    Each image is a textured background with 1..``max_objects`` filled shapes
+    (``SHAPE_CLASSES``) of side ``scale`` x ``image_size``, rotated at random. Deterministic: image
+    ``i`` of a split depends only on ``(seed, split, i)``. Written to a temporary sibling folder
+    that is renamed into place, so concurrent callers never see half a dataset.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "annotations" / "instances_val.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "annotations").mkdir()
+        categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)]
+        for split_id, (split, n) in enumerate((("train", num_train), ("val", num_val))):
+            (tmp / split).mkdir()
+            images, annotations = [], []
+            for i in range(n):
+                rng = np.random.default_rng([seed, split_id, i])
+                img, objects = _draw_image(rng, image_size, max_objects, tuple(scale))
+                name = f"{i:06d}.jpg"
+                img.save(tmp / split / name, quality=95)
+                images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
+                for k, poly, (x1, y1, x2, y2) in objects:
+                    annotations.append(
+                        {
+                            "id": len(annotations) + 1,
+                            "image_id": i + 1,
+                            "category_id": k + 1,
+                            "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
+                            "area": round(_polygon_area(poly), 2),
+                            "segmentation": [[round(c, 2) for p in poly for c in p]],
+                            "iscrowd": 0,
+                        }
+                    )
+            info = {"description": "fst embedded shapes (synthetic)", "version": SHAPES_VERSION}
+            blob = {"info": info, "images": images, "annotations": annotations, "categories": categories}
+            (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(blob))
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            # Another process finished first (the target exists and is not empty): use theirs.
+            if not (out_dir / "annotations" / "instances_val.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def default_cache_dir() -> Path:
+    """``$FST_CACHE/shapes`` if set, else ``~/.cache/fst/shapes``."""
+    base = os.environ.get("FST_CACHE")
+    return Path(base) / "shapes" if base else Path.home() / ".cache" / "fst" / "shapes"
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries: data config -> DetectionData
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectionData:
+    """Train/val datasets plus what evaluation needs: ``metric`` ("coco" | "voc") picks the
+    evaluator, ``class_names`` label names (index 0 = label 1)."""
+
+    train: Dataset
+    val: Dataset
+    metric: str
+    class_names: list[str]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _augment(cfg) -> str:
+    return cfg.get("augment", "flip")
+
+
+@DATASETS.register("shapes")
+def build_shapes(
+    root: str | None = None,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: int = 128,
+    max_objects: int = 4,
+    scale: tuple[float, float] = (0.15, 0.5),
+    generator_seed: int = 0,
+    augment: str = "flip",
+    **_: Any,
+) -> DetectionData:
+    """The embedded set, generated on first use under ``root`` (default: ``default_cache_dir()``)
+    in a folder named by its parameters, then read through the COCO code path."""
+    base = Path(root).expanduser() if root else default_cache_dir()
+    name = (
+        f"v{SHAPES_VERSION}_s{image_size}_n{num_train}-{num_val}_o{max_objects}"
+        f"_sc{scale[0]:g}-{scale[1]:g}_seed{generator_seed}"
+    )
+    d = generate_shapes(base / name, num_train, num_val, image_size, max_objects, tuple(scale), generator_seed)
+    train = CocoDetection(d / "train", d / "annotations" / "instances_train.json", build_transforms(augment, True), train=True)
+    val = CocoDetection(d / "val", d / "annotations" / "instances_val.json", build_transforms(augment, False))
+    return DetectionData(train, val, "coco", train.class_names)
+
+
+@DATASETS.register("coco")
+def build_coco(
+    root: str | None = None,
+    train_split: str = "train2017",
+    val_split: str = "val2017",
+    augment: str = "flip",
+    **_: Any,
+) -> DetectionData:
+    """COCO 2017: ``<root>/{train2017,val2017}/`` and ``<root>/annotations/instances_<split>.json``."""
+    if not root or root == "???":
+        raise ValueError("data.root is not set; pass data.root=/path/to/coco (the folder with annotations/)")
+    root_p = Path(root).expanduser()
+    ann = root_p / "annotations"
+    train = CocoDetection(root_p / train_split, ann / f"instances_{train_split}.json", build_transforms(augment, True), train=True)
+    val = CocoDetection(root_p / val_split, ann / f"instances_{val_split}.json", build_transforms(augment, False))
+    return DetectionData(train, val, "coco", train.class_names)
+
+
+@DATASETS.register("voc")
+def build_voc(
+    root: str | None = None,
+    train_splits: list = (("2007", "trainval"), ("2012", "trainval")),
+    val_splits: list = (("2007", "test"),),
+    augment: str = "flip",
+    use_07_metric: bool = True,
+    **_: Any,
+) -> DetectionData:
+    """PASCAL VOC: 07+12 trainval for training, 07 test for evaluation (mAP@0.5)."""
+    if not root or root == "???":
+        raise ValueError("data.root is not set; pass data.root=/path/to/VOCdevkit")
+    train = VOCDetection(root, [tuple(s) for s in train_splits], build_transforms(augment, True))
+    val = VOCDetection(root, [tuple(s) for s in val_splits], build_transforms(augment, False), keep_difficult=True)
+    return DetectionData(train, val, "voc", list(VOC_CLASSES), {"use_07_metric": bool(use_07_metric)})

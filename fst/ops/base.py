@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fst.masks import nm_mask, transposable_mask
+from fst.masks import nm_mask_of_abs, transposable_mask
 from fst.registry import Registry
 from fst.strategies import Strategy
 
@@ -51,7 +51,7 @@ class Backend:
 BACKENDS: Registry[Backend] = Registry("backend")
 
 
-def forward_mask(weight: torch.Tensor, plan: Strategy) -> torch.Tensor | None:
+def forward_mask(weight: torch.Tensor, plan: Strategy, abs_w=None) -> torch.Tensor | None:
     """The Eq. 1 mask of ``weight`` ((Co, Ci, kh, kw) or (out, in)); None when dense.
 
     ``nm``: 2:4 along the flattened Ci*kh*kw (``im2col`` layout) or along Ci (``cin``);
@@ -62,29 +62,37 @@ def forward_mask(weight: torch.Tensor, plan: Strategy) -> torch.Tensor | None:
     w2 = weight.detach().reshape(weight.shape[0], -1)
     if plan.forward == "tsm":
         return transposable_mask(w2).view(weight.shape)
+    a = weight.detach().abs() if abs_w is None else abs_w
     if plan.mask_layout == "cin" and weight.dim() == 4:
-        return nm_mask(weight.detach(), dim=1)
-    return nm_mask(w2, dim=1).view(weight.shape)
+        return nm_mask_of_abs(a, dim=1)
+    return nm_mask_of_abs(a.reshape(w2.shape), dim=1).view(weight.shape)
 
 
-def weight_operands(weight: torch.Tensor, plan: Strategy) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_operands(
+    weight: torch.Tensor, plan: Strategy, need_bwd: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weights of Eq. 1 and Eq. 2, both shaped like ``weight``, computed once per forward.
 
     Returns ``(w_fwd, w_bwd)``: ``w_fwd`` = W, S(W) or T(W); ``w_bwd`` = the matrix whose
     transpose multiplies dY in Eq. 2: W, the forward weight, or S(W^T) (2:4 along Co, the
     reduction dimension of Eq. 2, from the dense W or from S(W) per ``plan.wt_source``).
+    ``w_bwd`` is None when ``need_bwd`` is False (no input gradient will be asked for).
     """
     w = weight.detach()
-    mask = forward_mask(w, plan)
+    shared_abs = plan.forward == "nm" and plan.input_grad == "nm_wt" and plan.wt_source == "dense"
+    a = w.abs() if shared_abs else None
+    mask = forward_mask(w, plan, a)
     w_fwd = w if mask is None else w * mask
+    if not need_bwd:
+        return w_fwd, None
     if plan.input_grad in ("dense", "nm_dy"):
-        w_bwd = w
-    elif plan.input_grad == "fwd":
-        w_bwd = w_fwd
-    else:  # nm_wt
-        src = w if plan.wt_source == "dense" else w_fwd
-        w_bwd = src * nm_mask(src.reshape(src.shape[0], -1), dim=0).view(src.shape)
-    return w_fwd, w_bwd
+        return w_fwd, w
+    if plan.input_grad == "fwd":
+        return w_fwd, w_fwd
+    src = w if plan.wt_source == "dense" else w_fwd  # nm_wt: S(W^T), groups along Co
+    a = a if a is not None and src is w else src.abs()
+    wt_mask = nm_mask_of_abs(a.reshape(src.shape[0], -1), dim=0).view(src.shape)
+    return w_fwd, src * wt_mask
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -105,5 +113,5 @@ def cast(dtype: torch.dtype | None, *tensors):
 def add_decay(grad_w: torch.Tensor, weight: torch.Tensor, w_fwd: torch.Tensor, plan, decay):
     """SR-STE (Eq. 6): ``grad += decay * (W - S(W))`` with the forward-pruned weight."""
     if decay and plan.uses_decay:
-        grad_w = grad_w + decay * (weight.detach() - w_fwd)
+        grad_w = grad_w.add_(weight.detach() - w_fwd, alpha=decay)
     return grad_w

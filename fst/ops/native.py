@@ -32,20 +32,30 @@ from fst.strategies import Strategy
 _conv_bwd = torch.ops.aten.convolution_backward.default
 
 
+def _every_other(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
+    idx = [slice(None)] * t.dim()
+    idx[dim] = slice(start, None, 2)
+    return t[tuple(idx)]
+
+
 def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
-    """The IR-combined kept half along ``dim``: ``dy[2i] + coef * dy[2i + 1]`` (0 past the end)."""
+    """The IR-combined kept half along ``dim``: ``dy[2i] + coef * dy[2i + 1]`` (0 past the end).
+
+    One fused pass over ``dy`` (Eq. 10's shift and add restricted to the columns F keeps).
+    """
+    dim = dim % dy.dim()
     n = dy.shape[dim]
-    even = dy.narrow(dim, 0, n).unfold(dim, 1, 2).squeeze(-1) if n else dy
+    even = _every_other(dy, dim, 0)
     if not coef or n < 2:
         return even.contiguous()
-    odd = dy.narrow(dim, 1, n - 1).unfold(dim, 1, 2).squeeze(-1)
-    out = even.clone()
-    out.narrow(dim, 0, odd.shape[dim]).add_(odd, alpha=coef)
+    odd = _every_other(dy, dim, 1)
+    half = n // 2
+    if n % 2 == 0:
+        return torch.add(even, odd, alpha=coef)
+    out = torch.empty(even.shape, dtype=dy.dtype, device=dy.device)
+    torch.add(even.narrow(dim, 0, half), odd, alpha=coef, out=out.narrow(dim, 0, half))
+    out.narrow(dim, half, 1).copy_(even.narrow(dim, half, 1))
     return out
-
-
-def _even_positions(x: torch.Tensor, dim: int) -> torch.Tensor:
-    return x.unfold(dim, 1, 2).squeeze(-1) if x.shape[dim] else x
 
 
 def _positions_mask(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -56,9 +66,11 @@ def _positions_mask(t: torch.Tensor, dim: int) -> torch.Tensor:
 class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
-        w_fwd, w_bwd = weight_operands(weight, plan)
+        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
+        if wb is None:  # Eq. 2 is never run; convolution_backward still needs a weight shape
+            wb = wf
         with torch.autocast(x.device.type, enabled=False):
             y = F.conv2d(xc, wf, b, geom.stride, geom.padding, geom.dilation)
         ctx.save_for_backward(xc, wb, weight, w_fwd)
@@ -120,7 +132,7 @@ def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tens
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, plan: Strategy, decay: float):
-        w_fwd, w_bwd = weight_operands(weight, plan)
+        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
@@ -154,7 +166,7 @@ def _linear_weight_grad(dy, xc, plan: Strategy) -> torch.Tensor:
     mode = plan.weight_grad if xc.dim() >= 3 else "dense"
     if mode == "fixed":
         dy = ir_half(dy, plan.ir_coef, dim=-2)
-        xc = _even_positions(xc, dim=-2)
+        xc = _every_other(xc, xc.dim() - 2, 0)
     elif mode == "nm_dy":
         dy = _positions_mask(dy, dim=-2)
     elif mode == "nm_x":

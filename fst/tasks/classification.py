@@ -1,1 +1,77 @@
-"""(being written)"""
+"""Image classification: cross-entropy (optional label smoothing) training, top-1/top-5 evaluation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fst.engine.config import DATA_LOADER_KEYS, group_kwargs
+
+from . import TASKS
+from .base import DataBundle, Task
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    """Batches are ``(images [B, 3, H, W], labels [B])``; metrics ``top1``/``top5`` in percent."""
+
+    primary_metric = "top1"
+    higher_is_better = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.num_classes: int | None = cfg.model.get("num_classes")
+        loss_cfg = cfg.get("loss") or {}
+        self.label_smoothing = float(loss_cfg.get("label_smoothing", 0.0))
+        self.channels_last = bool(cfg.trainer.get("channels_last", False))
+
+    def build_data(self) -> DataBundle:
+        from fst.data import DATASETS
+
+        kwargs = group_kwargs(self.cfg.data, drop=DATA_LOADER_KEYS)
+        data = DATASETS.get(self.cfg.data.name)(**kwargs)
+        if self.num_classes is None:
+            self.num_classes = data.num_classes
+        return data
+
+    def build_model(self) -> nn.Module:
+        from fst.models import MODELS
+
+        kwargs = group_kwargs(self.cfg.model)
+        if "num_classes" in kwargs and kwargs["num_classes"] is None:
+            kwargs["num_classes"] = self.num_classes
+        return MODELS.get(self.cfg.model.name)(**kwargs)
+
+    def _to(self, batch, device: torch.device):
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(device, non_blocking=True)
+
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> dict[str, torch.Tensor]:
+        images, labels = self._to(batch, device)
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == labels).float().mean() * 100
+        return {"loss": loss, "top1": acc}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+        """Top-1/top-5 accuracy (%) and mean cross-entropy (without label smoothing)."""
+        n, loss_sum, c1, c5 = 0, 0.0, 0, 0
+        for batch in loader:
+            images, labels = self._to(batch, device)
+            logits = model(images).float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            k = min(5, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices
+            hit = topk == labels[:, None]
+            c1 += hit[:, 0].sum().item()
+            c5 += hit.any(dim=1).sum().item()
+            n += labels.numel()
+        if n == 0:
+            raise ValueError("the validation loader is empty")
+        return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}

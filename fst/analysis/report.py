@@ -1,0 +1,98 @@
+"""Writers shared by the analysis scripts: CSV, Markdown tables, and a provenance record.
+
+Every file in ``results/`` says how it was made; ``provenance()`` collects the command line,
+machine, commit and date that ``results/README.md`` lists next to each file.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "uncommitted"
+
+
+def machine() -> str:
+    """One line naming the CPU (and GPU when CUDA is available)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def provenance() -> dict[str, str]:
+    """``{"command", "machine", "commit", "date"}`` for the running script."""
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine(),
+        "commit": _git_commit(),
+        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` (dicts) as CSV; columns default to the first row's keys."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    return path
+
+
+def markdown_table(rows: Iterable[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table of ``rows`` restricted to ``columns``."""
+    headers = list(headers or columns)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_markdown(path: str | Path, title: str, body: str, prov: dict[str, str] | None = None) -> Path:
+    """``# title``, a provenance block, then ``body``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prov = prov or provenance()
+    head = [f"# {title}", ""]
+    head += [f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in prov.items()]
+    path.write_text("\n".join(head) + "\n\n" + body.rstrip() + "\n")
+    return path

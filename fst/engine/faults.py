@@ -1,0 +1,295 @@
+"""Faults during training: preemption signals and non-finite losses or gradients.
+
+Preemption
+    ``PreemptionHandler`` turns SIGTERM (sent by SLURM/Kubernetes before killing a job) and SIGUSR1
+    (SLURM's ``--signal=USR1@<seconds>`` warning) into a flag. The trainer checks ``.requested``
+    after every optimizer step, writes ``last.pt`` and leaves with ``exit_preempted()``: the
+    process ends with ``PREEMPTED_EXIT_CODE`` (75, ``EX_TEMPFAIL`` from sysexits.h: "try again
+    later"), or, inside a submitit job, hands over to submitit's own handler, which requeues the
+    job; the requeued job resumes with ``resume=auto``. No completed step is lost, and the step in
+    flight when the signal arrives is finished, not torn.
+
+Non-finite values
+    ``check_finite`` raises ``NonFiniteError`` naming the step, the loss, the parameter whose
+    gradient went non-finite and the last good checkpoint. ``NonFiniteGuard`` wraps it for the
+    engine: stop (default) or skip the batch and count it (``trainer.skip_nonfinite=true``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a run stopped by a preemption signal after writing its checkpoint
+#: (``EX_TEMPFAIL``, sysexits.h). Schedulers and wrappers can requeue on it; 0 means finished,
+#: 1 means failed.
+PREEMPTED_EXIT_CODE = 75
+
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+def _signal_number(sig: int | str) -> int:
+    if isinstance(sig, str):
+        name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
+        return int(getattr(signal, name))
+    return int(sig)
+
+
+def _is_submitit_handler(handler: Any) -> bool:
+    owner = getattr(handler, "__self__", None)
+    return owner is not None and type(owner).__module__.startswith("submitit")
+
+
+class PreemptionHandler:
+    """Context manager: while active, the given signals only set ``.requested``.
+
+    Default signals: SIGTERM, SIGUSR1, plus the signal submitit's own handler is bound to (USR2
+    by default) when running inside a submitit job. On exit the previous handlers come back.
+    Outside the main thread (where Python cannot install handlers) it warns and stays inert.
+
+    Example::
+
+        with PreemptionHandler() as preempt:
+            for batch in loader:
+                train_step(batch)
+                if preempt.requested:
+                    save_checkpoint(run_dir / "checkpoints/last.pt", state)
+                    preempt.exit_preempted()
+    """
+
+    def __init__(self, signals: Iterable[int | str] | None = None):
+        self._signals = [_signal_number(s) for s in (signals or DEFAULT_SIGNALS)]
+        self._previous: dict[int, Any] = {}
+        self.requested = False
+        self.signum: int | None = None
+        self.active = False
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # Only set flags here: the handler runs between two bytecodes of the training step, and
+        # anything heavier (I/O, CUDA calls) could deadlock or tear the step.
+        first = not self.requested
+        self.requested = True
+        if self.signum is None:
+            self.signum = signum
+        if first:
+            os.write(
+                2,
+                f"fst: received {signal.Signals(signum).name}; finishing the current step, "
+                "then checkpointing and exiting\n".encode(),
+            )
+
+    def __enter__(self) -> PreemptionHandler:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("PreemptionHandler: not in the main thread, signals are not handled")
+            return self
+        signums = list(self._signals)
+        for s in signal.Signals:
+            if s not in signums and _is_submitit_handler(signal.getsignal(s)):
+                signums.append(int(s))  # submitit's preemption signal (SUBMITIT_PREEMPT_SIGNAL)
+        for s in signums:
+            self._previous[s] = signal.signal(s, self._handle)
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, prev in self._previous.items():
+            signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self.active = False
+
+    def synced(self) -> bool:
+        """``requested`` on any process (all-reduce under torch.distributed), so all ranks stop together."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            backend = torch.distributed.get_backend()
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+            )
+            flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self.requested = bool(flag.item() > 0)
+        return self.requested
+
+    @staticmethod
+    def worker_init_fn(worker_id: int = 0) -> None:
+        """``DataLoader(worker_init_fn=...)``: data workers ignore the preemption signals.
+
+        SLURM signals every process of the job, data workers included; a worker killed by
+        SIGTERM/SIGUSR1 would crash the main process ("DataLoader worker ... killed") before it
+        can checkpoint. Workers still exit when the main process shuts the loader down or dies.
+        """
+        for name in DEFAULT_SIGNALS:
+            signal.signal(_signal_number(name), signal.SIG_IGN)
+
+    def exit_preempted(self) -> None:
+        """Leave after the checkpoint is written: chain to the displaced handler or exit 75.
+
+        A callable handler displaced for the received signal (submitit's, which requeues the
+        job and exits) is called first; if it returns, or there is none, the process exits
+        with ``PREEMPTED_EXIT_CODE``.
+        """
+        signum = self.signum
+        prev = self._previous.get(signum) if signum is not None else None
+        self.__exit__(None, None, None)
+        if callable(prev) and prev is not signal.default_int_handler:
+            log.info("handing %s over to the previous handler %r", self.signal_name, prev)
+            prev(signum, None)
+        log.warning(
+            "preempted by %s: checkpoint written, exiting with status %d (resume with resume=auto)",
+            self.signal_name,
+            PREEMPTED_EXIT_CODE,
+        )
+        sys.exit(PREEMPTED_EXIT_CODE)
+
+
+# --------------------------------------------------------------------------------------------
+# non-finite loss / gradients
+# --------------------------------------------------------------------------------------------
+
+
+class NonFiniteError(FloatingPointError):
+    """Loss or gradients are NaN/Inf. Attributes: ``step``, ``loss``, ``param`` (or None)."""
+
+    def __init__(self, message: str, *, step: int, loss: float, param: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.loss = loss
+        self.param = param
+
+
+def _loss_value(loss: torch.Tensor | float) -> float:
+    if isinstance(loss, torch.Tensor):
+        t = loss.detach().float()
+        return float(t) if t.numel() == 1 else float(t.sum())  # NaN/Inf survive the sum
+    return float(loss)
+
+
+def nonfinite_grads(model: nn.Module) -> list[str]:
+    """Names of parameters whose ``.grad`` holds NaN or Inf, in model (registration) order.
+
+    One device sync in the common all-finite case: the per-parameter flags are stacked first.
+    """
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(g).all() for _, g in named])
+    if bool(flags.all()):
+        return []
+    return [n for (n, _), ok in zip(named, flags.tolist()) if not ok]
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0] or param_name
+
+
+def check_finite(
+    loss: torch.Tensor | float,
+    model: nn.Module | None,
+    step: int,
+    last_checkpoint: str | os.PathLike | None = None,
+    *,
+    check_grads: bool = True,
+) -> None:
+    """Raise ``NonFiniteError`` if ``loss`` or any gradient of ``model`` is NaN/Inf.
+
+    Call after ``backward()`` (and after ``scaler.unscale_``; with fp16 loss scaling pass
+    ``check_grads=False``, the scaler already skips steps with inf gradients). The message names
+    the step, the loss value, the layer where backward first met a non-finite gradient (the
+    affected parameter nearest the output: backward runs from the output, so that is where
+    the NaN/Inf entered), the first affected parameter in model order, and the last good
+    checkpoint to resume from.
+    """
+    value = _loss_value(loss)
+    bad = nonfinite_grads(model) if (check_grads and model is not None) else []
+    if math.isfinite(value) and not bad:
+        return
+    what = [] if math.isfinite(value) else [f"loss is {value}"]
+    param = None
+    if bad:
+        total = sum(1 for _, p in model.named_parameters() if p.grad is not None)
+        param = bad[-1]
+        where = (
+            f"non-finite gradient in {len(bad)}/{total} parameters; backward first met it in "
+            f"layer '{_module_of(param)}' (parameter '{param}')"
+        )
+        if len(bad) > 1:
+            where += f"; first in model order: '{bad[0]}'"
+        what.append(where)
+    ckpt = (
+        f"last good checkpoint: {last_checkpoint} (resume from it with resume=auto or resume={last_checkpoint})"
+        if last_checkpoint
+        else "no checkpoint has been written yet"
+    )
+    raise NonFiniteError(
+        f"non-finite values at step {step}: {'; '.join(what)}. {ckpt}. Lower the learning rate, "
+        "enable gradient clipping (trainer.grad_clip_norm) or use precision=32; "
+        "trainer.skip_nonfinite=true skips such batches and counts them instead.",
+        step=step,
+        loss=value,
+        param=param,
+    )
+
+
+class NonFiniteGuard:
+    """The engine's NaN policy: ``check`` returns True to take the optimizer step.
+
+    ``skip=False``: ``check`` raises ``NonFiniteError``. ``skip=True``: a non-finite batch is
+    logged, counted in ``.skipped`` (steps in ``.skipped_steps``) and ``check`` returns False,
+    the caller zeroes the gradients and does not step; after ``max_skips`` skips (None: no limit)
+    it raises. ``state_dict``/``load_state_dict`` carry the count across resumes.
+    """
+
+    def __init__(self, skip: bool = False, max_skips: int | None = None, check_grads: bool = True):
+        self.skip = skip
+        self.max_skips = max_skips
+        self.check_grads = check_grads
+        self.skipped = 0
+        self.skipped_steps: list[int] = []
+
+    def check(
+        self,
+        loss: torch.Tensor | float,
+        model: nn.Module | None,
+        step: int,
+        last_checkpoint: str | os.PathLike | Path | None = None,
+    ) -> bool:
+        try:
+            check_finite(loss, model, step, last_checkpoint, check_grads=self.check_grads)
+        except NonFiniteError as e:
+            if not self.skip:
+                raise
+            self.skipped += 1
+            self.skipped_steps.append(int(step))
+            log.warning("skipping batch (%d skipped so far): %s", self.skipped, e)
+            if self.max_skips is not None and self.skipped > self.max_skips:
+                raise NonFiniteError(
+                    f"{self.skipped} batches with non-finite values (more than max_skips="
+                    f"{self.max_skips}), last at step {step}; the run is diverging. {e}",
+                    step=e.step,
+                    loss=e.loss,
+                    param=e.param,
+                ) from e
+            return False
+        return True
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "skipped_steps": list(self.skipped_steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped", 0))
+        self.skipped_steps = [int(s) for s in state.get("skipped_steps", [])]
