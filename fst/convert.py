@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from fnmatch import fnmatch
 
@@ -51,7 +52,8 @@ def sparsify(
         exclude: fnmatch patterns on module names (``"fc"``, ``"conv1"``, ``"*.downsample.0"``)
             of layers to keep dense. A pattern that matches no Conv2d/Linear is an error (a
             typo would otherwise silently prune a layer meant to stay dense).
-        **options: strategy options (``ir_coef``, ``wt_source``, ``mask_layout``).
+        **options: strategy options (``ir_coef``, ``x_pattern``, ``wt_source``,
+            ``mask_layout``; see :data:`fst.strategies.OPTIONS`).
 
     Parameters keep their names and identity (the optimizer's references stay valid), so
     dense and sparse state_dicts load into each other. Grouped/depthwise convs and subclasses
@@ -70,9 +72,16 @@ def sparsify(
             f"layer names look like: {names}"
         )
     skipped: dict[str, str] = {}
+    first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
     for name, m in layers:
         hit = next((p for p in exclude if fnmatch(name, p)), None)
         reason = f"excluded by pattern {hit!r}" if hit else why_dense(m)
+        if not reason and plan.dense_linear and isinstance(m, nn.Linear):
+            reason = f"Linear layers stay dense under {plan.name!r} (as in the released code)"
+        layer_plan = plan
+        if name == first_conv and plan.dense_first_conv_weight:
+            # the release keeps the stem's W dense but still masks its X in Eq. 3
+            layer_plan = dataclasses.replace(plan, forward="dense", input_grad="dense")
         if reason:
             if isinstance(m, _SparseMixin):
                 _to_dense(m)
@@ -80,7 +89,7 @@ def sparsify(
             continue
         if not isinstance(m, _SparseMixin):
             m.__class__ = SPARSE_CLASSES[type(m)]
-        m.configure(plan, backend, decay)
+        m.configure(layer_plan, backend, decay)
     setattr(model, _SKIPPED_ATTR, skipped)
     return model
 

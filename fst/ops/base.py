@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from fst.masks import nm_mask_of_abs, transposable_mask
+from fst.ops.released import regrouped_wt
 from fst.registry import Registry
 from fst.strategies import Strategy
 
@@ -89,10 +90,11 @@ def weight_operands(
         return w_fwd, w
     if plan.input_grad == "fwd":
         return w_fwd, w_fwd
-    src = w if plan.wt_source == "dense" else w_fwd  # nm_wt: S(W^T), groups along Co
-    a = a if a is not None and src is w else src.abs()
-    wt_mask = nm_mask_of_abs(a.reshape(src.shape[0], -1), dim=0).view(src.shape)
-    return w_fwd, src * wt_mask
+    if plan.wt_source == "pruned":  # the release: S(W) pruned again inside one filter
+        return w_fwd, regrouped_wt(w_fwd)
+    a = w.abs() if a is None else a  # S(W^T): groups along Co, from the dense W
+    wt_mask = nm_mask_of_abs(a.reshape(w.shape[0], -1), dim=0).view(w.shape)
+    return w_fwd, w * wt_mask
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:

@@ -27,6 +27,7 @@ from fst.ops.base import (
     cast,
     weight_operands,
 )
+from fst.ops.released import conv_cols, random4_weight_grad
 from fst.strategies import Strategy
 
 _conv_bwd = torch.ops.aten.convolution_backward.default
@@ -111,6 +112,9 @@ class _Conv(torch.autograd.Function):
 
 def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tensor:
     """Eq. 3 for a conv: ``dW = dY X^T`` with the plan's mask on dY or X^T."""
+    if plan.weight_grad == "fixed" and plan.x_pattern == "random4":
+        cols = conv_cols(xc, wb.shape, g)
+        return random4_weight_grad(dy.flatten(2), cols, plan.ir_coef).reshape(wb.shape)
     if plan.weight_grad == "fixed":
         dy_half = ir_half(dy, plan.ir_coef, dim=3)
         stride = (g.stride[0], 2 * g.stride[1])
@@ -164,6 +168,10 @@ class _Linear(torch.autograd.Function):
 def _linear_weight_grad(dy, xc, plan: Strategy) -> torch.Tensor:
     """Eq. 3 for a Linear; the token axis (dim -2) plays the conv's width (dense for 2-D x)."""
     mode = plan.weight_grad if xc.dim() >= 3 else "dense"
+    if mode == "fixed" and plan.x_pattern == "random4":
+        dyt = dy.reshape(-1, *dy.shape[-2:]).transpose(1, 2)  # [B, out, T]
+        xt = xc.reshape(-1, *xc.shape[-2:]).transpose(1, 2)  # [B, in, T]
+        return random4_weight_grad(dyt, xt, plan.ir_coef)
     if mode == "fixed":
         dy = ir_half(dy, plan.ir_coef, dim=-2)
         xc = _every_other(xc, xc.dim() - 2, 0)

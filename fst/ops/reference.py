@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fst.masks import nm_mask
+from fst.ops.released import random4_weight_grad
 from fst.ops.base import BACKENDS, Backend, add_decay, autocast_dtype, cast, weight_operands
 
 
@@ -41,6 +42,8 @@ def eq3_operands(dy, x, plan, width: int | None):
     mode = plan.weight_grad
     if mode == "dense":
         return dy, x
+    if mode == "fixed" and plan.x_pattern == "random4":
+        raise AssertionError("random4 is handled by random4_weight_grad")
     if mode == "nm_dy":
         return dy * nm_mask(dy, dim=-1), x
     if mode == "nm_x":
@@ -85,8 +88,11 @@ class _Conv(torch.autograd.Function):
             k = weight.shape[2:]
             dx = F.fold(dcols, ctx.hw, k, g.dilation, g.padding, g.stride).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            dyw, xw = eq3_operands(dy, cols, plan, ctx.wo)
-            dw = torch.einsum("nol,nkl->ok", dyw, xw).reshape(weight.shape)
+            if plan.weight_grad == "fixed" and plan.x_pattern == "random4":
+                dw = random4_weight_grad(dy, cols, plan.ir_coef).reshape(weight.shape)
+            else:
+                dyw, xw = eq3_operands(dy, cols, plan, ctx.wo)
+                dw = torch.einsum("nol,nkl->ok", dyw, xw).reshape(weight.shape)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if ctx.needs_input_grad[2]:
             db = dy.sum((0, 2)).to(weight.dtype)
@@ -119,8 +125,11 @@ class _Linear(torch.autograd.Function):
             if xc.dim() >= 3:  # matrices with tokens as the positions axis: [B, feat, T]
                 dyt = dy.reshape(-1, *dy.shape[-2:]).transpose(1, 2)
                 xt = xc.reshape(-1, *xc.shape[-2:]).transpose(1, 2)
-                dyt, xt = eq3_operands(dyt, xt, plan, None)
-                dw = torch.einsum("bot,bit->oi", dyt, xt)
+                if plan.weight_grad == "fixed" and plan.x_pattern == "random4":
+                    dw = random4_weight_grad(dyt, xt, plan.ir_coef)
+                else:
+                    dyt, xt = eq3_operands(dyt, xt, plan, None)
+                    dw = torch.einsum("bot,bit->oi", dyt, xt)
             else:  # no positions axis: Eq. 3 stays dense
                 dw = torch.einsum("bo,bi->oi", dy, xc)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
