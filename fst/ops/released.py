@@ -54,12 +54,9 @@ def draw_patterns(n_chunks: int) -> list[str]:
     return [PATTERNS[i] for i in torch.randint(len(PATTERNS), (n_chunks,)).tolist()]
 
 
-def pattern_mask(kind: str, rows: int, cols: int, device=None) -> torch.Tensor:
-    """Bool keep-mask ``[rows, cols]`` of pattern ``kind`` on one im2col chunk."""
-    r = torch.arange(rows, device=device)[:, None]
-    c = torch.arange(cols, device=device)[None, :]
+def _pattern_rule(kind: str, r: torch.Tensor, c: torch.Tensor, cols: int) -> torch.Tensor:
     if kind == "b":
-        return (c % 2 == 1).expand(rows, cols)
+        return (c % 2 == 1) & (r >= 0)
     if kind == "c":
         return (r + c) % 2 == 1
     if kind == "d":
@@ -68,6 +65,19 @@ def pattern_mask(kind: str, rows: int, cols: int, device=None) -> torch.Tensor:
         flat = r * cols + c
         return (flat // 4 + flat % 4) % 2 == 1
     raise ValueError(f"unknown X pattern {kind!r}; valid: {PATTERNS}")
+
+
+def pattern_mask(kind: str, rows: int, cols: int, device=None) -> torch.Tensor:
+    """Bool keep-mask ``[rows, cols]`` of pattern ``kind`` on one im2col chunk.
+
+    Every pattern depends only on (row mod 8, col mod 8) (``a`` through ``(row*cols + col) mod
+    8``), so it is read from an 8x8 tile instead of computed at full size.
+    """
+    i = torch.arange(8, device=device)
+    tile = _pattern_rule(kind, i[:, None], i[None, :], cols)  # [8, 8]
+    r = torch.arange(rows, device=device) % 8
+    c = torch.arange(cols, device=device) % 8
+    return tile[r[:, None], c[None, :]]
 
 
 def roll_ir(g: torch.Tensor, coef: float) -> torch.Tensor:
