@@ -23,6 +23,10 @@ class _SparseMixin:
     strategy: str
     backend: str
     decay: float
+    # Multiplies ``decay`` in backward: the decay term is added to the gradient in every
+    # backward pass, so a loop that accumulates k micro-batches or scales the loss (fp16
+    # GradScaler, scale s) sets s / k here to keep Eq. 6's decay per optimizer step.
+    decay_scale: float = 1.0
 
     def configure(self, plan: Strategy, backend: str, decay: float) -> None:
         if decay < 0:
@@ -46,7 +50,8 @@ class SparseConv2d(_SparseMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_input_shape = tuple(x.shape)  # for summary(): output width of F(X^T)
-        return self._backend.conv2d(x, self.weight, self.bias, self.geom, self.plan, self.decay)
+        decay = self.decay * self.decay_scale
+        return self._backend.conv2d(x, self.weight, self.bias, self.geom, self.plan, decay)
 
 
 class SparseLinear(_SparseMixin, nn.Linear):
@@ -54,11 +59,17 @@ class SparseLinear(_SparseMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_input_shape = tuple(x.shape)  # for summary(): 2-D inputs keep Eq. 3 dense
-        return self._backend.linear(x, self.weight, self.bias, self.plan, self.decay)
+        return self._backend.linear(x, self.weight, self.bias, self.plan, self.decay * self.decay_scale)
 
 
 SPARSE_CLASSES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}
 DENSE_CLASSES = {v: k for k, v in SPARSE_CLASSES.items()}
+
+
+def set_decay_scale(model: nn.Module, scale: float) -> None:
+    """Set ``decay_scale`` of every sparse layer (see :class:`_SparseMixin`)."""
+    for _, m in sparse_layers(model):
+        m.decay_scale = float(scale)
 
 
 def sparse_layers(model: nn.Module) -> Iterator[tuple[str, _SparseMixin]]:

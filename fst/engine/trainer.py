@@ -45,6 +45,7 @@ from fst.engine.checkpoint import (
 )
 from fst.engine.faults import NonFiniteGuard, PreemptionHandler
 from fst.engine.sampler import ResumableSampler
+from fst.layers import set_decay_scale
 from fst.tasks.base import DataBundle, Task
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,9 @@ class Trainer:
         loss_total = torch.zeros((), device=self.device)
         images = 0
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        # SR-STE decay is added in every backward: keep it once per step, unscaled.
+        loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        set_decay_scale(model, loss_scale / self.accum)
         for micro in range(self.accum):
             batch = next(batches)
             last = micro == self.accum - 1
@@ -374,6 +378,8 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path | None:
+        if not self.cfg.get("save_checkpoints", True):
+            return None
         state = self.state_dict()  # collective (RNG gather): every rank takes part
         path = self.ckpt_dir / name
         if self.dist.is_main:

@@ -55,16 +55,44 @@ def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
     return model
 
 
+def _set_width(model: nn.Module, width: int, num_classes: int) -> None:
+    """Rebuild stem, stages and classifier with ``width, 2*width, 4*width, 8*width`` channels.
+
+    Same depth, strides and block types as the torchvision model (64 = the original); used
+    to make the embedded-scale tables affordable on a CPU (width 16 has ~1/16 of the MACs).
+    """
+    block = type(model.layer1[0])
+    depths = [len(model.layer1), len(model.layer2), len(model.layer3), len(model.layer4)]
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    for i, depth in enumerate(depths):
+        stage = model._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2)
+        setattr(model, f"layer{i + 1}", stage)
+    model.fc = nn.Linear(8 * width * block.expansion, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _resnet(
     fn,
     num_classes: int | None,
     small_stem: bool,
     pretrained: str | None,
     zero_init_residual: bool,
+    width: int = 64,
 ) -> nn.Module:
     if num_classes is None:
         raise ValueError("model.num_classes is unknown; set it or data.num_classes")
+    if width < 1:
+        raise ValueError(f"model.width must be a positive channel count (64 = torchvision's), got {width}")
     model = fn(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    if width != 64:
+        _set_width(model, width, num_classes)
     if small_stem:
         _small_stem(model)
     return load_pretrained(model, pretrained)
@@ -76,11 +104,15 @@ def resnet18(
     small_stem: bool = False,
     pretrained: str | None = None,
     zero_init_residual: bool = False,
+    width: int = 64,
 ) -> nn.Module:
-    """torchvision ResNet-18; input ``[B, 3, H, W]``, output logits ``[B, num_classes]``."""
+    """torchvision ResNet-18; input ``[B, 3, H, W]``, output logits ``[B, num_classes]``.
+
+    ``width``: channels of the first stage (64 = torchvision's; 16 for cheap embedded runs).
+    """
     from torchvision.models import resnet18 as tv
 
-    return _resnet(tv, num_classes, small_stem, pretrained, zero_init_residual)
+    return _resnet(tv, num_classes, small_stem, pretrained, zero_init_residual, width)
 
 
 @MODELS.register("resnet50")
@@ -89,11 +121,15 @@ def resnet50(
     small_stem: bool = False,
     pretrained: str | None = None,
     zero_init_residual: bool = False,
+    width: int = 64,
 ) -> nn.Module:
-    """torchvision ResNet-50; input ``[B, 3, H, W]``, output logits ``[B, num_classes]``."""
+    """torchvision ResNet-50; input ``[B, 3, H, W]``, output logits ``[B, num_classes]``.
+
+    ``width``: channels of the first stage (64 = torchvision's).
+    """
     from torchvision.models import resnet50 as tv
 
-    return _resnet(tv, num_classes, small_stem, pretrained, zero_init_residual)
+    return _resnet(tv, num_classes, small_stem, pretrained, zero_init_residual, width)
 
 
 @MODELS.register("timm")

@@ -259,3 +259,20 @@ def test_autocast_bfloat16_cpu_runs_and_keeps_param_dtypes():
     y.float().sum().backward()
     assert conv.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
     assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_decay_scale_multiplies_the_decay_term():
+    """Loops that accumulate k micro-batches or scale the loss set decay_scale = s / k."""
+    from fst.layers import set_decay_scale
+
+    torch.manual_seed(9)
+    x = torch.randn(2, 4, 6, 6)
+    grads = []
+    for scale in (1.0, 0.25):
+        torch.manual_seed(10)
+        conv = fst.sparsify(nn.Conv2d(4, 8, 3), "fst", decay=0.5)
+        set_decay_scale(conv, scale)
+        conv(x).sum().mul(0.0).backward()  # zero loss: the gradient is the decay term alone
+        grads.append(conv.weight.grad)
+    torch.testing.assert_close(grads[1], 0.25 * grads[0])
+    assert grads[0].abs().sum() > 0
