@@ -23,7 +23,9 @@ def conv_inputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str
     mods = dict(model.named_modules())
     missing = [n for n in names if n not in mods]
     if missing:
-        raise KeyError(f"no module named {missing} in the model; conv layers are: {', '.join(conv_names(model))}")
+        raise KeyError(
+            f"no module named {missing} in the model; conv layers are: {', '.join(conv_names(model))}"
+        )
     feats: dict[str, torch.Tensor] = {}
     handles = []
     for n in names:
@@ -55,17 +57,23 @@ def resnet18(checkpoint: str | None = None, seed: int = 0) -> tuple[nn.Module, s
         return tv_resnet18(weights=None).eval(), f"random init (seed {seed}), no trained checkpoint"
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} not found; pass the path of a saved ResNet-18 state_dict")
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint!r} not found; pass the path of a saved ResNet-18 state_dict"
+        )
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
     if "fc.weight" not in obj:
-        raise ValueError(f"{checkpoint!r} does not hold a torchvision ResNet-18 state_dict (no 'fc.weight')")
+        raise ValueError(
+            f"{checkpoint!r} does not hold a torchvision ResNet-18 state_dict (no 'fc.weight')"
+        )
     model = tv_resnet18(weights=None, num_classes=obj["fc.weight"].shape[0])
     # Unexpected keys (e.g. mask buffers of sparse layers) are harmless; missing ones are not.
     missing = model.load_state_dict(obj, strict=False).missing_keys
     if missing:
-        raise ValueError(f"{checkpoint!r} lacks ResNet-18 parameters {missing[:5]}...; is it a ResNet-18?")
+        raise ValueError(
+            f"{checkpoint!r} lacks ResNet-18 parameters {missing[:5]}...; is it a ResNet-18?"
+        )
     return model.eval(), f"checkpoint {path.name}"

@@ -23,7 +23,9 @@ import torch
 BINS = 256
 
 
-def quantize(x: torch.Tensor, bins: int = BINS, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor, bins: int = BINS, dims: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """Uniform quantisation into ``bins`` levels over ``[min, max]`` (int64, shape of ``x``).
 
     ``dims``: reduce min/max over these dims only (e.g. ``(-2, -1)``: one range per channel);
@@ -42,7 +44,9 @@ def pair_codes(q: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tens
     """``(X, X')``: each entry and its predecessor along ``dim`` (both one shorter along it)."""
     length = q.shape[dim]
     if length < 2:
-        raise ValueError(f"need at least 2 entries along dim {dim} to pair neighbours, got shape {tuple(q.shape)}")
+        raise ValueError(
+            f"need at least 2 entries along dim {dim} to pair neighbours, got shape {tuple(q.shape)}"
+        )
     return q.narrow(dim, 1, length - 1), q.narrow(dim, 0, length - 1)
 
 
@@ -80,11 +84,15 @@ class PairHistogram:
     def entropies(self, miller_madow: bool = True) -> tuple[float, float]:
         """``(H(X), H(X|X'))`` in bits."""
         h_x = entropy_from_counts(self.cur, miller_madow)
-        h_cond = entropy_from_counts(self.joint, miller_madow) - entropy_from_counts(self.prev, miller_madow)
+        h_cond = entropy_from_counts(self.joint, miller_madow) - entropy_from_counts(
+            self.prev, miller_madow
+        )
         return h_x, h_cond
 
 
-def entropy_pair(x: torch.Tensor, bins: int = BINS, dim: int = -1, miller_madow: bool = True) -> tuple[float, float]:
+def entropy_pair(
+    x: torch.Tensor, bins: int = BINS, dim: int = -1, miller_madow: bool = True
+) -> tuple[float, float]:
     """``(H(X), H(X|X'))`` in bits of one tensor quantised as a whole, ``X'`` one step back along ``dim``."""
     h = PairHistogram(bins)
     h.add(quantize(x, bins), dim)
@@ -121,7 +129,10 @@ def layer_entropies(
             total.joint += h.joint
         h_x, h_c = total.entropies(miller_madow)
         per = torch.tensor([h.entropies(miller_madow) for h in hists], dtype=torch.float64)
-        std = (lambda v: float(v.std()) if k > 1 else 0.0)  # noqa: E731
+
+        def std(v: torch.Tensor, k: int = k) -> float:
+            return float(v.std()) if k > 1 else 0.0
+
         rows.append(
             {
                 "layer": name,
@@ -147,10 +158,19 @@ def plot_entropies(results: dict[str, list[dict]], path, subtitle: str = "") -> 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(6.5 * len(results), 4.8), sharey=True, squeeze=False
+    )
     for ax, (panel, (kind, rows)) in zip(axes[0], zip("abcdef", results.items())):
         x = np.arange(len(rows))
-        ax.bar(x - 0.2, [r["H_X"] for r in rows], 0.4, yerr=[r["H_X_std"] for r in rows], capsize=3, label="H(X)")
+        ax.bar(
+            x - 0.2,
+            [r["H_X"] for r in rows],
+            0.4,
+            yerr=[r["H_X_std"] for r in rows],
+            capsize=3,
+            label="H(X)",
+        )
         ax.bar(
             x + 0.2,
             [r["H_X_given_Xadj"] for r in rows],

@@ -60,7 +60,9 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def natural_images(n: int, size: int = 224, seed: int = 0, folder: str | None = None) -> torch.Tensor:
+def natural_images(
+    n: int, size: int = 224, seed: int = 0, folder: str | None = None
+) -> torch.Tensor:
     """``n`` natural-image crops ``[n, 3, size, size]``, ImageNet-normalised.
 
     Each source image is resized so its short side is ``size * 1.15`` and random ``size``
@@ -70,14 +72,18 @@ def natural_images(n: int, size: int = 224, seed: int = 0, folder: str | None = 
     if folder is not None:
         root = Path(folder)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {folder!r} does not exist; pass a directory of JPEG/PNG images")
+            raise FileNotFoundError(
+                f"image folder {folder!r} does not exist; pass a directory of JPEG/PNG images"
+            )
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         if not paths:
             raise FileNotFoundError(f"no .jpg/.jpeg/.png files under {folder!r}")
     else:
         paths = _shipped_image_paths()
         if not paths:
-            raise FileNotFoundError("no shipped images found in scikit-image / scikit-learn; pass folder=")
+            raise FileNotFoundError(
+                "no shipped images found in scikit-image / scikit-learn; pass folder="
+            )
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(paths), generator=g).tolist()
     cache: dict[int, torch.Tensor] = {}
@@ -89,7 +95,9 @@ def natural_images(n: int, size: int = 224, seed: int = 0, folder: str | None = 
             short = min(img.shape[-2:])
             scale = size * 1.15 / short
             hw = (max(size, round(img.shape[-2] * scale)), max(size, round(img.shape[-1] * scale)))
-            cache[k] = F.interpolate(img[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+            cache[k] = F.interpolate(
+                img[None], size=hw, mode="bilinear", antialias=True, align_corners=False
+            )[0]
         img = cache[k]
         top = int(torch.randint(0, img.shape[-2] - size + 1, (1,), generator=g))
         left = int(torch.randint(0, img.shape[-1] - size + 1, (1,), generator=g))

@@ -43,7 +43,9 @@ class ConvGEMM:
     @property
     def macs(self) -> int:
         """MACs of one of the three GEMMs (they are equal)."""
-        return self.batch * self.cout * (self.cin // self.groups) * self.kernel * self.hout * self.wout
+        return (
+            self.batch * self.cout * (self.cin // self.groups) * self.kernel * self.hout * self.wout
+        )
 
 
 def conv_gemms(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224)) -> list[ConvGEMM]:
@@ -121,13 +123,19 @@ def strategy_sparse_eqs(strategy: str) -> tuple[bool, bool, bool]:
     """Which of Eq. 1-3 get a 2:4 operand under ``strategy``, read from its registry entry.
 
     Eq. 2 reusing the forward weight (``input_grad="fwd"``) is 2:4 along Eq. 2's reduction
-    dim (Cout) only for a transposable mask (``tsm``); S(W)^T of an ordinary 2:4 mask is not.
+    dim (Cout) only for a transposable mask (``tsm``); S(W)^T of an ordinary 2:4 mask is not,
+    nor is the released code's regrouping of S(W) (``wt_source="pruned"``: its groups lie
+    inside one filter, not along Cout).
     """
     from fst.strategies import STRATEGIES
 
     plan = STRATEGIES.get(strategy)
     eq1 = plan.forward != "dense"
-    eq2 = plan.input_grad in ("nm_wt", "nm_dy") or (plan.input_grad == "fwd" and plan.forward == "tsm")
+    eq2 = (
+        plan.input_grad == "nm_dy"
+        or (plan.input_grad == "nm_wt" and plan.wt_source == "dense")
+        or (plan.input_grad == "fwd" and plan.forward == "tsm")
+    )
     eq3 = plan.weight_grad != "dense"
     return eq1, eq2, eq3
 
@@ -143,11 +151,16 @@ def macs_by_strategy(
     Keys: ``strategy, eq1, eq2, eq3, total, backward_share, fraction_of_dense, speedup_bound``
     (``speedup_bound`` = dense total / effective total, the MAC-count ceiling on speedup).
     """
+    from fst.strategies import STRATEGIES
+
     dense_total = sum(r["eq1"] + r["eq2"] + r["eq3"] for r in dense_macs(layers, first_input_grad))
     out = []
     for s in strategies:
         eqs = strategy_sparse_eqs(s)
         rows = effective_macs(layers, eqs, exclude, first_input_grad)
+        if getattr(STRATEGIES.get(s), "dense_first_conv_weight", False):
+            first = dense_macs(layers[:1], first_input_grad)[0]
+            rows[0]["eq1"], rows[0]["eq2"] = first["eq1"], first["eq2"]  # X is still masked (Eq. 3)
         tot = {eq: float(sum(r[eq] for r in rows)) for eq in EQUATIONS}
         total = sum(tot.values())
         out.append(
@@ -164,7 +177,9 @@ def macs_by_strategy(
     return out
 
 
-def plot_macs(per_layer: list[dict], per_strategy: list[dict], path, title_suffix: str = "") -> None:
+def plot_macs(
+    per_layer: list[dict], per_strategy: list[dict], path, title_suffix: str = ""
+) -> None:
     """Two panels: (a) dense MACs per conv layer and equation; (b) effective MACs per strategy."""
     import matplotlib
 
@@ -193,7 +208,14 @@ def plot_macs(per_layer: list[dict], per_strategy: list[dict], path, title_suffi
         ax2.bar(xs, vals, 0.6, bottom=bottom, label=EQ_LABELS[eq])
         bottom += vals
     for xi, r, b in zip(xs, per_strategy, bottom):
-        ax2.text(xi, b, f"{r['speedup_bound']:.2f}x\n{100 * r['backward_share']:.0f}%", ha="center", va="bottom", fontsize=7)
+        ax2.text(
+            xi,
+            b,
+            f"{r['speedup_bound']:.2f}x\n{100 * r['backward_share']:.0f}%",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     ax2.set_xticks(xs, strat, rotation=45, ha="right")
     ax2.set_ylabel("effective MACs per image (billions)")
     ax2.set_xlabel("strategy (a 2:4 GEMM counts half); above bars: dense/effective, backward share")

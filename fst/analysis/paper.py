@@ -41,4 +41,10 @@ TABLE5_FLAGS = {
 }
 
 # Table 6: one training iteration and the extra overhead, ResNet-18, batch 256, A100.
-TABLE6_S = {"train_step": 0.184, "S(W)": 0.0017, "S(W^T)": 0.0017, "shift(dY)": 0.0008, "total": 0.0042}
+TABLE6_S = {
+    "train_step": 0.184,
+    "S(W)": 0.0017,
+    "S(W^T)": 0.0017,
+    "shift(dY)": 0.0008,
+    "total": 0.0042,
+}

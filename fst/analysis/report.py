@@ -19,17 +19,19 @@ import torch
 
 
 def _git_commit() -> str:
+    """``git rev-parse --short HEAD``, with ``+dirty`` when the working tree has changes."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=root
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        return out.stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
+        return "unknown (not a git checkout)"
 
 
 def machine() -> str:
@@ -46,13 +48,24 @@ def machine() -> str:
     desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if torch.cuda.is_available():
         desc += f", GPU {torch.cuda.get_device_name(0)}"
+    try:  # timings on a shared machine mean little without it
+        desc += ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    except OSError:
+        pass
     return desc
 
 
 def provenance() -> dict[str, str]:
     """``{"command", "machine", "commit", "date"}`` for the running script."""
+    # Thread settings change timings (and OpenMP on an oversubscribed CPU can be 30x slower
+    # with 2 threads than with 1), so they are part of the command.
+    env = "".join(
+        f"{k}={os.environ[k]} "
+        for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+        if k in os.environ
+    )
     return {
-        "command": "python " + " ".join(sys.argv),
+        "command": env + "python " + " ".join(sys.argv),
         "machine": machine(),
         "commit": _git_commit(),
         "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -72,7 +85,9 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str] | N
     return path
 
 
-def markdown_table(rows: Iterable[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+def markdown_table(
+    rows: Iterable[dict], columns: Sequence[str], headers: Sequence[str] | None = None
+) -> str:
     """A GitHub Markdown table of ``rows`` restricted to ``columns``."""
     headers = list(headers or columns)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
@@ -87,7 +102,9 @@ def _cell(v) -> str:
     return str(v)
 
 
-def write_markdown(path: str | Path, title: str, body: str, prov: dict[str, str] | None = None) -> Path:
+def write_markdown(
+    path: str | Path, title: str, body: str, prov: dict[str, str] | None = None
+) -> Path:
     """``# title``, a provenance block, then ``body``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ def naive_sort_mask(t: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> t
     """
     dim = dim % t.dim()
     if t.shape[dim] % m:
-        raise ValueError(f"naive_sort_mask needs size {t.shape[dim]} along dim {dim} to be a multiple of {m}")
+        raise ValueError(
+            f"naive_sort_mask needs size {t.shape[dim]} along dim {dim} to be a multiple of {m}"
+        )
     x = t.detach().abs().movedim(dim, -1)
     g = x.reshape(*x.shape[:-1], -1, m)
     idx = torch.sort(g, dim=-1, descending=True).indices[..., :n]
@@ -53,7 +55,9 @@ def fixed_column_mask(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x * keep.view(shape)
 
 
-def time_fn(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, device: str = "cpu") -> dict[str, float]:
+def time_fn(
+    fn: Callable[[], object], repeats: int = 10, warmup: int = 2, device: str = "cpu"
+) -> dict[str, float]:
     """Median and spread (seconds) of ``repeats`` calls after ``warmup`` calls.
 
     Synchronises CUDA around each call so GPU time is measured, not launch time.
@@ -76,7 +80,9 @@ def time_fn(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, device
     }
 
 
-def second_conv_operands(batch: int, device: str = "cpu", seed: int = 0) -> dict[str, tuple[torch.Tensor, int]]:
+def second_conv_operands(
+    batch: int, device: str = "cpu", seed: int = 0
+) -> dict[str, tuple[torch.Tensor, int]]:
     """Random operands shaped as ResNet-18's second conv: ``{name: (tensor, group_dim)}``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     w = torch.randn(64, 64 * 9, generator=g)
@@ -118,3 +124,98 @@ def table2(batch: int, device: str = "cpu", repeats: int = 5, warmup: int = 1) -
                 }
             )
     return rows
+
+
+def table6(
+    batch: int,
+    device: str = "cpu",
+    repeats: int = 3,
+    warmup: int = 1,
+    res: int = 224,
+    strategy: str = "fst",
+) -> dict:
+    """Per-iteration time of S(W), S(W^T) and the IR shift beside one training step.
+
+    ResNet-18 (torchvision, 1000 classes) at ``batch`` x 3 x ``res`` x ``res``, converted with
+    ``fst.sparsify(strategy)`` (native backend); a dense copy gives the reference step. Each
+    overhead is summed over every sparse layer, using the library's own functions:
+
+    - ``S(W)``: ``fst.ops.base.forward_mask`` applied to each weight (2:4 along Cin*k*k);
+    - ``S(W^T)``: ``fst.masks.nm_mask`` along Cout of the ``[Cout, Cin*k*k]`` weight;
+    - ``shift(dY)``: ``fst.ops.native.ir_half(dY, 1.0, dim=W)``, the fused shift-and-add of
+      Eq. 10 over the half F keeps, on each conv's dY shape (convs with a fixed X^T mask).
+
+    Returns ``{"train_step_<strategy>", "train_step_dense", "S(W)", "S(W^T)", "shift(dY)",
+    "total"}``, each a :func:`time_fn` dict, plus ``batch`` and ``res``.
+    """
+    import torchvision
+    from torch import nn
+
+    import fst
+    from fst.layers import SparseConv2d, sparse_layers
+    from fst.masks import nm_mask
+    from fst.ops.base import forward_mask
+    from fst.ops.native import ir_half
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    dense = torchvision.models.resnet18(num_classes=1000).to(dev).train()
+    sparse = torchvision.models.resnet18(num_classes=1000)
+    sparse.load_state_dict(dense.state_dict())
+    sparse = fst.sparsify(sparse, strategy, "native").to(dev).train()
+    x = torch.randn(batch, 3, res, res, device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def stepper(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        return step
+
+    out_shapes: dict[str, torch.Size] = {}
+    layers = list(sparse_layers(sparse))
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: out_shapes.__setitem__(n, o.shape))
+        for n, m in layers
+    ]
+    result = {"batch": batch, "res": res}
+    result[f"train_step_{strategy}"] = time_fn(stepper(sparse), repeats, warmup, device)
+    for h in hooks:
+        h.remove()
+    result["train_step_dense"] = time_fn(stepper(dense), repeats, warmup, device)
+
+    weights = [(m.weight.detach(), m.plan) for _, m in layers]
+    dys = [
+        torch.randn(out_shapes[n], device=dev)
+        for n, m in layers
+        if isinstance(m, SparseConv2d) and m.plan.weight_grad == "fixed"
+    ]
+
+    def s_w():
+        for w, plan in weights:
+            w * forward_mask(w, plan)
+
+    def s_wt():
+        for w, _ in weights:
+            w * nm_mask(w.reshape(w.shape[0], -1), dim=0).view_as(w)
+
+    def shift():
+        for d in dys:
+            ir_half(d, 1.0, dim=3)
+
+    reps = max(repeats, 10)
+    with torch.no_grad():
+        result["S(W)"] = time_fn(s_w, reps, 2, device)
+        result["S(W^T)"] = time_fn(s_wt, reps, 2, device)
+        result["shift(dY)"] = time_fn(shift, reps, 2, device)
+    result["total"] = {
+        "median_s": sum(result[k]["median_s"] for k in ("S(W)", "S(W^T)", "shift(dY)"))
+    }
+    result["layers"] = len(layers)
+    result["shifted_layers"] = len(dys)
+    return result

@@ -41,7 +41,9 @@ class TensorImages(Dataset):
         if self.shift:
             s = self.shift
             dx, dy = torch.randint(-s, s + 1, (2,)).tolist()
-            x = F.pad(x, (s, s, s, s))[:, s + dy : s + dy + x.shape[1], s + dx : s + dx + x.shape[2]]
+            x = F.pad(x, (s, s, s, s))[
+                :, s + dy : s + dy + x.shape[1], s + dx : s + dx + x.shape[2]
+            ]
         x = (x.expand(3, -1, -1) - 0.5) / 0.5
         return x.contiguous(), int(self.labels[i])
 

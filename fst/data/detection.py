@@ -91,7 +91,9 @@ def build_transforms(kind: str, train: bool, fill: tuple[int, int, int] = (123, 
     return T.Compose(ops)
 
 
-def _wrap(image: torch.Tensor, boxes: torch.Tensor) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+def _wrap(
+    image: torch.Tensor, boxes: torch.Tensor
+) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
     h, w = image.shape[-2:]
     return tv_tensors.Image(image), tv_tensors.BoundingBoxes(
         boxes.reshape(-1, 4), format="XYXY", canvas_size=(h, w)
@@ -121,7 +123,9 @@ class CocoDetection(Dataset):
         class_names: category names in label order (index 0 = label 1).
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path, transforms=None, train: bool = False):
+    def __init__(
+        self, image_dir: str | Path, ann_file: str | Path, transforms=None, train: bool = False
+    ):
         from pycocotools.coco import COCO
 
         image_dir, ann_file = Path(image_dir), Path(ann_file)
@@ -293,18 +297,38 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _shape_polygon(kind: str, cx: float, cy: float, s: float, angle: float) -> list[tuple[float, float]]:
+def _shape_polygon(
+    kind: str, cx: float, cy: float, s: float, angle: float
+) -> list[tuple[float, float]]:
     """Vertices of one shape of size ``s`` (its box side before rotation) centred at (cx, cy)."""
     if kind == "circle":
-        pts = [(math.cos(2 * math.pi * k / 32) / 2, math.sin(2 * math.pi * k / 32) / 2) for k in range(32)]
+        pts = [
+            (math.cos(2 * math.pi * k / 32) / 2, math.sin(2 * math.pi * k / 32) / 2)
+            for k in range(32)
+        ]
         angle = 0.0
     elif kind == "square":
         pts = [(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)]
     elif kind == "triangle":
-        pts = [(math.cos(a) / 2, math.sin(a) / 2) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        pts = [
+            (math.cos(a) / 2, math.sin(a) / 2) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
     elif kind == "cross":
         a, b = 0.5, 0.17
-        pts = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+        pts = [
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+        ]
     else:
         raise ValueError(kind)
     ca, sa = math.cos(angle), math.sin(angle)
@@ -334,7 +358,9 @@ def _draw_image(rng: np.random.Generator, size: int, max_objects: int, scale: tu
             k = int(rng.integers(len(SHAPE_CLASSES)))
             s = float(rng.uniform(*scale)) * size
             cx, cy = rng.uniform(s / 2, size - s / 2, 2)
-            poly = _shape_polygon(SHAPE_CLASSES[k], float(cx), float(cy), s, float(rng.uniform(0, 2 * math.pi)))
+            poly = _shape_polygon(
+                SHAPE_CLASSES[k], float(cx), float(cy), s, float(rng.uniform(0, 2 * math.pi))
+            )
             xs, ys = [p[0] for p in poly], [p[1] for p in poly]
             box = [max(min(xs), 0.0), max(min(ys), 0.0), min(max(xs), size), min(max(ys), size)]
             if all(_overlap(box, b) < 0.1 for b in boxes):
@@ -373,7 +399,9 @@ def generate_shapes(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / "annotations").mkdir()
-        categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)]
+        categories = [
+            {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)
+        ]
         for split_id, (split, n) in enumerate((("train", num_train), ("val", num_val))):
             (tmp / split).mkdir()
             images, annotations = [], []
@@ -382,7 +410,9 @@ def generate_shapes(
                 img, objects = _draw_image(rng, image_size, max_objects, tuple(scale))
                 name = f"{i:06d}.jpg"
                 img.save(tmp / split / name, quality=95)
-                images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
+                images.append(
+                    {"id": i + 1, "file_name": name, "width": image_size, "height": image_size}
+                )
                 for k, poly, (x1, y1, x2, y2) in objects:
                     annotations.append(
                         {
@@ -396,7 +426,12 @@ def generate_shapes(
                         }
                     )
             info = {"description": "fst embedded shapes (synthetic)", "version": SHAPES_VERSION}
-            blob = {"info": info, "images": images, "annotations": annotations, "categories": categories}
+            blob = {
+                "info": info,
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+            }
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(blob))
         try:
             os.rename(tmp, out_dir)
@@ -424,21 +459,19 @@ def default_cache_dir() -> Path:
 @dataclass
 class DetectionData:
     """Train/val datasets plus what evaluation needs: ``metric`` ("coco" | "voc") picks the
-    evaluator, ``class_names`` label names (index 0 = label 1)."""
+    evaluator, ``class_names`` the label names (index 0 = label 1), ``log_images`` how many
+    validation images with boxes the task logs per evaluation."""
 
     train: Dataset
     val: Dataset
     metric: str
     class_names: list[str]
+    log_images: int = 4
     extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def _augment(cfg) -> str:
-    return cfg.get("augment", "flip")
 
 
 @DATASETS.register("shapes")
@@ -451,7 +484,7 @@ def build_shapes(
     scale: tuple[float, float] = (0.15, 0.5),
     generator_seed: int = 0,
     augment: str = "flip",
-    **_: Any,
+    log_images: int = 4,
 ) -> DetectionData:
     """The embedded set, generated on first use under ``root`` (default: ``default_cache_dir()``)
     in a folder named by its parameters, then read through the COCO code path."""
@@ -460,10 +493,24 @@ def build_shapes(
         f"v{SHAPES_VERSION}_s{image_size}_n{num_train}-{num_val}_o{max_objects}"
         f"_sc{scale[0]:g}-{scale[1]:g}_seed{generator_seed}"
     )
-    d = generate_shapes(base / name, num_train, num_val, image_size, max_objects, tuple(scale), generator_seed)
-    train = CocoDetection(d / "train", d / "annotations" / "instances_train.json", build_transforms(augment, True), train=True)
-    val = CocoDetection(d / "val", d / "annotations" / "instances_val.json", build_transforms(augment, False))
-    return DetectionData(train, val, "coco", train.class_names)
+    d = generate_shapes(
+        base / name, num_train, num_val, image_size, max_objects, tuple(scale), generator_seed
+    )
+    ann = d / "annotations"
+    train = CocoDetection(
+        d / "train", ann / "instances_train.json", build_transforms(augment, True), train=True
+    )
+    val = CocoDetection(d / "val", ann / "instances_val.json", build_transforms(augment, False))
+    return DetectionData(train, val, "coco", train.class_names, log_images)
+
+
+def _require_root(root: str | None, what: str) -> Path:
+    if not root or root == "???":
+        raise ValueError(f"data.root is not set; pass data.root=/path/to/{what}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"data.root={root} is not a directory (expected {what})")
+    return path
 
 
 @DATASETS.register("coco")
@@ -472,16 +519,33 @@ def build_coco(
     train_split: str = "train2017",
     val_split: str = "val2017",
     augment: str = "flip",
-    **_: Any,
+    log_images: int = 4,
 ) -> DetectionData:
     """COCO 2017: ``<root>/{train2017,val2017}/`` and ``<root>/annotations/instances_<split>.json``."""
-    if not root or root == "???":
-        raise ValueError("data.root is not set; pass data.root=/path/to/coco (the folder with annotations/)")
-    root_p = Path(root).expanduser()
+    root_p = _require_root(root, "coco (the folder holding annotations/, train2017/, val2017/)")
     ann = root_p / "annotations"
-    train = CocoDetection(root_p / train_split, ann / f"instances_{train_split}.json", build_transforms(augment, True), train=True)
-    val = CocoDetection(root_p / val_split, ann / f"instances_{val_split}.json", build_transforms(augment, False))
-    return DetectionData(train, val, "coco", train.class_names)
+    train = CocoDetection(
+        root_p / train_split,
+        ann / f"instances_{train_split}.json",
+        build_transforms(augment, True),
+        train=True,
+    )
+    val = CocoDetection(
+        root_p / val_split, ann / f"instances_{val_split}.json", build_transforms(augment, False)
+    )
+    return DetectionData(train, val, "coco", train.class_names, log_images)
+
+
+def _check_coco(root=None, train_split="train2017", val_split="val2017", **_) -> None:
+    """Fail before anything is built if the COCO files are not where the config says."""
+    root_p = _require_root(root, "coco (the folder holding annotations/, train2017/, val2017/)")
+    for split in (train_split, val_split):
+        for p in (root_p / "annotations" / f"instances_{split}.json", root_p / split):
+            if not p.exists():
+                raise FileNotFoundError(f"{p} not found; data.root must be the COCO 2017 folder")
+
+
+build_coco.check = _check_coco
 
 
 @DATASETS.register("voc")
@@ -491,11 +555,36 @@ def build_voc(
     val_splits: list = (("2007", "test"),),
     augment: str = "flip",
     use_07_metric: bool = True,
-    **_: Any,
+    log_images: int = 4,
 ) -> DetectionData:
-    """PASCAL VOC: 07+12 trainval for training, 07 test for evaluation (mAP@0.5)."""
-    if not root or root == "???":
-        raise ValueError("data.root is not set; pass data.root=/path/to/VOCdevkit")
-    train = VOCDetection(root, [tuple(s) for s in train_splits], build_transforms(augment, True))
-    val = VOCDetection(root, [tuple(s) for s in val_splits], build_transforms(augment, False), keep_difficult=True)
-    return DetectionData(train, val, "voc", list(VOC_CLASSES), {"use_07_metric": bool(use_07_metric)})
+    """PASCAL VOC: 07+12 trainval for training, 07 test for evaluation (mAP@0.5;
+    ``use_07_metric``: 11-point interpolation as VOC2007, else the area under the curve)."""
+    root_p = _require_root(root, "VOCdevkit")
+    train = VOCDetection(root_p, [tuple(s) for s in train_splits], build_transforms(augment, True))
+    val = VOCDetection(
+        root_p,
+        [tuple(s) for s in val_splits],
+        build_transforms(augment, False),
+        keep_difficult=True,
+    )
+    return DetectionData(
+        train, val, "voc", list(VOC_CLASSES), log_images, {"use_07_metric": bool(use_07_metric)}
+    )
+
+
+def _check_voc(
+    root=None,
+    train_splits=(("2007", "trainval"), ("2012", "trainval")),
+    val_splits=(("2007", "test"),),
+    **_,
+) -> None:
+    root_p = _require_root(root, "VOCdevkit")
+    for year, split in [*train_splits, *val_splits]:
+        listing = root_p / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(
+                f"{listing} not found; data.root must be the VOCdevkit folder (VOC{year}/...)"
+            )
+
+
+build_voc.check = _check_voc

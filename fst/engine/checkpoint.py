@@ -125,7 +125,10 @@ def _keep_copy(path: Path, prev: Path) -> None:
     _atomic_replace(tmp, prev)
 
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd)", re.IGNORECASE)
+# Whole name parts only: "api_key", "auth_token", "client_secret"; not "tokenizer".
+_SECRET_KEY = re.compile(
+    r"(^|[_\-.])(api[_-]?key|token|secret|password|passwd)($|[_\-.])", re.IGNORECASE
+)
 REDACTED = "<redacted>"
 
 

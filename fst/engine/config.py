@@ -50,6 +50,7 @@ class TrainerConfig:
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 0
+    save_checkpoints: bool = True
     progress_bar: bool = True
     skip_nonfinite: bool = False
     max_nonfinite_skips: int | None = None
@@ -92,7 +93,6 @@ class DataLoaderConfig:
     num_workers: int = 0
     pin_memory: bool = False
     small_stem: bool = False  # read by model configs (${data.small_stem})
-    on_error: str = "raise"  # unreadable images: raise or skip (fst.engine.validate)
 
 
 DATA_LOADER_KEYS = tuple(f.name for f in fields(DataLoaderConfig))
@@ -170,7 +170,9 @@ def _check_fixed(cfg: DictConfig, group: str, schema: type) -> None:
         raise ConfigError(f"config group {group!r} is missing (add it to the defaults list)")
     _check_keys(group, _group_keys(cfg, group), {f.name for f in fields(schema)})
     if group == "logger" and isinstance(node.get("wandb"), DictConfig):
-        _check_keys("logger.wandb", [str(k) for k in node.wandb], {f.name for f in fields(WandbConfig)})
+        _check_keys(
+            "logger.wandb", [str(k) for k in node.wandb], {f.name for f in fields(WandbConfig)}
+        )
     try:
         OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as e:
@@ -250,7 +252,9 @@ def _check_sparsity(cfg: DictConfig) -> None:
     keys = _group_keys(cfg, "sparsity")
     for k in SPARSITY_KEYS:
         if k not in keys:
-            raise ConfigError(f"sparsity.{k} is missing (sparsity group keys: strategy, decay, exclude)")
+            raise ConfigError(
+                f"sparsity.{k} is missing (sparsity group keys: strategy, decay, exclude)"
+            )
     _check_choice("sparsity.strategy", cfg.sparsity.strategy, STRATEGIES)
     _check_choice("backend.name", cfg.backend.name, BACKENDS)
     if not isinstance(cfg.sparsity.decay, (int, float)):

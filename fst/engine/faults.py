@@ -52,6 +52,19 @@ def _is_submitit_handler(handler: Any) -> bool:
     return owner is not None and type(owner).__module__.startswith("submitit")
 
 
+#: Seconds a data worker lives on after SIGTERM (see ``PreemptionHandler.worker_init_fn``).
+WORKER_SIGTERM_GRACE_S = 60.0
+_worker_exit_timer: threading.Timer | None = None
+
+
+def _worker_deferred_exit(signum: int, frame: Any) -> None:
+    global _worker_exit_timer
+    if _worker_exit_timer is None:
+        _worker_exit_timer = threading.Timer(WORKER_SIGTERM_GRACE_S, os._exit, args=(0,))
+        _worker_exit_timer.daemon = True
+        _worker_exit_timer.start()
+
+
 class PreemptionHandler:
     """Context manager: while active, the given signals only set ``.requested``.
 
@@ -127,14 +140,16 @@ class PreemptionHandler:
 
     @staticmethod
     def worker_init_fn(worker_id: int = 0) -> None:
-        """``DataLoader(worker_init_fn=...)``: data workers ignore the preemption signals.
+        """``DataLoader(worker_init_fn=...)``: data workers outlive the preemption signals.
 
         SLURM signals every process of the job, data workers included; a worker killed by
-        SIGTERM/SIGUSR1 would crash the main process ("DataLoader worker ... killed") before it
-        can checkpoint. Workers still exit when the main process shuts the loader down or dies.
+        SIGTERM/SIGUSR1 would crash the main process ("DataLoader worker ... killed") in the
+        middle of the step it is finishing. Workers ignore SIGUSR1, and on SIGTERM exit only
+        after ``WORKER_SIGTERM_GRACE_S`` (normally the main process has checkpointed and shut
+        them down long before), so a hung worker still cannot block the job's exit forever.
         """
-        for name in DEFAULT_SIGNALS:
-            signal.signal(_signal_number(name), signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _worker_deferred_exit)
 
     def exit_preempted(self) -> None:
         """Leave after the checkpoint is written: chain to the displaced handler or exit 75.
@@ -187,7 +202,8 @@ def nonfinite_grads(model: nn.Module) -> list[str]:
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
         return []
-    flags = torch.stack([torch.isfinite(g).all() for _, g in named])
+    device = named[0][1].device
+    flags = torch.stack([torch.isfinite(g).all().to(device) for _, g in named])
     if bool(flags.all()):
         return []
     return [n for (n, _), ok in zip(named, flags.tolist()) if not ok]
@@ -237,7 +253,7 @@ def check_finite(
     )
     raise NonFiniteError(
         f"non-finite values at step {step}: {'; '.join(what)}. {ckpt}. Lower the learning rate, "
-        "enable gradient clipping (trainer.grad_clip_norm) or use precision=32; "
+        "enable gradient clipping (trainer.grad_clip_norm) or use trainer.precision=32; "
         "trainer.skip_nonfinite=true skips such batches and counts them instead.",
         step=step,
         loss=value,

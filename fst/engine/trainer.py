@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
@@ -202,7 +201,7 @@ class Trainer:
         """Run optimizer steps ``progress.step_in_epoch .. steps_per_epoch`` of ``epoch``."""
         from tqdm.auto import tqdm
 
-        p, model, task = self.progress, self.model, self.task
+        p, model = self.progress, self.model
         model.train()
         batches = iter(self._train_loader(epoch))
         bar = tqdm(
@@ -371,7 +370,7 @@ class Trainer:
             "rng": rng,  # one entry per rank
             "nonfinite": self.guard.state_dict(),
             # Previous forward masks: the first flip rate after a resume compares against them.
-            "mask_tracker": {k: v.cpu() for k, v in getattr(self.mask_tracker, "prev", {}).items()},
+            "mask_tracker": self.mask_tracker.state_dict() if self.mask_tracker else {},
             "last_val": dict(self.last_val),
             "world_size": self.dist.world_size,
             **self.state_extra,
@@ -415,10 +414,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.guard.load_state_dict(state.get("nonfinite", {}))
-        if self.mask_tracker is not None and hasattr(self.mask_tracker, "prev"):
-            self.mask_tracker.prev = {
-                k: v.to(self.device) for k, v in state.get("mask_tracker", {}).items()
-            }
+        if self.mask_tracker is not None:
+            self.mask_tracker.load_state_dict(state.get("mask_tracker", {}))
         self.last_val = dict(state.get("last_val", {}))
         self.progress = p
         rng = state.get("rng") or []
@@ -436,5 +433,6 @@ class Trainer:
             torch.manual_seed(self.seed + 7919 * p.global_step + self.dist.rank)
 
 
-def finite_or_none(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
+def unreadable_skipped(data: DataBundle) -> int:
+    """Images skipped as unreadable (``data.on_error=skip``) in both splits so far."""
+    return sum(int(getattr(ds, "skipped", 0)) for ds in (data.train, data.val))

@@ -146,7 +146,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train as configured; returns the summary written to ``<run dir>/summary.json``."""
     from fst.engine.checkpoint import load_checkpoint
     from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-    from fst.engine.trainer import Trainer
+    from fst.engine.trainer import Trainer, unreadable_skipped
     from fst.engine.validate import check_run_config, resolve_device
     from fst.logging import MaskTracker, RunLogger
     from fst.tasks import TASKS
@@ -256,7 +256,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         import fst
 
         log.info("run dir: %s", run_dir.resolve())
-        log.info("model (%s, strategy %s):\n%s", cfg.model.name, cfg.sparsity.strategy, fst.summary(model))
+        log.info(
+            "model (%s, strategy %s):\n%s",
+            cfg.model.name,
+            cfg.sparsity.strategy,
+            fst.summary(model),
+        )
         log.info(
             "%d train / %d val samples; %d steps/epoch x %d epochs; global batch %d = %d "
             "process(es) x %d accumulation x %d",
@@ -299,12 +304,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "final": {f"val/{k}": v for k, v in final.items()},
         "train_time_s": round(p.train_time_s, 2),
         "nonfinite_skipped": trainer.guard.skipped,
+        "unreadable_images_skipped": unreadable_skipped(data),
         "commit": git_commit(),
         "device": str(device),
         "run_dir": str(run_dir.resolve()),
         "config_path": str((run_dir / "config_resolved.yaml").resolve()),
         "checkpoint": str((run_dir / "checkpoints" / "last.pt").resolve()),
-        "embedded_data": str(cfg.data.name) == "digits",
+        "embedded_data": str(cfg.data.name) in ("digits", "shapes"),
     }
     if dist.is_main:
         logger.write_summary(summary)

@@ -66,8 +66,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def world_size_from_env() -> int:
-    """Number of processes the launcher started (torchrun's WORLD_SIZE, else 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Number of processes the launcher started: torchrun's WORLD_SIZE, else a submitit SLURM
+    job's SLURM_NTASKS (``fst.engine.dist.export_slurm_env`` turns it into WORLD_SIZE), else 1."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        return int(os.environ.get("SLURM_NTASKS", "1"))
+    return 1
 
 
 def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -> None:

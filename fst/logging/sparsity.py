@@ -35,6 +35,13 @@ class MaskTracker:
     def __init__(self):
         self.prev: dict[str, torch.Tensor] = {}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The previous masks (bool, CPU), so a resumed run's first flip rate is exact."""
+        return {k: v.cpu() for k, v in self.prev.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.prev = {k: v.bool() for k, v in state.items()}
+
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
         from fst.layers import sparse_layers
@@ -68,8 +75,9 @@ class MaskTracker:
                 agg["valid_bwd"].append(v)
             if mask is not None:
                 mask = mask.bool()
-                if name in self.prev and self.prev[name].shape == mask.shape:
-                    flip = float((self.prev[name] != mask).float().mean())
+                prev = self.prev.get(name)
+                if prev is not None and prev.shape == mask.shape:
+                    flip = float((prev.to(mask.device) != mask).float().mean())
                     out[f"sparsity/{name}/flip_rate"] = flip
                     agg["flip_rate"].append(flip)
                 self.prev[name] = mask.clone()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class WandbWriter:
             import wandb
 
             # A resumed run continues the same W&B run (same id) instead of starting a new one.
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(
                 project=project,
@@ -52,7 +53,9 @@ class WandbWriter:
             )
             id_file.write_text(run_id)
         except Exception as e:  # noqa: BLE001 - logging must never stop training
-            log.warning("W&B could not start (%s: %s); logging to metrics.jsonl only", type(e).__name__, e)
+            log.warning(
+                "W&B could not start (%s: %s); logging to metrics.jsonl only", type(e).__name__, e
+            )
             self.run = None
 
     @property

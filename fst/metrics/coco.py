@@ -42,7 +42,14 @@ def coco_box_ap(
             torch.as_tensor(p["scores"]).tolist(),
             torch.as_tensor(p["labels"]).tolist(),
         ):
-            results.append({"image_id": int(image_id), "category_id": label_to_cat_id[int(l)], "bbox": b, "score": float(s)})
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": label_to_cat_id[int(l)],
+                    "bbox": b,
+                    "score": float(s),
+                }
+            )
     if not results:  # loadRes rejects an empty list; nothing detected is AP 0
         return dict.fromkeys(_KEYS, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -89,7 +89,9 @@ def _resnet(
     if num_classes is None:
         raise ValueError("model.num_classes is unknown; set it or data.num_classes")
     if width < 1:
-        raise ValueError(f"model.width must be a positive channel count (64 = torchvision's), got {width}")
+        raise ValueError(
+            f"model.width must be a positive channel count (64 = torchvision's), got {width}"
+        )
     model = fn(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
     if width != 64:
         _set_width(model, width, num_classes)

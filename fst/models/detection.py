@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet50, vgg16
+from torchvision.models import resnet50
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.ssd import SSD, _vgg_extractor
+from torchvision.models.vgg import cfgs as vgg_cfgs
+from torchvision.models.vgg import make_layers
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -38,7 +40,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     checkpoint holding one under ``"model"``/``"state_dict"``, and strips DDP's ``module.``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found (weights are never downloaded; give a local path)")
+        raise FileNotFoundError(
+            f"weights file {path} not found (weights are never downloaded; give a local path)"
+        )
     sd = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
@@ -48,16 +52,43 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _load(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, ignore: Sequence[str] = ()) -> None:
-    sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in ignore)}
-    own = {k for k in module.state_dict() if not any(k.startswith(p) for p in ignore)}
-    missing, unexpected = sorted(own - set(sd)), sorted(set(sd) - own)
-    if missing or unexpected:
+def _load(
+    module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, ignore: Sequence[str] = ()
+) -> None:
+    """Load ``sd`` into ``module`` requiring the same keys (apart from ``ignore`` prefixes and BN
+    step counters, which FrozenBatchNorm2d does not keep)."""
+
+    def keep(k: str) -> bool:
+        return not k.endswith("num_batches_tracked") and not any(k.startswith(p) for p in ignore)
+
+    sd = {k: v for k, v in sd.items() if keep(k)}
+    own = {k: v.shape for k, v in module.state_dict().items() if keep(k)}
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k])}"
+        for k in sorted(set(sd) & set(own))
+        if sd[k].shape != own[k]
+    ]
+    if missing or unexpected or shapes:
         raise ValueError(
             f"{what} does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+            f"other shapes (file vs model) {shapes[:3]}{'...' if len(shapes) > 3 else ''}"
         )
     module.load_state_dict(sd, strict=False)
+
+
+class _VGG16Features(nn.Module):
+    """torchvision's ``vgg16().features`` (same names and init) without its 120M-parameter
+    classifier, which SSD discards: ``_vgg_extractor`` only reads ``.features``."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = make_layers(vgg_cfgs["D"], batch_norm=False)
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
 
 def _trainable_layers(value: int | None, pretrained: bool, max_value: int, default: int) -> int:
@@ -138,10 +169,19 @@ def fasterrcnn_r50_fpn(
             ``rpn_post_nms_top_n_train``, ``box_batch_size_per_image``, ``box_score_thresh``).
     """
     pretrained = backbone_weights is not None
-    body = resnet50(weights=None, norm_layer=_norm_layer(norm, pretrained), width_per_group=width_per_group)
+    body = resnet50(
+        weights=None, norm_layer=_norm_layer(norm, pretrained), width_per_group=width_per_group
+    )
     if backbone_weights:
-        _load(body, load_state_dict_file(backbone_weights), "backbone_weights (resnet50)", ignore=("fc.",))
-    backbone = _resnet_fpn(body, _trainable_layers(trainable_backbone_layers, pretrained, 5, 3), fpn_channels)
+        _load(
+            body,
+            load_state_dict_file(backbone_weights),
+            "backbone_weights (resnet50)",
+            ignore=("fc.",),
+        )
+    backbone = _resnet_fpn(
+        body, _trainable_layers(trainable_backbone_layers, pretrained, 5, 3), fpn_channels
+    )
     if len(anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}")
     anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * 5)
@@ -169,6 +209,7 @@ def ssd300_vgg16(
     weights: str | None = None,
     image_mean: Sequence[float] = (0.48235, 0.45882, 0.40784),
     image_std: Sequence[float] = (1.0 / 255, 1.0 / 255, 1.0 / 255),
+    anchor_scales: Sequence[float] = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05),
     **kwargs: Any,
 ) -> SSD:
     """SSD300 with a VGG16 backbone (torchvision's ``ssd300_vgg16``; input fixed at 300x300).
@@ -181,21 +222,36 @@ def ssd300_vgg16(
         image_mean, image_std: input normalisation. The defaults are torchvision's for its
             Caffe-converted VGG16 features (pixels in 0-255); ImageNet-normalised VGG16 weights
             want ``[0.485, 0.456, 0.406]`` / ``[0.229, 0.224, 0.225]``.
+        anchor_scales: default-box scales of the six feature maps plus one (torchvision's COCO
+            values; the SSD paper's VOC values are ``[0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05]``).
         **kwargs: passed to ``torchvision.models.detection.SSD`` (e.g. ``score_thresh``,
             ``detections_per_img``, ``topk_candidates``).
     """
     pretrained = backbone_weights is not None
-    vgg = vgg16(weights=None)
+    vgg = _VGG16Features()
     if backbone_weights:
-        _load(vgg, load_state_dict_file(backbone_weights), "backbone_weights (vgg16)", ignore=("classifier.",))
-    backbone = _vgg_extractor(vgg, False, _trainable_layers(trainable_backbone_layers, pretrained, 5, 4))
+        _load(
+            vgg,
+            load_state_dict_file(backbone_weights),
+            "backbone_weights (vgg16)",
+            ignore=("classifier.",),
+        )
+    backbone = _vgg_extractor(
+        vgg, False, _trainable_layers(trainable_backbone_layers, pretrained, 5, 4)
+    )
     anchors = DefaultBoxGenerator(
         [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
-        scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        scales=[float(x) for x in anchor_scales],
         steps=[8, 16, 32, 64, 100, 300],
     )
     model = SSD(
-        backbone, anchors, (300, 300), num_classes + 1, image_mean=list(image_mean), image_std=list(image_std), **kwargs
+        backbone,
+        anchors,
+        (300, 300),
+        num_classes + 1,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        **kwargs,
     )
     if weights:
         _load(model, load_state_dict_file(weights), "weights (ssd300_vgg16)")

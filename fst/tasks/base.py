@@ -72,7 +72,9 @@ class Task:
         """Return the train/val datasets described by ``cfg.data``."""
         raise NotImplementedError
 
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    def train_step(
+        self, model: nn.Module, batch: Any, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         """Move ``batch`` to ``device``, run the model, return its losses.
 
         Must return a dict with key ``"loss"`` (a scalar tensor with grad, averaged over the
