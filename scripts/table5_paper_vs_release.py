@@ -25,6 +25,7 @@ import yaml
 
 EXPERIMENTS = ("release_ablation_digits", "table5_released_digits")
 # Table 5 of the paper (ResNet-18, ImageNet top-1): the paper's fixed mask without / with IR.
+COMMITS: set[str] = set()  # the commits the runs recorded in their summary.json
 PAPER = {("fixed", 0.0): 69.4, ("fixed", 1.0): 71.0}
 
 
@@ -42,6 +43,7 @@ def collect(roots: list[Path]) -> dict[tuple, dict[int, tuple[str, float]]]:
             prev = runs.setdefault(key, {}).get(s["seed"])
             if prev is None or prev[0] < s["run_dir"]:  # run dirs end in a timestamp
                 runs[key][s["seed"]] = (s["run_dir"], float(s["final"]["val/top1"]))
+                COMMITS.add(s.get("commit") or "unknown")
     return runs
 
 
@@ -98,7 +100,7 @@ def main(argv=None):
         "`python train.py -m +experiment=table5_released_digits seed=0,1,2`, "
         f"`python scripts/table5_paper_vs_release.py {' '.join(args.roots)}`.",
         f"Machine: {platform.machine()} CPU, 2 cores (shared), {platform.python_version()}; "
-        f"commit {commit}; generated {datetime.date.today().isoformat()}.",
+        f"runs at commit(s) {', '.join(sorted(COMMITS))}; table built at {commit}; generated {datetime.date.today().isoformat()}.",
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
