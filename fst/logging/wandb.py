@@ -34,29 +34,36 @@ class WandbWriter:
         id_file = run_dir / "wandb_id.txt"
         try:
             import wandb
-
-            # A resumed run continues the same W&B run (same id) instead of starting a new one.
-            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
-            os.environ.setdefault("WANDB_SILENT", "true")
-            self.run = wandb.init(
-                project=project,
-                entity=entity,
-                group=group,
-                tags=list(tags or []),
-                name=name,
-                id=run_id,
-                resume="allow",
-                mode=mode,
-                dir=str(run_dir),
-                config=config,
-                settings=wandb.Settings(console="off", x_disable_stats=True),
-            )
-            id_file.write_text(run_id)
         except Exception as e:  # noqa: BLE001 - logging must never stop training
             log.warning(
-                "W&B could not start (%s: %s); logging to metrics.jsonl only", type(e).__name__, e
+                "W&B unavailable (%s: %s); logging to metrics.jsonl only", type(e).__name__, e
             )
-            self.run = None
+            return
+        # A resumed run continues the same W&B run (same id) instead of starting a new one.
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        os.environ.setdefault("WANDB_SILENT", "true")
+        # An unreachable service must not cost the run its W&B record: fall back to offline.
+        for attempt in [mode] + (["offline"] if mode != "offline" else []):
+            try:
+                self.run = wandb.init(
+                    project=project,
+                    entity=entity,
+                    group=group,
+                    tags=list(tags or []),
+                    name=name,
+                    id=run_id,
+                    resume="allow",
+                    mode=attempt,
+                    dir=str(run_dir),
+                    config=config,
+                    settings=wandb.Settings(console="off", x_disable_stats=True),
+                )
+                id_file.write_text(run_id)
+                return
+            except Exception as e:  # noqa: BLE001 - logging must never stop training
+                nxt = "falling back to offline" if attempt != "offline" else "metrics.jsonl only"
+                log.warning("W&B %s start failed (%s: %s); %s", attempt, type(e).__name__, e, nxt)
+                self.run = None
 
     @property
     def ok(self) -> bool:
