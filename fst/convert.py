@@ -127,7 +127,9 @@ class Summary:
 
     def __str__(self) -> str:
         cells = [[str(r[c]) for c in self.columns] for r in self.rows]
-        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)]
+        widths = [
+            max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)
+        ]
         line = "  ".join(c.ljust(w) for c, w in zip(self.columns, widths))
         out = [line, "-" * len(line)]
         out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

@@ -59,7 +59,9 @@ class SparseLinear(_SparseMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_input_shape = tuple(x.shape)  # for summary(): 2-D inputs keep Eq. 3 dense
-        return self._backend.linear(x, self.weight, self.bias, self.plan, self.decay * self.decay_scale)
+        return self._backend.linear(
+            x, self.weight, self.bias, self.plan, self.decay * self.decay_scale
+        )
 
 
 SPARSE_CLASSES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}

@@ -162,8 +162,15 @@ for _s in (
     Strategy("gg", forward="nm", input_grad="nm_dy", weight_grad="nm_dy"),
     Strategy("gx", forward="nm", input_grad="nm_dy", weight_grad="nm_x"),
     Strategy(
-        "fst_released", forward="nm", input_grad="nm_wt", weight_grad="fixed", ir_coef=0.03,
-        x_pattern="random4", wt_source="pruned", dense_first_conv_weight=True, dense_linear=True,
+        "fst_released",
+        forward="nm",
+        input_grad="nm_wt",
+        weight_grad="fixed",
+        ir_coef=0.03,
+        x_pattern="random4",
+        wt_source="pruned",
+        dense_first_conv_weight=True,
+        dense_linear=True,
     ),
 ):
     STRATEGIES.register(_s.name, _s)

@@ -30,8 +30,12 @@ from fst.ops.native import ir_half
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18", help="torchvision model name (resnet18, resnet50, ...)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", default="resnet18", help="torchvision model name (resnet18, resnet50, ...)"
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--res", type=int, default=224, help="input resolution (square)")
     p.add_argument("--strategies", default="dense,fst", help="comma-separated strategy keys")
@@ -42,7 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--profile", action="store_true", help="print the top ops of one step per strategy")
+    p.add_argument(
+        "--profile", action="store_true", help="print the top ops of one step per strategy"
+    )
     args = p.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for s in args.strategies:
@@ -91,8 +97,12 @@ class Runner:
             if m.plan.weight_grad == "fixed" and isinstance(m, SparseConv2d):
                 n, _, h, w = m.last_input_shape
                 out = nn.functional.conv2d(
-                    torch.empty(1, m.in_channels, h, w, device=self.device), m.weight.detach(), None,
-                    m.stride, m.padding, m.dilation,
+                    torch.empty(1, m.in_channels, h, w, device=self.device),
+                    m.weight.detach(),
+                    None,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
                 ).shape
                 dys.append(torch.randn(n, *out[1:], device=self.device))
         times = []
@@ -106,9 +116,11 @@ class Runner:
                     ir_half(d, 1.0, dim=3)
             sync(self.device)
             times.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(times) if layers and not all(
-            m.plan.is_dense for _, m in layers
-        ) else 0.0
+        return (
+            1e3 * statistics.median(times)
+            if layers and not all(m.plan.is_dense for _, m in layers)
+            else 0.0
+        )
 
 
 def main(argv=None):
@@ -136,21 +148,32 @@ def main(argv=None):
             r.step(x, y)
             sync(device)
             times[r.strategy].append(time.perf_counter() - t0)
-        print(f"round {i + 1}/{args.steps}: " + ", ".join(
-            f"{s} {1e3 * t[-1]:.0f} ms" for s, t in times.items()), flush=True)
+        print(
+            f"round {i + 1}/{args.steps}: "
+            + ", ".join(f"{s} {1e3 * t[-1]:.0f} ms" for s, t in times.items()),
+            flush=True,
+        )
 
     med = {s: 1e3 * statistics.median(t) for s, t in times.items()}
     masks = {r.strategy: r.mask_ms() for r in runners}
     result = {
-        "model": args.model, "device": args.device, "batch": args.batch, "res": args.res,
-        "backend": args.backend, "steps": args.steps, "amp": args.amp,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "model": args.model,
+        "device": args.device,
+        "batch": args.batch,
+        "res": args.res,
+        "backend": args.backend,
+        "steps": args.steps,
+        "amp": args.amp,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    print(f"\n{args.model} batch {args.batch} res {args.res} on {args.device} "
-          f"({args.backend} backend, {args.steps} interleaved steps, median)")
+    print(
+        f"\n{args.model} batch {args.batch} res {args.res} on {args.device} "
+        f"({args.backend} backend, {args.steps} interleaved steps, median)"
+    )
     print(f"{'strategy':<10} {'ms/step':>9} {'ratio':>7} {'mask ms':>8} {'mask share':>10}")
     for s in args.strategies:
         ratio = med[s] / med["dense"]

@@ -51,19 +51,25 @@ def describe(key) -> str:
     strategy, pattern, coef = key
     if strategy == "fst_released":
         return "fst_released (release: ir 0.03, random4, twice-pruned Eq. 2 W, dense stem/fc)"
-    label = {("fixed", 1.0): " = paper's fst", ("fixed", 0.0): " = paper's fst_noir"}.get((pattern, coef), "")
+    label = {("fixed", 1.0): " = paper's fst", ("fixed", 0.0): " = paper's fst_noir"}.get(
+        (pattern, coef), ""
+    )
     return f"fst, x_pattern={pattern}, ir_coef={coef:g}{label}"
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("roots", nargs="*", default=["outputs"], help="dirs searched for summary.json")
     p.add_argument("--out", default="results/table5_paper_vs_release")
     args = p.parse_args(argv)
     runs = collect([Path(r) for r in args.roots])
     if not runs:
         raise SystemExit(f"no runs of {EXPERIMENTS} found under {args.roots}; run the sweep first")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     rows = []
     for key in sorted(runs, key=lambda k: (k[0] == "fst_released", k[1], k[2])):
         accs = [a for _, a in sorted(runs[key].values())]
@@ -71,10 +77,19 @@ def main(argv=None):
         mean = statistics.mean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
         paper = PAPER.get((key[1], key[2])) if key[0] == "fst" else None
-        rows.append(dict(config=describe(key), strategy=key[0], x_pattern=key[1], ir_coef=key[2],
-                         seeds=len(seeds), top1_mean=round(mean, 2), top1_std=round(std, 2),
-                         per_seed=" ".join(f"{a:.2f}" for a in accs),
-                         paper_imagenet_top1="" if paper is None else paper))
+        rows.append(
+            dict(
+                config=describe(key),
+                strategy=key[0],
+                x_pattern=key[1],
+                ir_coef=key[2],
+                seeds=len(seeds),
+                top1_mean=round(mean, 2),
+                top1_std=round(std, 2),
+                per_seed=" ".join(f"{a:.2f}" for a in accs),
+                paper_imagenet_top1="" if paper is None else paper,
+            )
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
@@ -92,8 +107,10 @@ def main(argv=None):
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['seeds']} | {r['top1_mean']:.2f} | {r['top1_std']:.2f} | "
-                     f"{r['per_seed']} | {r['paper_imagenet_top1']} |")
+        lines.append(
+            f"| {r['config']} | {r['seeds']} | {r['top1_mean']:.2f} | {r['top1_std']:.2f} | "
+            f"{r['per_seed']} | {r['paper_imagenet_top1']} |"
+        )
     lines += [
         "",
         "Commands: `python train.py -m +sweep=table5_paper_vs_release`, "

@@ -102,10 +102,11 @@ def test_sparsify_again_reconfigures():
 
 
 def test_strategy_options():
-    conv = fst.sparsify(nn.Conv2d(8, 8, 3), "fst", ir_coef=0.03, mask_layout="cin", wt_source="pruned")
+    conv = fst.sparsify(
+        nn.Conv2d(8, 8, 3), "fst", ir_coef=0.03, mask_layout="cin", wt_source="pruned"
+    )
     assert conv.plan.ir_coef == 0.03 and conv.plan.mask_layout == "cin"
     from fst.masks import is_nm
-
     from fst.ops.base import weight_operands
 
     w_fwd, _ = weight_operands(conv.weight, conv.plan)

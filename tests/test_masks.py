@@ -25,7 +25,8 @@ def brute_nm(t: torch.Tensor, dim: int, n: int, m: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "shape,dim", [((5, 12), -1), ((5, 13), -1), ((7, 6), 0), ((2, 3, 10), 1), ((3, 4, 5, 6), 2), ((3,), 0)]
+    "shape,dim",
+    [((5, 12), -1), ((5, 13), -1), ((7, 6), 0), ((2, 3, 10), 1), ((3, 4, 5, 6), 2), ((3,), 0)],
 )
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8)])
 def test_nm_mask_matches_brute_force_with_ties(shape, dim, n, m):
@@ -72,7 +73,8 @@ def test_transposable_patterns_are_all_90():
     assert p.shape[0] == 90 == len({tuple(x.flatten().tolist()) for x in p})
     assert (p.sum(1) == 2).all() and (p.sum(2) == 2).all()
     brute = [
-        c for c in itertools.product((0, 1), repeat=16)
+        c
+        for c in itertools.product((0, 1), repeat=16)
         if all(sum(c[4 * r : 4 * r + 4]) == 2 for r in range(4))
         and all(sum(c[i::4]) == 2 for i in range(4))
     ]

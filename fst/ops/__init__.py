@@ -7,7 +7,7 @@
   masked weights; ``fst``/``fst_noir`` compute Eq. 3 on the kept half only).
 """
 
-from fst.ops.base import BACKENDS, Backend, ConvGeometry
 from fst.ops import native, reference  # noqa: E402,F401  (fill BACKENDS)
+from fst.ops.base import BACKENDS, Backend, ConvGeometry
 
 __all__ = ["BACKENDS", "Backend", "ConvGeometry"]

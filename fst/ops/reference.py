@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fst.masks import nm_mask
-from fst.ops.released import random4_weight_grad
 from fst.ops.base import BACKENDS, Backend, add_decay, autocast_dtype, cast, weight_operands
+from fst.ops.released import random4_weight_grad
 
 
 def shift_left(t: torch.Tensor, dim: int) -> torch.Tensor:

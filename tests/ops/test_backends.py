@@ -19,7 +19,14 @@ BACKENDS = ["reference", "native"]
 DECAY = 0.1  # large, so a wrong decay term cannot hide inside the tolerance
 
 EQ2_WEIGHT = {"dense": "W", "srste": "W", "gg": "W", "gx": "W", "tsm": "T"}  # others: S(W^T)
-EQ3 = {"fst_noir": "fixed", "fst": "fixed_ir", "wg": "S(dY)", "gg": "S(dY)", "wx": "S(X)", "gx": "S(X)"}
+EQ3 = {
+    "fst_noir": "fixed",
+    "fst": "fixed_ir",
+    "wg": "S(dY)",
+    "gg": "S(dY)",
+    "wx": "S(X)",
+    "gx": "S(X)",
+}
 
 
 def test_registry_has_exactly_the_ten_keys():
@@ -137,8 +144,16 @@ def test_conv_matches_im2col_reference(case, key, backend):
     with torch.no_grad():
         ho, wo = conv(x).shape[2:]
     dy = torch.randn(2, co, ho, wo, dtype=torch.float64)
-    want = expected_conv(x, conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
-                         dy, key, conv.stride, conv.padding, conv.dilation)
+    want = expected_conv(
+        x,
+        conv.weight.detach(),
+        None if conv.bias is None else conv.bias.detach(),
+        dy,
+        key,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+    )
     fst.sparsify(conv, key, backend, decay=DECAY)
     assert_all_close(run_layer(conv, x, dy), want, atol=1e-10)
 
@@ -152,7 +167,9 @@ def test_linear_matches_reference(shape, key, backend, bias):
     lin = nn.Linear(10, 6, bias=bias).double()
     x = torch.randn(shape, dtype=torch.float64)
     dy = torch.randn(*shape[:-1], 6, dtype=torch.float64)
-    want = expected_linear(x, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), dy, key)
+    want = expected_linear(
+        x, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), dy, key
+    )
     fst.sparsify(lin, key, backend, decay=DECAY)
     assert_all_close(run_layer(lin, x, dy), want, atol=1e-10)
 
@@ -192,11 +209,14 @@ def test_gradcheck_dense(backend):
     fst.sparsify(conv, "dense", backend)
     fst.sparsify(lin, "dense", backend)
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: conv._backend.conv2d(x, w, b, conv.geom, conv.plan, 0.0),
-                                    (x, conv.weight, conv.bias))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: conv._backend.conv2d(x, w, b, conv.geom, conv.plan, 0.0),
+        (x, conv.weight, conv.bias),
+    )
     t = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t, w, b: lin._backend.linear(t, w, b, lin.plan, 0.0),
-                                    (t, lin.weight, lin.bias))
+    assert torch.autograd.gradcheck(
+        lambda t, w, b: lin._backend.linear(t, w, b, lin.plan, 0.0), (t, lin.weight, lin.bias)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -232,7 +252,17 @@ def test_native_fixed_mask_equals_strided_weight_gradient():
     masked = torch.einsum("nohw,nkhw->ok", combined * keep, X).reshape_as(w)
     half = combined[..., ::2]
     strided = torch.ops.aten.convolution_backward(
-        half, x, w, None, (stride[0], 2 * stride[1]), pad, (1, 1), False, [0, 0], 1, [False, True, False]
+        half,
+        x,
+        w,
+        None,
+        (stride[0], 2 * stride[1]),
+        pad,
+        (1, 1),
+        False,
+        [0, 0],
+        1,
+        [False, True, False],
     )[1]
     torch.testing.assert_close(strided, masked)
 
