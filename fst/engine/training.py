@@ -310,7 +310,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "run_dir": str(run_dir.resolve()),
         "config_path": str((run_dir / "config_resolved.yaml").resolve()),
         "checkpoint": str((run_dir / "checkpoints" / "last.pt").resolve()),
-        "embedded_data": str(cfg.data.name) in ("digits", "shapes"),
+        "embedded_data": str(cfg.data.name) in ("digits", "digits_hard", "shapes"),
     }
     if dist.is_main:
         logger.write_summary(summary)

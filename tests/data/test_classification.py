@@ -56,3 +56,13 @@ def test_imagefolder_layout_errors(tmp_path, setup, match):
     with pytest.raises(ConfigError, match=match) as e:
         DATASETS.get("imagenet")(root=str(root))
     assert "train/<class_name>" in str(e.value) and "data=digits" in str(e.value)
+
+
+def test_digits_hard_is_deterministic_and_corrupted():
+    a = DATASETS.get("digits_hard")(image_size=16, augment_shift=0)
+    b = DATASETS.get("digits_hard")(image_size=16, augment_shift=0)
+    plain = DATASETS.get("digits")(image_size=16, augment_shift=0)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.images, b.val.images)
+    assert torch.equal(a.train.labels, plain.train.labels)
+    assert a.train.images.min() >= 0 and a.train.images.max() <= 1
+    assert (a.train.images - plain.train.images).abs().mean() > 0.1
