@@ -19,7 +19,10 @@ import torch
 
 
 def _git_commit() -> str:
-    """``git rev-parse --short HEAD``, with ``+dirty`` when the working tree has changes."""
+    """``git rev-parse --short HEAD``, with ``+dirty`` when code (not ``results/``) has changes.
+
+    Changes under ``results/`` are the outputs of this and earlier commands, not their source.
+    """
     root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
@@ -29,7 +32,8 @@ def _git_commit() -> str:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
+        return commit + ("+dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
