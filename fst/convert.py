@@ -9,9 +9,8 @@ from fnmatch import fnmatch
 from torch import nn
 
 from fst.layers import DENSE_CLASSES, SPARSE_CLASSES, SparseConv2d, _SparseMixin
-from fst.masks import is_nm
 from fst.ops import BACKENDS
-from fst.ops.base import weight_operands
+from fst.rules import operand_checks, weight_operands
 from fst.strategies import Strategy, get_strategy
 
 __all__ = ["sparsify", "densify", "summary", "Summary", "why_dense"]
@@ -172,25 +171,18 @@ def summary(model: nn.Module) -> Summary:
 def _gemm_report(m: _SparseMixin) -> dict:
     plan = m.plan
     eqs = plan.describe()
-    w_fwd, w_bwd = weight_operands(m.weight, plan)
     notes = [f"{m.strategy}/{m.backend}"]
-    if plan.forward != "dense":
-        if plan.mask_layout == "cin" and w_fwd.dim() == 4:
-            ok, along = is_nm(w_fwd, dim=1), "Ci"
-        else:
-            ok, along = is_nm(w_fwd.reshape(w_fwd.shape[0], -1), dim=1), "K"
-        eqs["eq1"] += f" [2:4 along {along}: {'ok' if ok else 'NOT 2:4'}]"
-    if plan.input_grad in ("fwd", "nm_wt"):
-        ok = is_nm(w_bwd.reshape(w_bwd.shape[0], -1), dim=0)
-        eqs["eq2"] += f" [2:4 along Co: {'ok' if ok else 'NOT 2:4'}]"
+    for check in operand_checks(plan, *weight_operands(m.weight, plan)):
+        eqs[f"eq{check.eq}"] += f" [{check.label()}]"
     shape = getattr(m, "last_input_shape", None)
-    if plan.weight_grad != "dense" and not isinstance(m, SparseConv2d):
+    eq3 = plan.rules[2]
+    if eq3.prunes and not isinstance(m, SparseConv2d):
         if shape is not None and len(shape) < 3:
             eqs["eq3"] = "dY X^T (2-D input: no token axis, Eq. 3 dense)"
-    if plan.weight_grad == "fixed" and isinstance(m, SparseConv2d):
-        if shape is not None:
-            wo = _out_width(m, shape[-1])
-            notes.append(f"Wo={wo}" + ("" if wo % 2 == 0 else ": F(X^T) not 2:4 along flat H*W"))
+    if eq3.prunes and isinstance(m, SparseConv2d) and shape is not None:
+        note = eq3.note(plan, _out_width(m, shape[-1]))
+        if note:
+            notes.append(note)
     return {**eqs, "note": "; ".join(notes)}
 
 

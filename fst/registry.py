@@ -36,6 +36,11 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
 
+    def unregister(self, name: str) -> T:
+        """Remove and return ``name`` (plugins and tests that register temporarily)."""
+        self.get(name)  # the helpful error for an unknown key
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

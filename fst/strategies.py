@@ -7,7 +7,7 @@ For a convolution with weight ``W`` (Co, Ci, kh, kw) seen as the matrix (Co, Ci*
 key            Eq. 1 forward       Eq. 2 input gradient  Eq. 3 weight gradient
 =============  ==================  ====================  ===============================
 ``dense``      W X                 W^T dY                dY X^T
-``srste``      S(W) X              W^T dY                dY X^T
+``srste``      S(W) X              S(W)^T dY             dY X^T
 ``tsm``        T(W) X              T(W)^T dY             dY X^T
 ``fst2``       S(W) X              S(W^T) dY             dY X^T
 ``fst_noir``   S(W) X              S(W^T) dY             dY F(X^T)
@@ -24,16 +24,20 @@ Group directions (always the reduction dimension of the GEMM the pruned operand 
   (PyTorch's im2col order), zero-padded when Ci*kh*kw % 4 != 0 (``mask_layout="im2col"``,
   the paper); or 4 consecutive input channels at each kernel position (``mask_layout="cin"``,
   SR-STE's release and what channels-last sparse tensor cores need).
+- ``S(W)^T`` (``srste``): the chain rule of SR-STE's forward ``Y = S(W) X`` (its released
+  code convolves with the pruned weight in both directions); sparse, but its groups run along
+  K, not Co, so it is not 2:4 along Eq. 2's reduction dimension and gains nothing on sparse
+  tensor cores.
 - ``S(W^T)``: 4 consecutive output channels for each (ci, kh, kw), computed from the dense W
   (``wt_source="dense"``, the paper). ``wt_source="pruned"`` is the released code instead:
-  S(W) pruned again in fours regrouped inside one filter (see :mod:`fst.ops.released`).
+  S(W) pruned again in fours regrouped inside one filter (see :mod:`fst.rules.released`).
 - ``T(W)``: exact transposable mask of W as (Co, Ci*kh*kw); serves Eq. 1 and Eq. 2.
 - ``S(dY)`` in Eq. 2: 4 consecutive output channels. ``S(dY)`` in Eq. 3 and ``S(X^T)``: 4
   consecutive output positions of the flattened H*W of each sample, zero-padded.
 - ``F(X^T)``: keep output positions with even width index (0-based). Information
   Restoration adds ``ir_coef * dY(h, w+1)`` onto ``dY(h, w)`` for every even ``w`` that has a
   right neighbour (Eq. 10; ``ir_coef`` 1.0 in the paper, 0 = no IR). ``x_pattern="random4"``
-  replaces F and the shift by the released code's (:mod:`fst.ops.released`).
+  replaces F and the shift by the released code's (:mod:`fst.rules.released`).
 
 ``fst_released`` is the authors' released code: ``ir_coef=0.03``, ``x_pattern="random4"``,
 ``wt_source="pruned"``, the first convolution's weight dense (its X still masked) and every
@@ -46,20 +50,24 @@ applied (dense dW).
 
 SR-STE decay (Eq. 6): every strategy but ``dense`` adds ``decay * (W - S(W))`` to
 ``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``).
+
+Each mode key names a GEMM rule of :mod:`fst.rules` (``forward`` -> ``FORWARD_RULES``,
+``input_grad`` -> ``INPUT_GRAD_RULES``, ``weight_grad`` -> ``WEIGHT_GRAD_RULES``); the rules
+hold the arithmetic, their 2:4 checks and MAC shares. A strategy is one registry entry here
+plus ``configs/sparsity/<key>.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 from fst.registry import Registry
+from fst.rules import FORWARD_RULES, INPUT_GRAD_RULES, WEIGHT_GRAD_RULES
 
 __all__ = ["Strategy", "STRATEGIES", "get_strategy", "OPTIONS"]
 
-FORWARD = ("dense", "nm", "tsm")
-INPUT_GRAD = ("dense", "fwd", "nm_wt", "nm_dy")
-WEIGHT_GRAD = ("dense", "fixed", "nm_dy", "nm_x")
 OPTIONS = {
     "ir_coef": "coefficient of the shifted gradient in IR (paper 1.0, release 0.03)",
     "x_pattern": "'fixed' (paper: F keeps even width index, IR adds the right neighbour) or "
@@ -67,7 +75,16 @@ OPTIONS = {
     "wt_source": "'dense' (paper: S(W^T) along Co from W) or 'pruned' (release: S(W) pruned "
     "again in 4x4-regrouped fours inside one filter; not 2:4 along Co)",
     "mask_layout": "'im2col' (paper: S(W) along Ci*kh*kw) or 'cin' (along Ci per kernel position)",
+    "x_patterns": "with x_pattern=random4: the release's patterns drawn from (default 'abcd'; "
+    "one letter forces that pattern)",
+    "im2col_step": "with x_pattern=random4: samples per im2col chunk (release: 256)",
 }
+# Options that choose between two rules of one GEMM: option -> (field, {value: rule key}).
+_RULE_SWITCHES = {
+    "x_pattern": ("weight_grad", {"fixed": "fixed", "random4": "random4"}),
+    "wt_source": ("input_grad", {"dense": "nm_wt", "pruned": "regrouped"}),
+}
+_CHOICES = {"mask_layout": ("im2col", "cin")}
 
 
 @dataclass(frozen=True)
@@ -75,15 +92,17 @@ class Strategy:
     """A plan for the three GEMMs of a layer (see the module docstring for the notation).
 
     Attributes:
-        forward: Eq. 1 weight: ``dense`` W, ``nm`` S(W), ``tsm`` T(W).
-        input_grad: Eq. 2: ``dense`` W^T dY, ``fwd`` (forward weight)^T dY,
-            ``nm_wt`` S(W^T) dY, ``nm_dy`` W^T S(dY).
-        weight_grad: Eq. 3: ``dense`` dY X^T, ``fixed`` (dY + ir_coef shift(dY)) F(X^T),
-            ``nm_dy`` S(dY) X^T, ``nm_x`` dY S(X^T).
-        ir_coef: Information Restoration coefficient, used with ``weight_grad="fixed"``.
-        x_pattern: ``fixed`` (paper) or ``random4`` (release) X mask and shift of Eq. 3.
-        wt_source: Eq. 2 weight: ``dense`` S(W^T) (paper) or ``pruned`` (release).
-        mask_layout: grouping of ``S(W)`` for convolutions: ``im2col`` or ``cin``.
+        forward: Eq. 1 rule key (:data:`fst.rules.FORWARD_RULES`): ``dense`` W, ``nm`` S(W),
+            ``tsm`` T(W).
+        input_grad: Eq. 2 rule key (:data:`fst.rules.INPUT_GRAD_RULES`): ``dense`` W^T dY,
+            ``fwd`` (forward weight)^T dY, ``nm_wt`` S(W^T) dY, ``nm_dy`` W^T S(dY),
+            ``regrouped`` the release's twice-pruned weight.
+        weight_grad: Eq. 3 rule key (:data:`fst.rules.WEIGHT_GRAD_RULES`): ``dense`` dY X^T,
+            ``fixed`` (dY + ir_coef shift(dY)) F(X^T), ``random4`` the release's, ``nm_dy``
+            S(dY) X^T, ``nm_x`` dY S(X^T).
+        ir_coef, x_pattern, wt_source, mask_layout, x_patterns, im2col_step: options
+            (:data:`OPTIONS`); ``x_pattern`` and ``wt_source`` mirror the rule choice
+            (``random4``, ``regrouped``) they switch.
         dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
         dense_linear: Linear layers stay dense (release).
     """
@@ -96,63 +115,103 @@ class Strategy:
     x_pattern: str = "fixed"
     wt_source: str = "dense"
     mask_layout: str = "im2col"
+    x_patterns: str = "abcd"
+    im2col_step: int = 256
     dense_first_conv_weight: bool = False
     dense_linear: bool = False
 
     def __post_init__(self):
-        for field, value, valid in (
-            ("forward", self.forward, FORWARD),
-            ("input_grad", self.input_grad, INPUT_GRAD),
-            ("weight_grad", self.weight_grad, WEIGHT_GRAD),
-            ("x_pattern", self.x_pattern, ("fixed", "random4")),
-            ("wt_source", self.wt_source, ("dense", "pruned")),
-            ("mask_layout", self.mask_layout, ("im2col", "cin")),
+        for field, reg in (
+            ("forward", FORWARD_RULES),
+            ("input_grad", INPUT_GRAD_RULES),
+            ("weight_grad", WEIGHT_GRAD_RULES),
         ):
-            if value not in valid:
-                raise ValueError(f"strategy {self.name!r}: {field}={value!r}; valid: {valid}")
+            if getattr(self, field) not in reg:
+                raise ValueError(
+                    f"strategy {self.name!r}: {field}={getattr(self, field)!r}; valid: "
+                    + ", ".join(reg.keys())
+                )
+        for option, (field, to_rule) in _RULE_SWITCHES.items():
+            from_rule = {v: k for k, v in to_rule.items()}
+            rule_key = getattr(self, field)
+            if rule_key in from_rule:  # keep the option in step with the rule it switched
+                object.__setattr__(self, option, from_rule[rule_key])
+        for option, valid in _CHOICES.items():
+            if getattr(self, option) not in valid:
+                raise ValueError(f"{option}={getattr(self, option)!r}; valid: {valid}")
+        bad = set(self.x_patterns) - set("abcd")
+        if not self.x_patterns or bad:
+            raise ValueError(f"x_patterns={self.x_patterns!r}: letters of 'abcd', at least one")
+        if int(self.im2col_step) < 1:
+            raise ValueError(f"im2col_step={self.im2col_step} must be >= 1")
+
+    @cached_property
+    def rules(self):
+        """The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`)."""
+        return (
+            FORWARD_RULES.get(self.forward),
+            INPUT_GRAD_RULES.get(self.input_grad),
+            WEIGHT_GRAD_RULES.get(self.weight_grad),
+        )
 
     @property
     def is_dense(self) -> bool:
-        return (self.forward, self.input_grad, self.weight_grad) == ("dense", "dense", "dense")
+        return not any(r.prunes for r in self.rules)
 
     @property
     def uses_decay(self) -> bool:
         """SR-STE decay applies wherever the forward weight is pruned."""
-        return self.forward != "dense"
+        return self.rules[0].prunes
+
+    def options_used(self) -> set[str]:
+        """The :data:`OPTIONS` some rule of this plan reads (or whose rule choice they switch)."""
+        used = {o for r in self.rules for o in r.options}
+        for option, (field, to_rule) in _RULE_SWITCHES.items():
+            if getattr(self, field) in to_rule.values():
+                used.add(option)
+        return used
 
     def with_options(self, **options) -> Strategy:
-        """A copy with the options of :data:`OPTIONS` changed; unknown names fail with the list."""
+        """A copy with the options of :data:`OPTIONS` changed.
+
+        Unknown names fail with the list; an option no GEMM rule of this plan reads fails
+        naming the rules it has (it would silently do nothing).
+        """
         unknown = set(options) - set(OPTIONS)
         if unknown:
             raise TypeError(
                 f"unknown strategy option(s) {sorted(unknown)}; valid options: "
                 + "; ".join(f"{k}: {v}" for k, v in OPTIONS.items())
             )
-        return dataclasses.replace(self, **options)
+        changes = dict(options)
+        for option, (field, to_rule) in _RULE_SWITCHES.items():
+            if option in changes:
+                value = changes[option]
+                if value not in to_rule:
+                    raise ValueError(f"{option}={value!r}; valid: {tuple(to_rule)}")
+                if getattr(self, field) not in to_rule.values():
+                    continue  # not a rule this option switches: reported as ignored below
+                changes[field] = to_rule[value]
+        plan = dataclasses.replace(self, **changes)
+        ignored = sorted(set(options) - plan.options_used())
+        if ignored:
+            raise ValueError(
+                f"strategy {self.name!r} does not use option(s) {ignored}: its GEMM rules are "
+                f"Eq. 1 {plan.forward!r}, Eq. 2 {plan.input_grad!r}, Eq. 3 {plan.weight_grad!r}, "
+                f"which read {sorted(plan.options_used()) or 'no options'}; remove the option "
+                "or choose a strategy that uses it"
+            )
+        return plan
 
     def describe(self) -> dict[str, str]:
         """Human-readable Eq. 1-3 of this plan, as in the module table."""
-        w = {"dense": "W", "nm": "S(W)", "tsm": "T(W)"}[self.forward]
-        eq2 = {
-            "dense": "W^T dY",
-            "fwd": f"{w}^T dY",
-            "nm_wt": "S(W^T) dY" if self.wt_source == "dense" else "R(S(W))^T dY",
-            "nm_dy": "W^T S(dY)",
-        }[self.input_grad]
-        if self.weight_grad == "fixed" and self.x_pattern == "random4":
-            g = f"(dY + {self.ir_coef:g}*roll(dY))" if self.ir_coef else "dY"
-            eq3 = f"{g} P4(X^T)"
-        elif self.weight_grad == "fixed":
-            eq3 = f"(dY + {self.ir_coef:g}*shift(dY)) F(X^T)" if self.ir_coef else "dY F(X^T)"
-        else:
-            eq3 = {"dense": "dY X^T", "nm_dy": "S(dY) X^T", "nm_x": "dY S(X^T)"}[self.weight_grad]
-        return {"eq1": f"{w} X", "eq2": eq2, "eq3": eq3}
+        return {f"eq{i + 1}": r.formula(self) for i, r in enumerate(self.rules)}
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 for _s in (
     Strategy("dense"),
-    Strategy("srste", forward="nm"),
+    Strategy("srste", forward="nm", input_grad="fwd"),
     Strategy("tsm", forward="tsm", input_grad="fwd"),
     Strategy("fst2", forward="nm", input_grad="nm_wt"),
     Strategy("fst_noir", forward="nm", input_grad="nm_wt", weight_grad="fixed", ir_coef=0.0),
@@ -164,11 +223,9 @@ for _s in (
     Strategy(
         "fst_released",
         forward="nm",
-        input_grad="nm_wt",
-        weight_grad="fixed",
+        input_grad="regrouped",
+        weight_grad="random4",
         ir_coef=0.03,
-        x_pattern="random4",
-        wt_source="pruned",
         dense_first_conv_weight=True,
         dense_linear=True,
     ),

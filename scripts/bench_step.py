@@ -25,8 +25,8 @@ from torch import nn
 
 import fst
 from fst.layers import SparseConv2d, sparse_layers
-from fst.ops.base import weight_operands
 from fst.ops.native import ir_half
+from fst.rules import weight_operands
 
 
 def parse_args(argv=None):

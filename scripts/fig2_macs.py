@@ -40,6 +40,7 @@ def main(argv=None):
     layer_cols = ["name", "cin", "cout", "kernel", "hout", "wout", "eq1", "eq2", "eq3"]
     strat_cols = [
         "strategy",
+        "pruned_eqs",
         "sparse_eqs",
         "eq1",
         "eq2",
@@ -65,7 +66,9 @@ def main(argv=None):
         f"ResNet-18 (torchvision), one {args.image_size}x{args.image_size} image, all {len(layers)} "
         "nn.Conv2d layers (fc excluded). Eq. 1 forward, Eq. 2 input gradient (none for the first "
         "conv: the image needs no gradient), Eq. 3 weight gradient. A GEMM with a 2:4 operand "
-        "counts half; which equations each strategy prunes is read from `fst.strategies.STRATEGIES`"
+        "counts half; a pruned operand that is not 2:4 along the GEMM's reduction dimension (SR-STE's "
+        "S(W)^T in Eq. 2, the release's regrouped weight) counts dense. Which equations each "
+        "strategy prunes is read from its GEMM rules (`fst.rules`)"
         + (f"; layers kept dense: {args.exclude}" if args.exclude else "; every conv sparsified")
         + ".\n\nPaper (Sec. 1, Figure 2): the backward pass is up to 80% of SR-STE's computation.\n\n"
         "## Effective GMACs per image, all conv layers\n\n"
@@ -74,6 +77,7 @@ def main(argv=None):
             strat_cols,
             [
                 "strategy",
+                "pruned in Eq.",
                 "2:4 in Eq.",
                 "Eq. 1",
                 "Eq. 2",

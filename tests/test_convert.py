@@ -107,7 +107,7 @@ def test_strategy_options():
     )
     assert conv.plan.ir_coef == 0.03 and conv.plan.mask_layout == "cin"
     from fst.masks import is_nm
-    from fst.ops.base import weight_operands
+    from fst.rules import weight_operands
 
     w_fwd, _ = weight_operands(conv.weight, conv.plan)
     assert is_nm(w_fwd, dim=1)  # groups along Ci at each kernel position

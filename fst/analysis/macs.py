@@ -120,24 +120,13 @@ def effective_macs(
 
 
 def strategy_sparse_eqs(strategy: str) -> tuple[bool, bool, bool]:
-    """Which of Eq. 1-3 get a 2:4 operand under ``strategy``, read from its registry entry.
-
-    Eq. 2 reusing the forward weight (``input_grad="fwd"``) is 2:4 along Eq. 2's reduction
-    dim (Cout) only for a transposable mask (``tsm``); S(W)^T of an ordinary 2:4 mask is not,
-    nor is the released code's regrouping of S(W) (``wt_source="pruned"``: its groups lie
-    inside one filter, not along Cout).
-    """
+    """Which of Eq. 1-3 get a 2:4 operand under ``strategy``: each GEMM rule's
+    :meth:`fst.rules.Rule.tensor_core` (SR-STE's ``S(W)^T`` and the release's regrouped Eq. 2
+    weight are sparse but not 2:4 along Cout, so they count dense)."""
     from fst.strategies import STRATEGIES
 
     plan = STRATEGIES.get(strategy)
-    eq1 = plan.forward != "dense"
-    eq2 = (
-        plan.input_grad == "nm_dy"
-        or (plan.input_grad == "nm_wt" and plan.wt_source == "dense")
-        or (plan.input_grad == "fwd" and plan.forward == "tsm")
-    )
-    eq3 = plan.weight_grad != "dense"
-    return eq1, eq2, eq3
+    return tuple(rule.tensor_core(plan) for rule in plan.rules)
 
 
 def macs_by_strategy(
@@ -148,7 +137,9 @@ def macs_by_strategy(
 ) -> list[dict]:
     """One row per strategy: effective MACs of Eq. 1-3 summed over layers, plus shares.
 
-    Keys: ``strategy, eq1, eq2, eq3, total, backward_share, fraction_of_dense, speedup_bound``
+    Keys: ``strategy, pruned_eqs, sparse_eqs, eq1, eq2, eq3, total, backward_share,
+    fraction_of_dense, speedup_bound``: ``pruned_eqs`` lists the GEMMs with a pruned operand,
+    ``sparse_eqs`` those whose pruned operand is 2:4 along the reduction dim (counted half)
     (``speedup_bound`` = dense total / effective total, the MAC-count ceiling on speedup).
     """
     from fst.strategies import STRATEGIES
@@ -157,6 +148,7 @@ def macs_by_strategy(
     out = []
     for s in strategies:
         eqs = strategy_sparse_eqs(s)
+        pruned = tuple(rule.prunes for rule in STRATEGIES.get(s).rules)
         rows = effective_macs(layers, eqs, exclude, first_input_grad)
         if getattr(STRATEGIES.get(s), "dense_first_conv_weight", False):
             first = dense_macs(layers[:1], first_input_grad)[0]
@@ -166,6 +158,7 @@ def macs_by_strategy(
         out.append(
             {
                 "strategy": s,
+                "pruned_eqs": "".join("123"[i] for i, b in enumerate(pruned) if b) or "-",
                 "sparse_eqs": "".join("123"[i] for i, b in enumerate(eqs) if b) or "-",
                 **tot,
                 "total": total,

@@ -140,8 +140,8 @@ def table6(
     ``fst.sparsify(strategy)`` (native backend); a dense copy gives the reference step. Each
     overhead is summed over every sparse layer, using the library's own functions:
 
-    - ``S(W)``: ``fst.ops.base.forward_mask`` applied to each weight (2:4 along Cin*k*k);
-    - ``S(W^T)``: ``fst.masks.nm_mask`` along Cout of the ``[Cout, Cin*k*k]`` weight;
+    - ``S(W)``: the Eq. 1 rule's mask applied to each weight (2:4 along Cin*k*k);
+    - ``S(W^T)``: the ``nm_wt`` Eq. 2 rule's weight (2:4 along Cout of ``[Cout, Cin*k*k]``);
     - ``shift(dY)``: ``fst.ops.native.ir_half(dY, 1.0, dim=W)``, the fused shift-and-add of
       Eq. 10 over the half F keeps, on each conv's dY shape (convs with a fixed X^T mask).
 
@@ -153,9 +153,8 @@ def table6(
 
     import fst
     from fst.layers import SparseConv2d, sparse_layers
-    from fst.masks import nm_mask
-    from fst.ops.base import forward_mask
     from fst.ops.native import ir_half
+    from fst.rules import INPUT_GRAD_RULES
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -195,14 +194,15 @@ def table6(
         for n, m in layers
         if isinstance(m, SparseConv2d) and m.plan.weight_grad == "fixed"
     ]
+    s_wt_rule = INPUT_GRAD_RULES.get("nm_wt")
 
     def s_w():
         for w, plan in weights:
-            w * forward_mask(w, plan)
+            w * plan.rules[0].mask(w, plan)
 
     def s_wt():
-        for w, _ in weights:
-            w * nm_mask(w.reshape(w.shape[0], -1), dim=0).view_as(w)
+        for w, plan in weights:
+            s_wt_rule.weight(w, None, plan)
 
     def shift():
         for d in dys:

@@ -23,19 +23,12 @@ def check_nm_weights(model: nn.Module) -> list[dict[str, Any]]:
     """For every sparse layer with a pruned Eq. 1 weight: is that weight 2:4 along the GEMM's
     reduction dim (Ci*kh*kw, or Ci with ``mask_layout=cin``)? One row per layer."""
     from fst.layers import sparse_layers
-    from fst.masks import is_nm
-    from fst.ops.base import weight_operands
+    from fst.rules import operand_checks, weight_operands
 
     rows = []
     for name, m in sparse_layers(model):
-        if m.plan.forward == "dense":
-            continue
-        w_fwd = weight_operands(m.weight, m.plan)[0]
-        if m.plan.mask_layout == "cin" and w_fwd.dim() == 4:
-            ok, along = is_nm(w_fwd, dim=1), "Ci"
-        else:
-            ok, along = is_nm(w_fwd.reshape(w_fwd.shape[0], -1), dim=1), "Ci*kh*kw"
-        rows.append({"layer": name, "nm_ok": bool(ok), "along": along})
+        for check in operand_checks(m.plan, weight_operands(m.weight, m.plan)[0], None):
+            rows.append({"layer": name, "nm_ok": check.ok(), "along": check.along})
     return rows
 
 
@@ -47,11 +40,11 @@ def export_nm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     into the unsparsified architecture for deployment; the model itself is not changed.
     """
     from fst.layers import sparse_layers
-    from fst.ops.base import weight_operands
+    from fst.rules import weight_operands
 
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, m in sparse_layers(model):
-        if m.plan.forward != "dense":
+        if m.plan.rules[0].prunes:
             sd[f"{name}.weight"] = weight_operands(m.weight, m.plan)[0].detach().clone()
     return sd
 

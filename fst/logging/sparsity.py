@@ -19,16 +19,6 @@ import torch
 from torch import nn
 
 
-def _valid_share(t: torch.Tensor, dim: int, n: int = 2, m: int = 4) -> float:
-    """Share of groups of ``m`` along ``dim`` of ``t`` with at most ``n`` nonzeros."""
-    x = t.movedim(dim, -1)
-    pad = (-x.shape[-1]) % m
-    if pad:
-        x = torch.nn.functional.pad(x, (0, pad))
-    nz = (x.reshape(*x.shape[:-1], -1, m) != 0).sum(-1)
-    return float((nz <= n).float().mean())
-
-
 class MaskTracker:
     """Keeps the previous forward masks to measure flip rates between calls."""
 
@@ -45,7 +35,7 @@ class MaskTracker:
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
         from fst.layers import sparse_layers
-        from fst.ops.base import forward_mask, weight_operands
+        from fst.rules import operand_checks, weight_operands
 
         out: dict[str, float] = {}
         agg: dict[str, list[float]] = {"valid_fwd": [], "valid_bwd": [], "flip_rate": []}
@@ -58,21 +48,14 @@ class MaskTracker:
             torch.cuda.synchronize()
         mask_ms = (time.perf_counter() - t0) * 1e3
         for name, m in layers:
-            masks[name] = forward_mask(m.weight.detach(), m.plan)
+            masks[name] = m.plan.rules[0].mask(m.weight.detach(), m.plan)
         for name, m in layers:
-            plan, mask = m.plan, masks[name]
-            w_fwd, w_bwd = operands[name]
-            if plan.forward != "dense":
-                if plan.mask_layout == "cin" and w_fwd.dim() == 4:
-                    v = _valid_share(w_fwd, dim=1)
-                else:
-                    v = _valid_share(w_fwd.reshape(w_fwd.shape[0], -1), dim=1)
-                out[f"sparsity/{name}/valid_fwd"] = v
-                agg["valid_fwd"].append(v)
-            if plan.input_grad in ("fwd", "nm_wt"):
-                v = _valid_share(w_bwd.reshape(w_bwd.shape[0], -1), dim=0)
-                out[f"sparsity/{name}/valid_bwd"] = v
-                agg["valid_bwd"].append(v)
+            mask = masks[name]
+            for check in operand_checks(m.plan, *operands[name]):
+                key = "valid_fwd" if check.eq == 1 else "valid_bwd"
+                v = check.valid_share()
+                out[f"sparsity/{name}/{key}"] = v
+                agg[key].append(v)
             if mask is not None:
                 mask = mask.bool()
                 prev = self.prev.get(name)

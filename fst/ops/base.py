@@ -1,4 +1,7 @@
-"""What every backend shares: the registry, conv geometry, weight operands, autocast casting."""
+"""What every backend shares: the registry, conv geometry, autocast casting, the SR-STE decay.
+
+What each GEMM prunes is not decided here but by the plan's rules (:mod:`fst.rules`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fst.masks import nm_mask_of_abs, transposable_mask
-from fst.ops.released import regrouped_wt
 from fst.registry import Registry
 from fst.strategies import Strategy
 
@@ -50,51 +51,6 @@ class Backend:
 
 
 BACKENDS: Registry[Backend] = Registry("backend")
-
-
-def forward_mask(weight: torch.Tensor, plan: Strategy, abs_w=None) -> torch.Tensor | None:
-    """The Eq. 1 mask of ``weight`` ((Co, Ci, kh, kw) or (out, in)); None when dense.
-
-    ``nm``: 2:4 along the flattened Ci*kh*kw (``im2col`` layout) or along Ci (``cin``);
-    ``tsm``: transposable mask of the (Co, Ci*kh*kw) matrix.
-    """
-    if plan.forward == "dense":
-        return None
-    w2 = weight.detach().reshape(weight.shape[0], -1)
-    if plan.forward == "tsm":
-        return transposable_mask(w2).view(weight.shape)
-    a = weight.detach().abs() if abs_w is None else abs_w
-    if plan.mask_layout == "cin" and weight.dim() == 4:
-        return nm_mask_of_abs(a, dim=1)
-    return nm_mask_of_abs(a.reshape(w2.shape), dim=1).view(weight.shape)
-
-
-def weight_operands(
-    weight: torch.Tensor, plan: Strategy, need_bwd: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The weights of Eq. 1 and Eq. 2, both shaped like ``weight``, computed once per forward.
-
-    Returns ``(w_fwd, w_bwd)``: ``w_fwd`` = W, S(W) or T(W); ``w_bwd`` = the matrix whose
-    transpose multiplies dY in Eq. 2: W, the forward weight, or S(W^T) (2:4 along Co, the
-    reduction dimension of Eq. 2, from the dense W or from S(W) per ``plan.wt_source``).
-    ``w_bwd`` is None when ``need_bwd`` is False (no input gradient will be asked for).
-    """
-    w = weight.detach()
-    shared_abs = plan.forward == "nm" and plan.input_grad == "nm_wt" and plan.wt_source == "dense"
-    a = w.abs() if shared_abs else None
-    mask = forward_mask(w, plan, a)
-    w_fwd = w if mask is None else w * mask
-    if not need_bwd:
-        return w_fwd, None
-    if plan.input_grad in ("dense", "nm_dy"):
-        return w_fwd, w
-    if plan.input_grad == "fwd":
-        return w_fwd, w_fwd
-    if plan.wt_source == "pruned":  # the release: S(W) pruned again inside one filter
-        return w_fwd, regrouped_wt(w_fwd)
-    a = w.abs() if a is None else a  # S(W^T): groups along Co, from the dense W
-    wt_mask = nm_mask_of_abs(a.reshape(w.shape[0], -1), dim=0).view(w.shape)
-    return w_fwd, w * wt_mask
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:

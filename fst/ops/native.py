@@ -2,7 +2,10 @@
 
 - Eq. 1: ``F.conv2d`` / ``F.linear`` with the masked weight.
 - Eq. 2: the input-gradient convolution (``aten.convolution_backward``) with the Eq. 2
-  weight (dense W, T(W) or S(W^T)), or with S(dY) (2:4 along Co) for ``gg``/``gx``.
+  rule's weight (dense W, the forward weight, S(W^T), ...) and its dY (S(dY) for ``gg``/``gx``).
+- Eq. 3: the rule's operands (:meth:`fst.rules.weight_grad.WeightGradRule.operands`): a
+  masked dY goes through the weight-gradient convolution, a masked X through im2col. One
+  rule has a faster path here, tested against the rule:
 - Eq. 3 for ``fst``/``fst_noir`` (``weight_grad="fixed"``): only the kept half is computed.
   With F(X^T) keeping even output columns, ``sum_{w even} dY'(h, w) X(h, w)^T`` is exactly
   the dense weight gradient of the same conv with width stride ``2 * s_w`` over the
@@ -17,17 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fst.masks import nm_mask
-from fst.ops.base import (
-    BACKENDS,
-    Backend,
-    ConvGeometry,
-    add_decay,
-    autocast_dtype,
-    cast,
-    weight_operands,
-)
-from fst.ops.released import conv_cols, random4_weight_grad
+from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
+from fst.rules import weight_operands
 from fst.strategies import Strategy
 
 _conv_bwd = torch.ops.aten.convolution_backward.default
@@ -59,11 +53,6 @@ def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
     return out
 
 
-def _positions_mask(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``t`` masked by 2:4 groups of consecutive positions along ``dim``."""
-    return t * nm_mask(t, dim=dim)
-
-
 class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
@@ -89,14 +78,13 @@ class _Conv(torch.autograd.Function):
         args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
         dx = dw = db = None
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        eq2, eq3 = plan.rules[1], plan.rules[2]
         # One call serves Eq. 2 and 3 when both use the plain dY (the common case).
-        shared = plan.input_grad != "nm_dy" and plan.weight_grad == "dense"
-        if shared:
+        if not eq2.prunes_dy and not eq3.prunes:
             dx, dw, db = _conv_bwd(dy, xc, wb, bias_sizes, *args, [need_x, need_w, need_b])
         else:
             if need_x:
-                dyi = dy * nm_mask(dy, dim=1) if plan.input_grad == "nm_dy" else dy
-                dx = _conv_bwd(dyi, xc, wb, None, *args, [True, False, False])[0]
+                dx = _conv_bwd(eq2.prune_dy(dy, 1), xc, wb, None, *args, [True, False, False])[0]
             if need_b:
                 db = dy.sum((0, 2, 3))
             if need_w:
@@ -111,26 +99,21 @@ class _Conv(torch.autograd.Function):
 
 
 def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tensor:
-    """Eq. 3 for a conv: ``dW = dY X^T`` with the plan's mask on dY or X^T."""
-    if plan.weight_grad == "fixed" and plan.x_pattern == "random4":
-        cols = conv_cols(xc, wb.shape, g)
-        return random4_weight_grad(dy.flatten(2), cols, plan.ir_coef).reshape(wb.shape)
-    if plan.weight_grad == "fixed":
+    """Eq. 3 for a conv: ``dW = dY' X'^T`` with the plan's Eq. 3 rule."""
+    rule = plan.rules[2]
+    if rule.key == "fixed":
         dy_half = ir_half(dy, plan.ir_coef, dim=3)
         stride = (g.stride[0], 2 * g.stride[1])
         args = (stride, g.padding, g.dilation, False, [0, 0], 1)
         return _conv_bwd(dy_half, xc, wb, None, *args, [False, True, False])[1]
-    if plan.weight_grad == "nm_x":
-        # S(X^T) needs X itself: groups of 4 output positions per (sample, im2col row).
-        k = wb.shape[2:]
-        cols = F.unfold(xc, k, g.dilation, g.padding, g.stride)  # [N, K, L]
-        cols = _positions_mask(cols, dim=2)
-        dw = torch.einsum("nol,nkl->ok", dy.flatten(2), cols)
-        return dw.reshape(wb.shape)
-    if plan.weight_grad == "nm_dy":
-        dy = _positions_mask(dy.flatten(2), dim=2).view_as(dy)
+    wo = dy.shape[3]
+    if rule.prunes_x:  # X itself is masked: im2col [N, K, L], one column per output position
+        cols = F.unfold(xc, wb.shape[2:], g.dilation, g.padding, g.stride)
+        dyf, cols = rule.operands(dy.flatten(2), cols, plan, dim=-1, width=wo)
+        return torch.einsum("nol,nkl->ok", dyf, cols).reshape(wb.shape)
+    dyf, _ = rule.operands(dy.flatten(2), None, plan, dim=-1, width=wo)
     args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
-    return _conv_bwd(dy, xc, wb, None, *args, [False, True, False])[1]
+    return _conv_bwd(dyf.view_as(dy), xc, wb, None, *args, [False, True, False])[1]
 
 
 class _Linear(torch.autograd.Function):
@@ -155,8 +138,7 @@ class _Linear(torch.autograd.Function):
         dy = dy.to(xc.dtype)
         dx = dw = db = None
         if need_x:
-            dyi = dy * nm_mask(dy, dim=-1) if plan.input_grad == "nm_dy" else dy
-            dx = (dyi @ wb).to(ctx.x_dtype)
+            dx = (plan.rules[1].prune_dy(dy, -1) @ wb).to(ctx.x_dtype)
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
@@ -167,18 +149,12 @@ class _Linear(torch.autograd.Function):
 
 def _linear_weight_grad(dy, xc, plan: Strategy) -> torch.Tensor:
     """Eq. 3 for a Linear; the token axis (dim -2) plays the conv's width (dense for 2-D x)."""
-    mode = plan.weight_grad if xc.dim() >= 3 else "dense"
-    if mode == "fixed" and plan.x_pattern == "random4":
-        dyt = dy.reshape(-1, *dy.shape[-2:]).transpose(1, 2)  # [B, out, T]
-        xt = xc.reshape(-1, *xc.shape[-2:]).transpose(1, 2)  # [B, in, T]
-        return random4_weight_grad(dyt, xt, plan.ir_coef)
-    if mode == "fixed":
+    rule = plan.rules[2]
+    if xc.dim() >= 3 and rule.key == "fixed":  # the kept half only: even tokens
         dy = ir_half(dy, plan.ir_coef, dim=-2)
         xc = _every_other(xc, xc.dim() - 2, 0)
-    elif mode == "nm_dy":
-        dy = _positions_mask(dy, dim=-2)
-    elif mode == "nm_x":
-        xc = _positions_mask(xc, dim=-2)
+    elif xc.dim() >= 3:
+        dy, xc = rule.operands(dy, xc, plan, dim=-2)
     return dy.reshape(-1, dy.shape[-1]).T @ xc.reshape(-1, xc.shape[-1])
 
 

@@ -66,8 +66,10 @@ def test_every_registered_strategy_is_counted():
     assert set(rows) == set(STRATEGIES) == set(EXPECTED)
     assert rows["dense"]["speedup_bound"] == 1.0
     assert rows["fst"]["fraction_of_dense"] == pytest.approx(0.5)
-    # SR-STE prunes only the forward GEMM, so the backward pass dominates (paper: up to 80%).
+    # SR-STE's only 2:4 GEMM is the forward one, so the backward pass dominates (paper: up to
+    # 80%); its Eq. 2 uses S(W)^T, pruned but not 2:4 along Cout, so it counts dense.
     assert rows["srste"]["backward_share"] > 0.75
+    assert (rows["srste"]["pruned_eqs"], rows["srste"]["sparse_eqs"]) == ("12", "1")
 
 
 def test_exclude_keeps_layers_dense():

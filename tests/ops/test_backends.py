@@ -18,7 +18,9 @@ KEYS = ["dense", "srste", "tsm", "fst2", "fst_noir", "fst", "wg", "wx", "gg", "g
 BACKENDS = ["reference", "native"]
 DECAY = 0.1  # large, so a wrong decay term cannot hide inside the tolerance
 
-EQ2_WEIGHT = {"dense": "W", "srste": "W", "gg": "W", "gx": "W", "tsm": "T"}  # others: S(W^T)
+# Eq. 2 weight: SR-STE's is its forward weight S(W) (the chain rule of Y = S(W) X; its released
+# code convolves with the pruned weight), TSM's T(W); GG/GX keep W; the rest S(W^T).
+EQ2_WEIGHT = {"dense": "W", "srste": "S", "gg": "W", "gx": "W", "tsm": "T"}
 EQ3 = {
     "fst_noir": "fixed",
     "fst": "fixed_ir",
@@ -48,7 +50,7 @@ def expected_conv(x, w, b, dy, key, stride, padding, dilation):
     y = torch.einsum("ok,nkl->nol", W1, X) + (0 if b is None else b[None, :, None])
     G = dy.reshape(n, co, -1)  # dY: [N, Co, L]
     # Eq. 2
-    W2 = {"W": Wm, "T": T_W}.get(EQ2_WEIGHT.get(key), S_WT)
+    W2 = {"W": Wm, "T": T_W, "S": S_W}.get(EQ2_WEIGHT.get(key), S_WT)
     G2 = G * nm_mask(G, dim=1) if key in ("gg", "gx") else G  # S(dY) along Co
     dx = F.fold(torch.einsum("ok,nol->nkl", W2, G2), x.shape[2:], k, dilation, padding, stride)
     # Eq. 3
@@ -82,7 +84,7 @@ def expected_linear(x, w, b, dy, key):
     S_WT = w * nm_mask(w, dim=0)  # along out
     W1 = {"dense": w, "tsm": T_W}.get(key, S_W)
     y = x @ W1.T + (0 if b is None else b)
-    W2 = {"W": w, "T": T_W}.get(EQ2_WEIGHT.get(key), S_WT)
+    W2 = {"W": w, "T": T_W, "S": S_W}.get(EQ2_WEIGHT.get(key), S_WT)
     G2 = dy * nm_mask(dy, dim=-1) if key in ("gg", "gx") else dy
     dx = G2 @ W2
     mode = EQ3.get(key) if x.dim() >= 3 else None
@@ -156,6 +158,25 @@ def test_conv_matches_im2col_reference(case, key, backend):
     )
     fst.sparsify(conv, key, backend, decay=DECAY)
     assert_all_close(run_layer(conv, x, dy), want, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_srste_input_gradient_is_autograd_of_pruned_conv(case, backend):
+    """SR-STE trains Y = S(W) X: its dX is the plain chain rule through F.conv2d(x, S(W))."""
+    ci, co, k, s, p, d, h, w, bias = CONV_CASES[case]
+    torch.manual_seed(11)
+    conv = nn.Conv2d(ci, co, k, s, p, d, bias=bias).double()
+    x = torch.randn(2, ci, h, w, dtype=torch.float64, requires_grad=True)
+    Wm = conv.weight.detach().reshape(co, -1)
+    s_w = (Wm * nm_mask(Wm, dim=1)).view_as(conv.weight)
+    y = F.conv2d(x, s_w, conv.bias, s, p, d)
+    dy = torch.randn_like(y)
+    (want,) = torch.autograd.grad(y, x, dy)
+    fst.sparsify(conv, "srste", backend)
+    got = run_layer(conv, x.detach(), dy)
+    torch.testing.assert_close(got[0], y.detach(), atol=1e-10, rtol=1e-7)
+    torch.testing.assert_close(got[1], want, atol=1e-10, rtol=1e-7)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -269,7 +290,7 @@ def test_native_fixed_mask_equals_strided_weight_gradient():
 
 @pytest.mark.parametrize("key", ["srste", "tsm", "fst2", "fst", "gg"])
 def test_forward_operands_are_2of4_along_reduction_dims(key):
-    from fst.ops.base import weight_operands
+    from fst.rules import weight_operands
 
     conv = nn.Conv2d(6, 10, 3)
     w_fwd, w_bwd = weight_operands(conv.weight, STRATEGIES[key])

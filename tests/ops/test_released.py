@@ -13,7 +13,7 @@ from torch import nn
 
 import fst
 from fst.masks import nm_mask
-from fst.ops import released
+from fst.rules import released
 
 BACKENDS = ["reference", "native"]
 
@@ -73,8 +73,7 @@ def literal_released_conv(x, w, b, dy, kind, stride, padding, step, decay):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", released.PATTERNS)
-def test_fst_released_conv_matches_literal(kind, backend, monkeypatch):
-    monkeypatch.setattr(released, "IM2COL_STEP", 2)  # batch 5 -> chunks of 2, 2, 1
+def test_fst_released_conv_matches_literal(kind, backend):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3, 2, 1).double()  # 8*4*9 = 288 = 18 blocks of 16
     x = torch.randn(5, 4, 9, 7, dtype=torch.float64)
@@ -83,13 +82,13 @@ def test_fst_released_conv_matches_literal(kind, backend, monkeypatch):
     want = literal_released_conv(
         x, conv.weight.detach(), conv.bias.detach(), dy, kind, 2, 1, 2, 2e-4
     )
-    sparse_plan = fst.STRATEGIES["fst_released"]
+    # batch 5 -> chunks of 2, 2, 1; one pattern forced (x_patterns of one letter)
+    sparse_plan = fst.STRATEGIES["fst_released"].with_options(x_patterns=kind, im2col_step=2)
     conv = fst.sparsify(nn.Sequential(nn.Conv2d(4, 4, 1), conv), sparse_plan, backend)[1]
     assert conv.plan.forward == "nm"  # not the first conv
     xg = x.clone().requires_grad_(True)
-    with released.forced_pattern(kind):
-        out = conv(xg)
-        out.backward(dy)
+    out = conv(xg)
+    out.backward(dy)
     for got, exp in zip((out, xg.grad, conv.weight.grad, conv.bias.grad), want):
         torch.testing.assert_close(got.detach(), exp, atol=1e-10, rtol=1e-7)
 
@@ -110,6 +109,9 @@ def test_pattern_draws_repeat_with_the_seed():
     torch.manual_seed(3)
     assert released.draw_patterns(50) == a
     assert set(a) == set(released.PATTERNS)
+    state = torch.get_rng_state()
+    assert released.draw_patterns(7, "c") == ["c"] * 7  # forced: draws nothing
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def grads_with(options, decay=0.0, backend="native"):
@@ -142,10 +144,9 @@ def test_each_option_changes_exactly_its_gemm(option, value, changes):
 
 def test_random4_on_linear_tokens():
     torch.manual_seed(0)
-    lin = fst.sparsify(nn.Linear(8, 8), "fst", x_pattern="random4", ir_coef=0.03)
+    lin = fst.sparsify(nn.Linear(8, 8), "fst", x_pattern="random4", ir_coef=0.03, x_patterns="b")
     x = torch.randn(2, 6, 8, requires_grad=True)
-    with released.forced_pattern("b"):
-        lin(x).sum().backward()
+    lin(x).sum().backward()
     # pattern b keeps odd token columns of each sample's X, after the roll of dY
     dy = torch.ones(2, 6, 8)
     g = dy + 0.03 * torch.roll(dy, 1, dims=1)

@@ -1,0 +1,157 @@
+"""What a GEMM rule is, the three rule registries, and the questions everyone asks of a plan.
+
+A layer's training step runs three GEMMs (paper Sec. 3; conv: ``W`` is (Co, K = Ci*kh*kw),
+``X`` the im2col matrix (K, positions), ``dY`` (Co, positions)):
+
+- Eq. 1, forward:          ``Y  = W X``      reduces over K;
+- Eq. 2, input gradient:   ``dX = W^T dY``   reduces over Co;
+- Eq. 3, weight gradient:  ``dW = dY X^T``   reduces over positions (N*H*W, or tokens).
+
+A *rule* says what one of these GEMMs prunes: which operand, along which dimension, how, and
+therefore whether a sparse tensor core can run it at half the MACs (its operand is 2:4 along
+the GEMM's reduction dimension). A :class:`fst.strategies.Strategy` names one rule per GEMM;
+backends, :func:`fst.summary`, ``eval.py``, the diagnostics and the analyses all ask the rule
+objects here instead of re-deriving what a plan's modes mean.
+
+Each rule's arithmetic is written once, in the im2col domain, and *is* the test oracle's
+semantics: the ``reference`` backend calls nothing else, and faster backends either call the
+same methods or are tested against them.
+
+Adding a GEMM mode: one rule class in the module of its equation (``forward.py``,
+``input_grad.py``, ``weight_grad.py``), registered under its key, plus its test (see README,
+"Adding a strategy").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from fst.masks import is_nm
+from fst.registry import Registry
+
+if TYPE_CHECKING:
+    from fst.strategies import Strategy
+
+
+class Rule:
+    """One GEMM's rule. Subclasses set the class attributes and override the hooks.
+
+    Attributes:
+        key: registry key (the value of ``Strategy.forward`` / ``input_grad`` / ``weight_grad``).
+        eq: 1, 2 or 3.
+        operand: the pruned operand as written in the paper (``"W"``, ``"W^T"``, ``"dY"``,
+            ``"X^T"``), or ``""`` when the GEMM is dense.
+        options: the :data:`fst.strategies.OPTIONS` this rule reads (an option no rule of a
+            plan reads is refused).
+    """
+
+    key: ClassVar[str] = ""
+    eq: ClassVar[int] = 0
+    operand: ClassVar[str] = ""
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def prunes(self) -> bool:
+        return bool(self.operand)
+
+    def formula(self, plan: Strategy) -> str:
+        """The GEMM as written in the README's strategy table, e.g. ``"S(W^T) dY"``."""
+        raise NotImplementedError
+
+    def tensor_core(self, plan: Strategy) -> bool:
+        """Is the pruned operand 2:4 along this GEMM's reduction dimension by construction?
+
+        True means a sparse tensor core runs the GEMM at half the MACs (Figure 2's count);
+        a pruned operand that is not (``S(W)^T`` along Co, the release's regrouped weight,
+        a data-dependent width) counts as dense.
+        """
+        return False
+
+    def __repr__(self) -> str:
+        return f"<Eq. {self.eq} rule {self.key!r}>"
+
+
+FORWARD_RULES: Registry[Rule] = Registry("Eq. 1 (forward) rule")
+INPUT_GRAD_RULES: Registry[Rule] = Registry("Eq. 2 (input gradient) rule")
+WEIGHT_GRAD_RULES: Registry[Rule] = Registry("Eq. 3 (weight gradient) rule")
+REGISTRIES = {1: FORWARD_RULES, 2: INPUT_GRAD_RULES, 3: WEIGHT_GRAD_RULES}
+
+
+def register(cls):
+    """Class decorator: instantiate the rule and add it to its equation's registry."""
+    REGISTRIES[cls.eq].register(cls.key, cls())
+    return cls
+
+
+def weight_operands(
+    weight: torch.Tensor, plan: Strategy, need_bwd: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights of Eq. 1 and Eq. 2, both shaped like ``weight``, computed once per forward.
+
+    Returns ``(w_fwd, w_bwd)``: ``w_fwd`` = W, S(W) or T(W) (the Eq. 1 rule); ``w_bwd`` = the
+    matrix whose transpose multiplies dY in Eq. 2 (the Eq. 2 rule). ``w_bwd`` is None when
+    ``need_bwd`` is False (no input gradient will be asked for). Detached.
+    """
+    w = weight.detach()
+    eq1, eq2 = plan.rules[0], plan.rules[1]
+    # |W| is shared when both masks rank magnitudes of the same dense W (fst: S(W), S(W^T)).
+    a = w.abs() if (eq1.uses_abs and eq2.uses_abs) else None
+    mask = eq1.mask(w, plan, a)
+    w_fwd = w if mask is None else w * mask
+    if not need_bwd:
+        return w_fwd, None
+    return w_fwd, eq2.weight(w, w_fwd, plan, a)
+
+
+@dataclass
+class OperandCheck:
+    """A pruned weight operand of one GEMM, viewed along that GEMM's reduction dimension.
+
+    ``tensor`` viewed so that 2:4 groups run along ``dim``; ``along`` names that dimension
+    (``Ci*kh*kw``, ``Ci``, ``in``, ``Co``, ``out``); ``tensor_core``: the rule promises 2:4
+    (a failure is then a bug or a tampered weight), otherwise the check only reports.
+    """
+
+    eq: int
+    operand: str
+    along: str
+    tensor: torch.Tensor
+    dim: int
+    tensor_core: bool
+
+    def ok(self) -> bool:
+        return is_nm(self.tensor, self.dim)
+
+    def valid_share(self) -> float:
+        """Share of groups of 4 along ``dim`` with at most 2 nonzeros (1.0 when 2:4)."""
+        x = self.tensor.movedim(self.dim, -1)
+        pad = (-x.shape[-1]) % 4
+        if pad:
+            x = torch.nn.functional.pad(x, (0, pad))
+        nz = (x.reshape(*x.shape[:-1], -1, 4) != 0).sum(-1)
+        return float((nz <= 2).float().mean())
+
+    def label(self) -> str:
+        return f"2:4 along {self.along}: {'ok' if self.ok() else 'NOT 2:4'}"
+
+
+def operand_checks(
+    plan: Strategy, w_fwd: torch.Tensor, w_bwd: torch.Tensor | None
+) -> list[OperandCheck]:
+    """The pruned weight operands of Eq. 1 and Eq. 2, each along its GEMM's reduction dim.
+
+    Shared by :func:`fst.summary`, ``eval.py`` and the per-layer diagnostics.
+    """
+    out = []
+    eq1, eq2 = plan.rules[0], plan.rules[1]
+    if eq1.prunes:
+        t, dim, along = eq1.reduction_view(w_fwd, plan)
+        out.append(OperandCheck(1, eq1.operand, along, t, dim, eq1.tensor_core(plan)))
+    if eq2.prunes_weight and w_bwd is not None:
+        t = w_bwd.reshape(w_bwd.shape[0], -1)
+        along = "Co" if w_bwd.dim() == 4 else "out"
+        out.append(OperandCheck(2, eq2.operand, along, t, 0, eq2.tensor_core(plan)))
+    return out

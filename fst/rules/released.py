@@ -1,0 +1,128 @@
+"""The authors' released code's two GEMM rules, where it differs from the paper.
+
+Facts (``shared/paper/README.md``); each is a rule, chosen by a strategy option:
+
+- Eq. 3 ``random4`` (option ``x_pattern="random4"``): the im2col matrix X (rows Ci*kh*kw,
+  columns ``step * H*W`` for ``step = min(im2col_step, batch)`` samples per chunk,
+  sample-major) is masked per chunk with one of four fixed patterns drawn uniformly at random:
+  ``b`` keep odd columns; ``c`` keep (row + col) odd (zero even columns in even rows and odd
+  columns in odd rows); ``d`` keep (row + col) even; ``a`` the ``c`` checkerboard applied to X
+  viewed as (-1, 4). Information Restoration is ``g + ir_coef * roll(g, +1)`` over the
+  flattened H*W of each sample (wrap-around), at every position before masking.
+- Eq. 2 ``regrouped`` (option ``wt_source="pruned"``): the forward-pruned weight pruned again
+  in 4x4 blocks of the flattened weight (``(a w)(b h) -> (a b)(w h)``, w=4, h=1): the
+  regrouped fours are ``flat[16a + 4w + b]`` for w = 0..3 (stride 4 inside one filter), and
+  the two smallest of each are zeroed. These groups do not run along Co, so the result is
+  generally *not* 2:4 along the reduction dimension of Eq. 2.
+
+Pattern draws use the global torch CPU generator, which the run seeds, so runs repeat and exact
+resume restores them with the other RNG states. Options ``x_patterns`` (the letters drawn from;
+one letter forces that pattern, drawing nothing) and ``im2col_step`` (256 in the release) are
+plain strategy options, so tests and analyses need no module state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fst.masks import nm_mask
+from fst.rules.base import register
+from fst.rules.input_grad import InputGradRule
+from fst.rules.weight_grad import WeightGradRule
+
+PATTERNS = "abcd"
+
+
+def draw_patterns(n_chunks: int, letters: str = PATTERNS) -> list[str]:
+    """One pattern per im2col chunk, uniform over ``letters`` (no draw for a single letter)."""
+    if len(letters) == 1:
+        return [letters] * n_chunks
+    return [letters[i] for i in torch.randint(len(letters), (n_chunks,)).tolist()]
+
+
+def _pattern_rule(kind: str, r: torch.Tensor, c: torch.Tensor, cols: int) -> torch.Tensor:
+    if kind == "b":
+        return (c % 2 == 1) & (r >= 0)
+    if kind == "c":
+        return (r + c) % 2 == 1
+    if kind == "d":
+        return (r + c) % 2 == 0
+    if kind == "a":
+        flat = r * cols + c
+        return (flat // 4 + flat % 4) % 2 == 1
+    raise ValueError(f"unknown X pattern {kind!r}; valid: {', '.join(PATTERNS)}")
+
+
+def pattern_mask(kind: str, rows: int, cols: int, device=None) -> torch.Tensor:
+    """Bool keep-mask ``[rows, cols]`` of pattern ``kind`` on one im2col chunk.
+
+    Every pattern depends only on (row mod 8, col mod 8) (``a`` through ``(row*cols + col) mod
+    8``), so it is read from an 8x8 tile instead of computed at full size.
+    """
+    i = torch.arange(8, device=device)
+    tile = _pattern_rule(kind, i[:, None], i[None, :], cols)  # [8, 8]
+    r = torch.arange(rows, device=device) % 8
+    c = torch.arange(cols, device=device) % 8
+    return tile[r[:, None], c[None, :]]
+
+
+@register
+class Random4(WeightGradRule):
+    """Eq. 3 as released: ``dW = sum_chunks roll_ir(dY) (X * P_chunk)^T``."""
+
+    key = "random4"
+    operand = "X^T"
+    prunes_x = True
+    options = ("ir_coef", "x_patterns", "im2col_step")
+
+    def formula(self, plan) -> str:
+        g = f"(dY + {plan.ir_coef:g}*roll(dY))" if plan.ir_coef else "dY"
+        return f"{g} P4(X^T)"
+
+    def tensor_core(self, plan) -> bool:
+        # each pattern keeps 2 of every 4 consecutive columns (a: when the chunk has a multiple of 4
+        # columns, as ImageNet-size maps do)
+        return True
+
+    def operands(self, dy, x, plan, dim=-1, width=None):
+        # to the release's layout: [B, features, positions], samples B = the leading dims
+        dyt = dy.movedim(dim, -1)
+        if plan.ir_coef:
+            dyt = dyt + plan.ir_coef * torch.roll(dyt, 1, dims=-1)
+        xt = x.movedim(dim, -1)
+        lead, (k, length) = xt.shape[:-2], xt.shape[-2:]
+        xt = xt.reshape(-1, k, length)
+        n = xt.shape[0]
+        step = min(int(plan.im2col_step), n)
+        starts = range(0, n, step)
+        keep = torch.empty(n, k, length, dtype=torch.bool, device=x.device)
+        for s0, kind in zip(starts, draw_patterns(len(starts), plan.x_patterns)):
+            s1 = min(s0 + step, n)
+            m = pattern_mask(kind, k, (s1 - s0) * length, x.device)
+            keep[s0:s1] = m.view(k, s1 - s0, length).transpose(0, 1)  # sample-major columns
+        xt = (xt * keep).reshape(*lead, k, length)
+        return dyt.movedim(-1, dim), xt.movedim(-1, dim)
+
+
+@register
+class Regrouped(InputGradRule):
+    """The release's Eq. 2 weight: S(W) pruned again, 2 of 4 in each regrouped four.
+
+    The flattened weight (zero-padded to a multiple of 16) is viewed as ``[A, 4, 4]`` =
+    ``flat[16a + 4w + b]``; each regrouped four runs along the middle axis.
+    """
+
+    key = "regrouped"
+    operand = "W^T"
+    prunes_weight = True
+
+    def formula(self, plan) -> str:
+        return "R(S(W))^T dY"
+
+    def weight(self, w, w_fwd, plan, abs_w=None):
+        flat = w_fwd.reshape(-1)
+        pad = (-flat.numel()) % 16
+        blocks = F.pad(flat, (0, pad)).view(-1, 4, 4)
+        kept = blocks * nm_mask(blocks, dim=1)
+        return kept.reshape(-1)[: flat.numel()].view(w_fwd.shape)
