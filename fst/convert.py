@@ -154,7 +154,10 @@ def summary(model: nn.Module) -> Summary:
         kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
         co, k = m.weight.shape[0], m.weight[0].numel()
         row = dict(name=name, type=kind, weight="x".join(map(str, m.weight.shape)))
-        if isinstance(m, _SparseMixin):
+        if isinstance(m, _SparseMixin) and m.plan.is_dense:
+            row.update(status="dense", **m.plan.describe(), pad_W="-", pad_WT="-")
+            row["note"] = f"strategy {m.strategy!r} prunes no GEMM ({m.backend} backend)"
+        elif isinstance(m, _SparseMixin):
             row.update(status="sparse", **_gemm_report(m), pad_W=(-k) % 4, pad_WT=(-co) % 4)
         else:
             if skipped is None:

@@ -111,3 +111,12 @@ def test_strategy_options():
 
     w_fwd, _ = weight_operands(conv.weight, conv.plan)
     assert is_nm(w_fwd, dim=1)  # groups along Ci at each kernel position
+
+
+def test_summary_of_the_dense_strategy_says_dense():
+    model = fst.sparsify(small_net(), "dense")
+    summ = fst.summary(model)
+    assert {r["status"] for r in summ.rows} == {"dense"}
+    rows = {r["name"]: r for r in summ.rows}
+    assert "prunes no GEMM" in rows["0"]["note"] and "prunes no GEMM" in rows["6"]["note"]
+    assert summ.num_sparse == 0 and str(summ).endswith(f"0/{len(summ.rows)} layers sparse")
