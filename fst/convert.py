@@ -191,6 +191,9 @@ def _gemm_report(m: _SparseMixin) -> dict:
         if shape is not None:
             wo = _out_width(m, shape[-1])
             notes.append(f"Wo={wo}" + ("" if wo % 2 == 0 else ": F(X^T) not 2:4 along flat H*W"))
+    describe = getattr(m._backend, "describe_layer", None)  # e.g. sparse24: kernel per GEMM
+    if describe is not None:
+        notes.append(describe(m))
     return {**eqs, "note": "; ".join(notes)}
 
 
