@@ -63,6 +63,8 @@ download() {
   for f in "$WHL"/*.whl; do
     if basename "$f" | grep -Eiq "$DROP"; then echo "   drop $(basename "$f")"; rm -f "$f"; fi
   done
+  # The pins, for scripts/gpu_suite.sh (pip install --no-index -r .whl/requirements.txt).
+  printf '%s\n' "${PINS[@]}" >"$WHL/requirements.txt"
   # Two versions of one package stop an offline install: there must be one of each.
   local dups
   dups=$(for f in "$WHL"/*.whl; do basename "$f" | cut -d- -f1 | tr 'A-Z-' 'a-z_'; done | sort | uniq -d)
@@ -97,7 +99,7 @@ check() {
   "$py" -m venv "$venv"
   # numpy stands in for the GPU machine's own (pycocotools needs it); nothing else online.
   "$venv/bin/python" -m pip install --quiet --only-binary=:all: numpy
-  "$venv/bin/python" -m pip install --quiet --no-index --find-links "$WHL" "${PINS[@]}"
+  "$venv/bin/python" -m pip install --quiet --no-index --find-links "$WHL" -r "$WHL/requirements.txt"
   "$venv/bin/python" - <<'EOF'
 import importlib
 mods = ["hydra", "omegaconf", "antlr4", "wandb", "pycocotools.coco", "pycocotools.cocoeval",
