@@ -186,6 +186,9 @@ def _gemm_report(m: _SparseMixin) -> dict:
         note = eq3.note(plan, _out_width(m, shape[-1]))
         if note:
             notes.append(note)
+    describe = getattr(m._backend, "describe_layer", None)  # e.g. sparse24: kernel per GEMM
+    if describe is not None:
+        notes.append(describe(m))
     return {**eqs, "note": "; ".join(notes)}
 
 

@@ -151,6 +151,7 @@ def transposable_mask(w2d: torch.Tensor) -> torch.Tensor:
     rb, cb = a.shape[0] // 4, a.shape[1] // 4
     blocks = a.reshape(rb, 4, cb, 4).permute(0, 2, 1, 3).reshape(-1, 16)  # [B, 16]
     pats = TRANSPOSABLE_PATTERNS.to(a.device)
-    best = (blocks @ pats.T).argmax(dim=1)  # [B]
+    with torch.autocast(a.device.type, enabled=False):  # bf16 scores would pick other patterns
+        best = (blocks @ pats.T).argmax(dim=1)  # [B]
     mask = pats[best].reshape(rb, cb, 4, 4).permute(0, 2, 1, 3).reshape(rb * 4, cb * 4)
     return mask[:r, :c].bool()

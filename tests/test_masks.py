@@ -101,3 +101,11 @@ def test_transposable_mask_is_optimal_per_block(shape):
 def test_transposable_mask_rejects_non_2d():
     with pytest.raises(ValueError, match="2-D"):
         transposable_mask(torch.randn(2, 3, 4))
+
+
+def test_transposable_mask_ignores_autocast():
+    """Under bf16 autocast the pattern scores must stay fp32 (the mask is exact TSM)."""
+    w = torch.randn(64, 96)
+    want = transposable_mask(w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(transposable_mask(w), want)

@@ -5,9 +5,11 @@
 - ``reference``: literal, in the im2col domain (unfold, masked matrices, einsum). The oracle.
 - ``native``: fastest with dense kernels on any device (cuDNN / oneDNN convolutions with
   masked weights; ``fst``/``fst_noir`` compute Eq. 3 on the kept half only).
+- ``sparse24``: Eq. 1 and 2 on NVIDIA 2:4 sparse tensor cores (cuSPARSELt, bf16, CUDA only),
+  Eq. 3 as ``native``; per layer shape the faster of sparse and dense kernels.
 """
 
-from fst.ops import native, reference  # noqa: E402,F401  (fill BACKENDS)
+from fst.ops import native, reference, sparse24  # noqa: E402,F401  (fill BACKENDS)
 from fst.ops.base import BACKENDS, Backend, ConvGeometry
 
 __all__ = ["BACKENDS", "Backend", "ConvGeometry"]

@@ -1,0 +1,268 @@
+"""One 2:4 sparse GEMM, ``C = A @ B`` with ``A`` 2:4 along its rows, on cuSPARSELt or emulated.
+
+This is the only module that calls PyTorch's cuSPARSELt operators. What it relies on (PyTorch
+``aten/src/ATen/native/sparse/cuda/cuSPARSELtOps.cpp``, ``torch/_meta_registrations.py`` and
+``torch/sparse/semi_structured.py``; the same in torch 2.4 to 2.14):
+
+- ``torch._cslt_compress(A)``: ``A`` is a 2-D (M, K) **row-major contiguous** tensor (its
+  ``size(1)`` is passed as the leading dimension), already pruned so that every group of 4
+  consecutive entries along K (a row) has at most 2 nonzeros. It does not prune: other
+  patterns give wrong products. Returns a 1-D tensor (values + metadata) from which the
+  product infers M as ``numel * 16 / 9 / K`` (16-bit types).
+- ``torch._cslt_sparse_mm(packed, B, bias=None, alpha=None, out_dtype=None,
+  transpose_result=False, alg_id=0, ...)``: ``C = A @ B`` with ``B`` dense (K, N). ``B`` is
+  read row-major when ``B.is_contiguous()`` and **column-major otherwise** (no other stride
+  is checked: a (K, N) view that is neither, e.g. a strided slice, is read as garbage), so
+  pass either a contiguous (K, N) or ``X.t()`` of a contiguous (N, K) ``X``. The result is
+  (M, N) row-major, or with ``transpose_result=True`` the (N, M) row-major tensor ``C^T``
+  (the product written column-major, no extra pass). ``bias`` has M entries (one per row of
+  ``A``), same dtype as the inputs.
+- dtypes: bfloat16 and float16 are 2:4 (fp32 accumulate, CUSPARSE_COMPUTE_32F); float32 is
+  **1:2** in cuSPARSELt (and unsupported on Hopper with cuSPARSELt 0.6), int8/fp8 are not used
+  here. So only bf16/fp16 can run fst's 2:4 GEMMs exactly.
+- shapes: ``torch.sparse.SparseSemiStructuredTensorCUSPARSELT`` requires the sparse operand's
+  M and K to be multiples of 16 and pads the dense operand to multiples of 8 for 16-bit types;
+  we pad the same way (zero rows/columns; a zero group is 2:4) and slice the result.
+- hardware: sparse tensor cores exist from compute capability 8.0 (A100, H100, ...).
+- ``alg_id`` 0 is the library's default algorithm; ``torch._cslt_sparse_mm_search`` returns a
+  faster one for a given problem (optional here: ``CusparseltGemm(search_alg=True)``).
+- cuSPARSELt handles are thread-local in PyTorch (autograd runs backward on its own thread).
+
+:class:`EmulatedGemm` runs the same padding and layout logic with a dense matmul of the masked
+``A`` and *checks* what cuSPARSELt silently assumes (2:4 along rows, row-major ``A``,
+row/column-major ``B``, alignment after padding): the CPU tests of :mod:`fst.ops.sparse24` run
+on it, and on a GPU it isolates kernel problems from layout problems.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fst.masks import is_nm
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ALIGN_DENSE",
+    "ALIGN_SPARSE",
+    "CusparseltGemm",
+    "EmulatedGemm",
+    "Packed",
+    "SparseGemm",
+    "SparseGemmError",
+    "cusparselt_version",
+    "require_sparse_tensor_cores",
+]
+
+#: M and K of the sparse operand are padded to multiples of this (16-bit types).
+ALIGN_SPARSE = 16
+#: N of the dense operand is padded to a multiple of this.
+ALIGN_DENSE = 8
+
+FIX = "use backend=native (masked dense kernels, same results)"
+
+
+class SparseGemmError(RuntimeError):
+    """The sparse GEMM cannot run here or was given operands it would misread."""
+
+
+def _ceil(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@dataclass
+class Packed:
+    """A compressed 2:4 operand ``A`` (M, K), 2:4 along K; ``data`` is backend specific."""
+
+    data: torch.Tensor
+    shape: tuple[int, int]  # (M, K) before padding
+    padded: tuple[int, int]  # (M, K) as compressed
+
+
+def cusparselt_version() -> int | None:
+    """cuSPARSELt's version as PyTorch reports it (e.g. 602 for 0.6.2), or None."""
+    backend = getattr(torch.backends, "cusparselt", None)
+    if backend is None or not backend.is_available():
+        return None
+    return backend.version()
+
+
+def require_sparse_tensor_cores(device: torch.device) -> None:
+    """Raise :class:`SparseGemmError` (naming the fix) unless ``device`` can run cuSPARSELt 2:4."""
+    if device.type != "cuda":
+        raise SparseGemmError(
+            f"backend=sparse24 runs its 2:4 GEMMs on NVIDIA sparse tensor cores, but this input "
+            f"is on {device.type}; {FIX}, or run on a CUDA GPU of compute capability >= 8.0"
+        )
+    if not torch.cuda.is_available():
+        raise SparseGemmError(f"backend=sparse24: CUDA is not available; {FIX}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise SparseGemmError(
+            f"backend=sparse24: {torch.cuda.get_device_name(device)} has compute capability "
+            f"{major}.{minor}; sparse tensor cores need >= 8.0 (A100, H100, ...); {FIX}"
+        )
+    if cusparselt_version() is None:
+        raise SparseGemmError(
+            f"backend=sparse24: this torch {torch.__version__} build has no cuSPARSELt "
+            f"(torch.backends.cusparselt.is_available() is False); install a CUDA build of "
+            f"PyTorch from pytorch.org, or {FIX}"
+        )
+
+
+def check_dense_layout(b: torch.Tensor) -> None:
+    """``b`` (K, N) must be row-major (contiguous) or column-major (``b.t()`` contiguous)."""
+    if b.dim() != 2:
+        raise SparseGemmError(f"dense operand must be 2-D, got shape {tuple(b.shape)}")
+    if not (b.is_contiguous() or b.t().is_contiguous()):
+        raise SparseGemmError(
+            f"dense operand {tuple(b.shape)} with strides {b.stride()} is neither row- nor "
+            "column-major; cuSPARSELt would misread it (make it contiguous first)"
+        )
+
+
+class SparseGemm:
+    """``C = A @ B`` with ``A`` (M, K) 2:4 along K, compressed once and used for several B.
+
+    Subclasses implement ``_compress`` (on the padded, row-major ``A``) and ``_mm`` (on
+    padded operands). ``dtypes``: compute dtypes this implementation runs exactly.
+    """
+
+    name = "base"
+    dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+
+    def check_device(self, device: torch.device) -> None:
+        """Raise :class:`SparseGemmError` if this implementation cannot run on ``device``."""
+
+    def compress(self, a: torch.Tensor) -> Packed:
+        """Compress ``a`` (M, K), which must already be 2:4 along K (dim 1)."""
+        if a.dim() != 2:
+            raise SparseGemmError(f"sparse operand must be 2-D, got shape {tuple(a.shape)}")
+        if a.dtype not in self.dtypes:
+            raise SparseGemmError(
+                f"{self.name}: sparse operand dtype {a.dtype} is not one of {self.dtypes}"
+            )
+        m, k = a.shape
+        mp, kp = _ceil(m, ALIGN_SPARSE), _ceil(k, ALIGN_SPARSE)
+        if (mp, kp) != (m, k):
+            a = F.pad(a, (0, kp - k, 0, mp - m))
+        return Packed(self._compress(a.contiguous()), (m, k), (mp, kp))
+
+    def mm(
+        self,
+        packed: Packed,
+        b: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        transpose_result: bool = False,
+    ) -> torch.Tensor:
+        """``A @ b`` for ``b`` (K, N) row- or column-major: (M, N), or (N, M) if transposed.
+
+        ``bias`` (M,) is added to every column of ``A @ b``.
+        """
+        check_dense_layout(b)
+        m, k = packed.shape
+        mp, kp = packed.padded
+        if b.shape[0] != k:
+            raise SparseGemmError(f"A is {m}x{k} but B is {tuple(b.shape)}: K differs")
+        if b.dtype != packed.data.dtype:
+            raise SparseGemmError(f"A is {packed.data.dtype}, B is {b.dtype}: must match")
+        n = b.shape[1]
+        np_ = _ceil(n, ALIGN_DENSE)
+        if (kp, np_) != (k, n):
+            b = _pad_dense(b, kp, np_)
+        if bias is not None and mp != m:
+            bias = F.pad(bias, (0, mp - m))
+        c = self._mm(packed.data, b, bias, transpose_result)
+        if (mp, np_) == (m, n):
+            return c
+        return c[:n, :m].contiguous() if transpose_result else c[:m, :n].contiguous()
+
+    def _compress(self, a: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _mm(self, data, b, bias, transpose_result) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _pad_dense(b: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """Zero-pad ``b`` to (k, n), keeping it row- or column-major as it was."""
+    if b.is_contiguous():
+        return F.pad(b, (0, n - b.shape[1], 0, k - b.shape[0]))
+    return F.pad(b.t(), (0, k - b.shape[0], 0, n - b.shape[1])).t()
+
+
+class CusparseltGemm(SparseGemm):
+    """PyTorch's cuSPARSELt operators (see the module docstring for their contract)."""
+
+    name = "cusparselt"
+
+    def __init__(self, search_alg: bool = False):
+        self.search_alg = search_alg
+        self._alg: dict[tuple, int] = {}
+        self._checked: set[torch.device] = set()
+
+    def check_device(self, device):
+        if device not in self._checked:
+            require_sparse_tensor_cores(device)
+            self._checked.add(device)
+
+    def _compress(self, a):
+        return torch._cslt_compress(a)
+
+    def _mm(self, data, b, bias, transpose_result):
+        alg = 0
+        if self.search_alg:
+            key = (data.numel(), tuple(b.shape), b.is_contiguous(), transpose_result, b.dtype)
+            if key not in self._alg:
+                try:
+                    self._alg[key] = int(
+                        torch._cslt_sparse_mm_search(
+                            data, b, bias=bias, transpose_result=transpose_result
+                        )
+                    )
+                except Exception as e:  # search is optional; the default algorithm always runs
+                    log.warning("cuSPARSELt alg_id search failed for %s (%s); using 0", key, e)
+                    self._alg[key] = 0
+            alg = self._alg[key]
+        return torch._cslt_sparse_mm(
+            data, b, bias=bias, transpose_result=transpose_result, alg_id=alg
+        )
+
+
+class EmulatedGemm(SparseGemm):
+    """Dense matmul of the masked ``A`` after checking everything cuSPARSELt assumes.
+
+    Runs on any device and dtype (``dtypes`` can be narrowed to test dtype errors); the
+    product accumulates in float32 (float64 for float64 inputs) like cuSPARSELt's 32F
+    compute. ``calls`` counts (compress, mm) calls, for tests.
+    """
+
+    name = "emulated"
+
+    def __init__(self, dtypes=(torch.bfloat16, torch.float16, torch.float32, torch.float64)):
+        self.dtypes = tuple(dtypes)
+        self.calls = {"compress": 0, "mm": 0}
+
+    def _compress(self, a):
+        if not is_nm(a, dim=1):
+            raise SparseGemmError(
+                f"sparse operand {tuple(a.shape)} is not 2:4 along its rows (K); cuSPARSELt "
+                "would compute a wrong product"
+            )
+        self.calls["compress"] += 1
+        return a.clone()
+
+    def _mm(self, data, b, bias, transpose_result):
+        self.calls["mm"] += 1
+        if data.shape[1] != b.shape[0] or data.shape[0] % ALIGN_SPARSE or b.shape[1] % ALIGN_DENSE:
+            raise SparseGemmError(f"misaligned operands {tuple(data.shape)} @ {tuple(b.shape)}")
+        acc = torch.float64 if data.dtype == torch.float64 else torch.float32
+        c = data.to(acc) @ b.to(acc)
+        if bias is not None:
+            c = c + bias.to(acc)[:, None]
+        c = c.to(b.dtype)
+        return c.t().contiguous() if transpose_result else c

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# The GPU acceptance run of issue 11: install the carried wheels, record the machine, run the
+# CUDA tests and the benchmarks, and write at most 8 files into OUT_DIR (for results/gpu/).
+#
+#   bash scripts/gpu_suite.sh OUT_DIR [--part PARTS] [--budget SECONDS] [--dry-run]
+#
+# PARTS (comma-separated; each part also installs and records the machine first):
+#   tests    pytest -m gpu (tests/gpu)                                   ~5 min
+#   bench    bench_gemm.py (ResNet-50 + ViT-B GEMMs) and bench_step.py     ~5 min
+#            (ResNet-18 and -50, batch 256, 224 px, bf16, channels-last:
+#            dense, fst@native, fst@sparse24)
+#   compile  bench_step.py --compile on ResNet-50 (torch.compile variants)  ~7 min
+#   all      tests,bench,compile (over 10 minutes: for machines without that limit)
+# Default: tests,bench. --budget (default 570 s) bounds the whole run: each part's time limit
+# is cut to what is left, and a part with under 30 s left is recorded as skipped (run it
+# again alone, e.g. `--part bench`), so the script ends inside a 10-minute command limit.
+#
+# Files: env.md (versions, nvidia-smi, commit, date), tests.md, bench_gemm.md, bench_gemm.json,
+# bench_step.md, bench_step.json (one JSON line per run), errors.md (each failed part: exit
+# status and the log's last lines, tracebacks included), suite.json (per part: status and
+# seconds). A failing or timed-out part is recorded and the next part still runs; the script
+# exits 1 if any part failed.
+#
+# --dry-run: a CPU check of this script's plumbing (no install, CPU-sized benchmarks); CI runs
+# it. Needs .whl/ from scripts/gpu_wheels.sh (carried: it is git-ignored) unless --dry-run.
+set -uo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+usage() { sed -n '2,25p' "$0"; exit 2; }
+INNER=""
+[[ "${1:-}" == __fn ]] && { INNER=1; shift; }  # run one function (under `timeout`), below
+if [[ -z "$INNER" ]]; then OUT="" PARTS="tests,bench" DRY=0 BUDGET=570; fi  # else: exported
+while [[ -z "$INNER" && $# -gt 0 ]]; do
+  case "$1" in
+    --part) PARTS="$2"; shift 2 ;;
+    --budget) BUDGET="$2"; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage ;;
+    -*) echo "unknown option $1" >&2; usage ;;
+    *) OUT="$1"; shift ;;
+  esac
+done
+if [[ -z "$INNER" ]]; then
+  [[ -n "$OUT" ]] || usage
+  [[ "$PARTS" == all ]] && PARTS="tests,bench,compile"
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  PY=${PYTHON:-python3}
+  LOGS=$(mktemp -d /tmp/fst_gpu_suite.XXXXXX)
+  COMMIT=$(git rev-parse HEAD 2>/dev/null || echo "${FST_COMMIT:-unknown (no .git; set FST_COMMIT)}")
+  STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  export OUT PARTS DRY PY LOGS COMMIT STARTED BUDGET
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline WANDB_SILENT=true
+  export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
+  STATUS_JSON="$LOGS/status.jsonl"
+  : >"$STATUS_JSON"
+  FAILED=0
+  DEADLINE=$(( $(date +%s) + BUDGET ))
+fi
+
+# run_part NAME TIMEOUT_S CMD...: run CMD with a time limit, log to $LOGS/NAME.log (and the
+# terminal), record status and seconds; on failure append the log's tail to errors.md.
+run_part() {
+  local name=$1 limit=$2; shift 2
+  local t0 rc left
+  t0=$(date +%s)
+  left=$(( DEADLINE - t0 - 10 ))
+  if (( left < 30 )); then
+    echo "=== [$name] skipped: ${left}s of the ${BUDGET}s budget left"
+    echo "{\"part\": \"$name\", \"rc\": null, \"seconds\": 0, \"timed_out\": false, \"skipped\": \"budget\"}" >>"$STATUS_JSON"
+    FAILED=1
+    write_summary
+    return 0
+  fi
+  (( limit > left )) && limit=$left
+  echo "=== [$name] $* (limit ${limit}s)"
+  timeout --kill-after=20 "$limit" bash "$SELF" __fn "$@" 2>&1 | tee "$LOGS/$name.log"
+  rc=${PIPESTATUS[0]}
+  local secs=$(( $(date +%s) - t0 ))
+  echo "{\"part\": \"$name\", \"rc\": $rc, \"seconds\": $secs, \"timed_out\": $([[ $rc == 124 || $rc == 137 ]] && echo true || echo false)}" >>"$STATUS_JSON"
+  if [[ $rc != 0 ]]; then
+    FAILED=1
+    {
+      echo "## $name: exit status $rc after ${secs}s$([[ $rc == 124 || $rc == 137 ]] && echo " (timed out at ${limit}s)")"
+      echo; echo "command: \`$*\`"; echo; echo '```'
+      tail -n 150 "$LOGS/$name.log"
+      echo '```'; echo
+    } >>"$OUT/errors.md"
+  fi
+  echo "=== [$name] exit $rc in ${secs}s"
+  write_summary
+  return 0
+}
+
+# suite.json, rewritten after every part (what is there survives an outer kill).
+write_summary() {
+  "$PY" - "$STATUS_JSON" "$OUT/suite.json" "$COMMIT" "$STARTED" "$PARTS" "$DRY" <<'EOF'
+import json, sys
+status, out, commit, started, parts, dry = sys.argv[1:]
+rows = [json.loads(line) for line in open(status) if line.strip()]
+json.dump({"commit": commit, "started_utc": started, "parts": parts, "dry_run": dry == "1",
+           "results": rows, "ok": all(r["rc"] == 0 for r in rows)}, open(out, "w"), indent=1)
+EOF
+}
+
+do_install() {
+  if [[ $DRY == 1 ]]; then echo "dry run: nothing installed"; return 0; fi
+  if [[ ! -f .whl/requirements.txt ]]; then
+    echo "no .whl/requirements.txt: run 'bash scripts/gpu_wheels.sh' on a machine with PyPI and carry .whl" >&2
+    return 1
+  fi
+  "$PY" -m pip install --no-index --find-links .whl --no-cache-dir -q -r .whl/requirements.txt \
+    || { echo "resolver install failed; installing every carried wheel without dependencies";
+         "$PY" -m pip install --no-index --no-deps --no-cache-dir -q .whl/*.whl || return 1; }
+  "$PY" -m pip install --no-deps --no-build-isolation --no-index -q -e . \
+    || echo "editable install failed: fst is imported from PYTHONPATH=$ROOT instead"
+  "$PY" -c "import hydra, omegaconf, wandb, pycocotools, submitit, fst; print('imports ok:', fst.__file__)"
+}
+
+do_env() {
+  {
+    echo "# GPU suite environment"
+    echo
+    echo "- date (UTC): $STARTED"
+    echo "- commit: $COMMIT"
+    echo "- parts: $PARTS$([[ $DRY == 1 ]] && echo ' (DRY RUN on CPU)')"
+    echo "- host: $(hostname), $(uname -srm), $(nproc) CPUs"
+    echo
+    echo '```'
+    "$PY" - <<'EOF'
+import platform, torch, torchvision
+print("python", platform.python_version(), "|", torch.__version__, "| torchvision", torchvision.__version__)
+print("cuda build", torch.version.cuda, "| cudnn", torch.backends.cudnn.version())
+cslt = getattr(torch.backends, "cusparselt", None)
+print("cusparselt", cslt.version() if cslt is not None and cslt.is_available() else None)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, "| capability", f"{p.major}.{p.minor}", "| memory GiB", round(p.total_memory / 2**30, 1), "| SMs", p.multi_processor_count)
+else:
+    print("gpu: none (CUDA not available)")
+try:
+    from importlib.metadata import version
+    print("packages:", ", ".join(f"{n} {version(n)}" for n in ("hydra-core", "omegaconf", "wandb", "pycocotools", "submitit", "timm", "numpy", "pytest")))
+except Exception as e:
+    print("packages: ?", e)
+EOF
+    echo '```'
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
+    nvidia-smi 2>&1 || echo "nvidia-smi not available"
+    echo '```'
+  } >"$OUT/env.md" 2>&1
+  cat "$OUT/env.md"
+}
+
+do_tests() {
+  local args=(-m pytest -m gpu tests/gpu -q -rfEs --tb=short --durations=15 -p no:cacheprovider)
+  { echo "# pytest -m gpu"; echo; echo "command: \`$PY ${args[*]}\`"; echo; } >"$OUT/tests.md"
+  "$PY" "${args[@]}" 2>&1 | tee -a "$OUT/tests.md"  # streamed: a killed run keeps its output
+  return "${PIPESTATUS[0]}"
+}
+
+do_bench_gemm() {
+  if [[ $DRY == 1 ]]; then
+    "$PY" scripts/bench_gemm.py --device cpu --dry-run --out "$OUT"
+  else
+    "$PY" scripts/bench_gemm.py --device cuda --batch 256 --out "$OUT"
+  fi
+}
+
+# bench_step MODEL [extra args]: one bench_step.py run, appended to bench_step.md / .json.
+do_bench_step() {
+  local model=$1; shift
+  local tmp="$LOGS/step_$model"
+  local args=(--model "$model" --strategies dense,fst@native,fst@sparse24 --summary --out "$tmp")
+  if [[ $DRY == 1 ]]; then
+    args+=(--device cpu --batch 2 --res 32 --steps 1 --warmup 0 --strategies dense,fst@native)
+  else
+    args+=(--device cuda --batch 256 --res 224 --amp bf16 --channels-last --steps 10 --warmup 3)
+  fi
+  "$PY" scripts/bench_step.py "${args[@]}" "$@"
+  local rc=$?
+  if [[ -f "$tmp/bench_step_$model.md" ]]; then
+    { echo "## $model $*"; echo; cat "$tmp/bench_step_$model.md"; echo; } >>"$OUT/bench_step.md"
+    cat "$tmp/bench_step_$model.json" >>"$OUT/bench_step.json"
+  fi
+  return "$rc"
+}
+
+# kill_tree PID: SIGTERM to PID and all its descendants, each by its own id.
+kill_tree() {
+  local c
+  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$c"; done
+  kill -TERM "$1" 2>/dev/null
+}
+
+if [[ -n "$INNER" ]]; then
+  # `timeout` signals only this shell: take the part's processes (pytest's train.py runs too)
+  # down with it, so the next part has the GPU to itself.
+  "$@" &
+  child=$!
+  trap 'kill_tree "$child"; exit 124' TERM
+  wait "$child"
+  exit $?
+fi
+
+IFS=, read -r -a PART_LIST <<<"$PARTS"
+run_part install 240 do_install
+run_part env 60 do_env
+for part in "${PART_LIST[@]}"; do
+  case "$part" in
+    tests) run_part tests 420 do_tests ;;
+    bench)
+      run_part bench_gemm 150 do_bench_gemm
+      run_part bench_step_resnet18 150 do_bench_step resnet18
+      run_part bench_step_resnet50 200 do_bench_step resnet50
+      ;;
+    compile) run_part bench_step_compile 480 do_bench_step resnet50 --compile --steps 5 ;;
+    *) echo "unknown part '$part' (tests, bench, compile, all)" >&2; FAILED=1 ;;
+  esac
+done
+
+write_summary
+echo "=== files in $OUT:"; ls -la "$OUT"
+n=$(ls -1 "$OUT" | wc -l)
+if (( n > 8 )); then echo "WARNING: $n files in $OUT (at most 8 come back)" >&2; fi
+rm -rf "$LOGS"
+exit "$FAILED"
