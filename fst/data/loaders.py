@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as F
 
 from fst.engine.config import ConfigError
 from fst.registry import Registry
@@ -114,8 +116,6 @@ class TrainAugment:
         """The crop box and flip, drawn from the global torch RNG exactly as
         ``T.RandomResizedCrop(size)`` + ``T.RandomHorizontalFlip()`` draw them for a PIL image
         of that size (same function, same calls, same order)."""
-        from torchvision import transforms as T
-
         shape_only = torch.empty((), dtype=torch.uint8).expand(1, height, width)
         top, left, h, w = T.RandomResizedCrop.get_params(
             shape_only, list(self.scale), list(self.ratio)
@@ -125,15 +125,11 @@ class TrainAugment:
     def apply(self, image: torch.Tensor, params: CropParams) -> torch.Tensor:
         """``uint8 [3, H, W]`` -> ``uint8 [3, size, size]``: crop, antialiased bilinear resize,
         flip."""
-        from torchvision.transforms.v2 import functional as F
-
         top, left, h, w, flip = params
         out = F.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
         return F.horizontal_flip(out) if flip else out
 
     def pil_transform(self):
-        from torchvision import transforms as T
-
         return T.Compose(
             [
                 T.RandomResizedCrop(self.size, self.scale, self.ratio),
@@ -155,14 +151,10 @@ class ValAugment:
         return None
 
     def apply(self, image: torch.Tensor, params: None = None) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
         out = F.resize(image, [self.resize_size], antialias=True)
         return F.center_crop(out, [self.size, self.size])
 
     def pil_transform(self):
-        from torchvision import transforms as T
-
         return T.Compose(
             [
                 T.Resize(self.resize_size),
