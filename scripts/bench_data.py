@@ -233,11 +233,10 @@ def main(argv=None):
 
     args = parse_args(argv)
     device = torch.device(args.device)
-    root = (
-        Path(args.data_dir)
-        if args.data_dir
-        else default_cache_dir() / (f"photos_{args.images}_{args.val_images}_{args.long_side}")
-    )
+    cache = default_cache_dir()
+    cache = cache if cache.is_absolute() else ROOT / cache
+    name = f"photos_{args.images}_{args.val_images}_{args.long_side}"
+    root = Path(args.data_dir) if args.data_dir else cache / name
     make_photo_folder(root, args.images, args.val_images, args.long_side, progress=True)
     load_start = os.getloadavg()
 
