@@ -296,3 +296,32 @@ def test_nvjpeg_batches_match_the_cpu_path(photos):
         assert got.device.type == "cuda" and got.shape == expected.shape
         d = _levels(got.cpu(), expected)
         assert d.mean() < 1.0 and d.max() <= 32, (split, d.mean(), d.max())
+
+
+def test_training_runs_see_the_same_data_with_either_loader(photos, tmp_path):
+    """Two shrunk training runs on the JPEG folder, ``pil`` vs ``torchvision``: the same batches
+    (same crops), so the same losses up to the resize rounding."""
+    from fst.engine.training import train
+    from fst.logging.jsonl import read_jsonl
+    from tests.conftest import SHRINK, TINY_RESNET, compose
+
+    losses = {}
+    for loader in ("pil", "torchvision"):
+        cfg = compose(
+            [
+                *SHRINK,
+                *TINY_RESNET,
+                "data=imagenet",
+                f"data.root={photos}",
+                "data.image_size=32",
+                "data.resize_size=36",
+                f"data.loader={loader}",
+                "trainer.log_every_n_steps=1",
+            ]
+        )
+        summary = train(cfg, run_dir=tmp_path / loader)
+        recs = read_jsonl(tmp_path / loader / "metrics.jsonl")
+        losses[loader] = [r["train/loss"] for r in recs if "train/loss" in r]
+        losses[loader].append(summary["val/loss"])
+    assert len(losses["pil"]) == 3
+    assert losses["pil"] == pytest.approx(losses["torchvision"], rel=2e-3)
