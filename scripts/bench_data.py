@@ -12,8 +12,9 @@ after a warm-up until ``--batches`` batches are *on the device as normalized flo
 S]* (so ``torchvision@cuda``, which decodes with nvJPEG when the batch moves to the GPU, is
 timed through its decode). Loaders are timed in interleaved rounds (``--repeats``; the median is
 reported) so a busy machine slows all alike; the main process runs one torch thread while
-loaders are timed, so ``workers=0`` compares single cores. ``x pil`` is the ratio to ``pil`` at
-the same worker count.
+loaders are timed, so ``workers=0`` compares single cores. ``x pil`` is the ratio of the medians
+to ``pil``'s at the same worker count, ``paired`` the median of the per-round ratios (each
+loader against ``pil`` timed right beside it: the steadier number on a shared machine).
 
 The training step is an ``fst``-sparsified torchvision model (``--model``, ``--strategy``,
 ``--backend``) doing forward, backward and SGD step on random inputs of the same size, at
@@ -244,7 +245,14 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rates: dict[str, dict[int, list[float]]] = {s: {w: [] for w in args.workers} for s in splits}
-    runs = [(r, w, s) for r in range(args.repeats) for w in args.workers for s in splits]
+    # Alternate the loaders' order every round so neither always runs first after a switch.
+    specs = list(splits)
+    runs = [
+        (r, w, s)
+        for r in range(args.repeats)
+        for w in args.workers
+        for s in (specs if r % 2 == 0 else specs[::-1])
+    ]
     for r, w, spec in tqdm(runs, desc="loaders", unit="pass", disable=args.tiny):
         rates[spec][w].append(time_loader(args, *splits[spec], w, r, device))
     torch.set_num_threads(threads)
@@ -258,12 +266,23 @@ def main(argv=None):
         f"batches x {args.repeats} rounds (median), to {args.device}; {os.cpu_count()} CPUs, "
         f"load {load_start[0]:.2f} -> {load_end[0]:.2f}"
     )
-    print(f"{'loader':<18} {'workers':>7} {'img/s':>9} {'x pil':>7}")
+
+    def paired(spec: str) -> dict[int, float]:
+        """Median over rounds of this loader's rate / pil's in the same round (robust to load
+        that changes between rounds)."""
+        return {
+            w: statistics.median(a / b for a, b in zip(rates[spec][w], rates["pil"][w]))
+            for w in args.workers
+        }
+
+    print(f"{'loader':<18} {'workers':>7} {'img/s':>9} {'x pil':>7} {'paired':>7}")
     for spec, per in med.items():
+        pairs = paired(spec) if "pil" in med else {}
         for w, v in per.items():
             base = med.get("pil", {}).get(w)
             ratio = f"{v / base:>7.2f}" if base else f"{'-':>7}"
-            print(f"{spec:<18} {w:>7} {v:>9.1f} {ratio}")
+            pair = f"{pairs[w]:>7.2f}" if w in pairs else f"{'-':>7}"
+            print(f"{spec:<18} {w:>7} {v:>9.1f} {ratio} {pair}")
     if step is not None:
         print(
             f"training step: {args.model} {args.strategy} ({args.backend}), batch "
@@ -291,6 +310,9 @@ def main(argv=None):
             if spec != "pil":
                 result[f"ratio_{spec}_pil"] = {
                     str(w): round(v / med["pil"][w], 3) for w, v in med[spec].items()
+                }
+                result[f"paired_ratio_{spec}_pil"] = {
+                    str(w): round(v, 3) for w, v in paired(spec).items()
                 }
     if step is not None:
         result.update(

@@ -38,13 +38,15 @@ _DEPRECATION = "The image decoding and encoding capabilities of TorchVision are 
 
 @dataclass(frozen=True)
 class JpegHeader:
-    """What a JPEG's frame header says: ``height x width`` pixels, ``components`` channels
-    (1 grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK), ``progressive`` (SOF2/SOF6/SOF10/SOF14)."""
+    """What a JPEG's headers say: ``height x width`` pixels, ``components`` channels (1
+    grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK), ``progressive`` (SOF2/6/10/14), and ``scan_start``,
+    the byte offset of the first start-of-scan marker (where the image data begins)."""
 
     height: int
     width: int
     components: int
     progressive: bool
+    scan_start: int
 
 
 def is_jpeg(data: bytes | memoryview) -> bool:
@@ -52,13 +54,15 @@ def is_jpeg(data: bytes | memoryview) -> bool:
 
 
 def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader | None:
-    """The frame header of JPEG ``data`` (bytes or a ``uint8`` buffer), or ``None`` when ``data``
-    is not a JPEG, its markers are broken before the first scan, or the height is left to a DNL
-    marker (height 0). Reads only the markers, never the image data: microseconds."""
+    """The headers of JPEG ``data`` (bytes or a ``uint8`` buffer), or ``None`` when ``data`` is
+    not a JPEG, its markers are broken before the first scan, it has no frame header before
+    the first scan, or the height is left to a DNL marker (height 0). Reads only the marker
+    segments before the image data: microseconds."""
     data = memoryview(data).cast("B")
     n = len(data)
     if n < 4 or bytes(data[:3]) != JPEG_MAGIC:
         return None
+    frame = None
     i = 2
     while i + 4 <= n:
         if data[i] != 0xFF:
@@ -70,28 +74,30 @@ def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader | None:
         if marker in _STANDALONE:
             i += 2
             continue
+        if marker == 0xDA:  # start of scan: the headers end here
+            return None if frame is None else JpegHeader(*frame, scan_start=i)
         length = (data[i + 2] << 8) | data[i + 3]
         if length < 2:
             return None
-        if marker in _SOF:
+        if marker in _SOF and frame is None:
             if i + 10 > n:
                 return None
             h = (data[i + 5] << 8) | data[i + 6]
             w = (data[i + 7] << 8) | data[i + 8]
             if h == 0 or w == 0:
                 return None
-            return JpegHeader(h, w, data[i + 9], marker in (0xC2, 0xC6, 0xCA, 0xCE))
-        if marker == 0xDA:  # a scan before any frame header
-            return None
+            frame = (h, w, data[i + 9], marker in (0xC2, 0xC6, 0xCA, 0xCE))
         i += 2 + length
     return None
 
 
-def has_eoi(data: bytes | memoryview) -> bool:
-    """Whether JPEG ``data`` holds an end-of-image marker: truncated files (the common broken
-    download) do not, and PIL refuses them ("image file is truncated"). Inside entropy-coded
-    data a 0xFF byte is always stuffed (``FF 00``), so ``FF D9`` there is the real marker."""
-    return bytes(data).rfind(b"\xff\xd9") > 2
+def has_eoi(data: bytes | memoryview, start: int = 2) -> bool:
+    """Whether JPEG ``data`` holds an end-of-image marker after byte ``start`` (pass the
+    header's ``scan_start``: an EXIF thumbnail before it has an end marker of its own).
+    Truncated files (the common broken download) have none, and PIL refuses them ("image file
+    is truncated"). In entropy-coded data a 0xFF byte is always stuffed (``FF 00``), so
+    ``FF D9`` after the first scan is the real marker."""
+    return bytes(data).find(b"\xff\xd9", start) >= 0
 
 
 def torchvision_decoder_missing() -> str | None:

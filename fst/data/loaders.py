@@ -232,7 +232,7 @@ def read_encoded(path: str | os.PathLike) -> EncodedImage:
     except OSError:
         data = b""
     header = jpeg.parse_jpeg_header(data)
-    if header is not None and header.components in (1, 3) and jpeg.has_eoi(data):
+    if header and header.components in (1, 3) and jpeg.has_eoi(data, header.scan_start):
         return EncodedImage(jpeg.bytes_tensor(data), True, header.height, header.width, str(path))
     image = jpeg.read_rgb(path)
     return EncodedImage(image, False, image.shape[-2], image.shape[-1], str(path))

@@ -17,6 +17,7 @@ def test_bench_data_tiny(tmp_path, capsys):
     result = json.loads(lines[-1])
     assert json.loads(out.read_text()) == result
     assert set(result["img_s"]) == {"pil", "torchvision"}
+    assert set(result["paired_ratio_torchvision_pil"]) == {"0"}
     assert all(v > 0 for per in result["img_s"].values() for v in per.values())
     assert result["ratio_torchvision_pil"]["0"] > 0 and result["step_img_s"] > 0
     assert any(line.startswith("torchvision ") for line in lines)  # the table row

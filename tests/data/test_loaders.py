@@ -278,6 +278,27 @@ def test_jpeg_header_parser(tmp_path):
     assert not jpeg.has_eoi(files["truncated.jpg"].read_bytes())
 
 
+def test_truncated_jpeg_with_a_thumbnail_is_not_taken_for_complete(tmp_path):
+    """A thumbnail in an APP1 segment ends with its own FF D9: only the marker after the first
+    scan says the main image is complete."""
+    files = _odd_files(tmp_path / "odd")
+    good = files["rgb.jpg"].read_bytes()
+    small = io.BytesIO()
+    Image.open(files["gray.jpg"]).resize((16, 12)).save(small, "JPEG")
+    thumb = small.getvalue()
+    app1 = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb
+    data = good[:2] + app1 + good[2 : len(good) // 2]  # main image cut in half
+    path = tmp_path / "thumb_truncated.jpg"
+    path.write_bytes(data)
+    h = jpeg.parse_jpeg_header(data)
+    assert h is not None and h.scan_start > len(app1) and (h.width, h.height) == (122, 90)
+    assert jpeg.has_eoi(data) and not jpeg.has_eoi(data, h.scan_start)
+    with pytest.raises(UnreadableImageError):
+        load_image(path)
+    with pytest.raises(UnreadableImageError, match="thumb_truncated.jpg"):
+        read_encoded(path)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_nvjpeg_batches_match_the_cpu_path(photos):
