@@ -6,14 +6,14 @@ channel-first view, which is what the fast uint8 resize kernels want).
 
 Which decoder reads a file (the same verdict as ``fst.engine.validate.load_image``, i.e. PIL):
 
-* JPEG (bytes start ``FF D8 FF``): ``torchvision.io.decode_jpeg`` (libjpeg-turbo on CPU,
-  batched nvJPEG on CUDA), converted to RGB as PIL's ``convert("RGB")`` does (grayscale is
-  replicated; CMYK and YCCK are converted by libjpeg-turbo; on this machine's builds the pixels
-  are bit-identical to PIL's, see ``tests/data/test_loaders.py``).
-* anything else (PNG incl. 16-bit, palette and alpha, BMP, TIFF, WebP, ...) and any JPEG the
-  torchvision decoder refuses: PIL through ``load_image``, so a file PIL reads gives PIL's pixels
-  and a file PIL cannot read raises ``UnreadableImageError`` naming it, exactly as the ``pil``
-  loader does. (``torchvision.io.decode_image`` is *not* the fallback on purpose: it scales
+* YCbCr and grayscale JPEGs (bytes start ``FF D8 FF``, 3 or 1 components): ``torchvision.io.
+  decode_jpeg`` (libjpeg-turbo on CPU, batched nvJPEG on CUDA) with grayscale replicated to RGB
+  as PIL's ``convert("RGB")`` does; the CPU pixels are bit-identical to PIL's (both are
+  libjpeg-turbo; ``tests/data/test_loaders.py``).
+* anything else (CMYK/YCCK JPEGs, whose Adobe inversion conventions PIL handles, PNG incl.
+  16-bit, palette and alpha, BMP, TIFF, WebP, ...) and any JPEG the torchvision decoder refuses:
+  PIL through ``load_image``, so a file PIL reads gives PIL's pixels and a file PIL cannot read
+  raises ``UnreadableImageError`` naming it, exactly as the ``pil`` loader does. (``torchvision.io.decode_image`` is *not* the fallback on purpose: it scales
   16-bit PNGs where PIL's ``convert("RGB")`` clips them, and the samples would differ.)
 
 torchvision 0.29 deprecates its image decoders in favour of TorchCodec; the warning it raises
@@ -47,10 +47,6 @@ class JpegHeader:
     components: int
     progressive: bool
     scan_start: int
-
-
-def is_jpeg(data: bytes | memoryview) -> bool:
-    return bytes(data[:3]) == JPEG_MAGIC
 
 
 def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader | None:
@@ -97,7 +93,8 @@ def has_eoi(data: bytes | memoryview, start: int = 2) -> bool:
     Truncated files (the common broken download) have none, and PIL refuses them ("image file
     is truncated"). In entropy-coded data a 0xFF byte is always stuffed (``FF 00``), so
     ``FF D9`` after the first scan is the real marker."""
-    return bytes(data).find(b"\xff\xd9", start) >= 0
+    data = data if isinstance(data, bytes) else bytes(data)
+    return data.rfind(b"\xff\xd9") >= start  # from the end: the marker is normally the last bytes
 
 
 def torchvision_decoder_missing() -> str | None:
@@ -142,8 +139,8 @@ def pil_rgb(path: str | os.PathLike) -> torch.Tensor:
 
 
 def read_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """Decode the image file ``path`` to ``uint8 [3, H, W]`` RGB: libjpeg-turbo for JPEGs, PIL
-    for everything else and for JPEGs libjpeg-turbo refuses (then PIL's verdict stands:
+    """Decode the image file ``path`` to ``uint8 [3, H, W]`` RGB: libjpeg-turbo for YCbCr and
+    grayscale JPEGs, PIL for everything else and for JPEGs libjpeg-turbo refuses (then PIL's verdict stands:
     ``UnreadableImageError`` naming the file when PIL cannot read it either). A drop-in
     ``loader=`` for ``torchvision.datasets.ImageFolder``."""
     try:
@@ -151,7 +148,8 @@ def read_rgb(path: str | os.PathLike) -> torch.Tensor:
             data = f.read()
     except OSError:
         return pil_rgb(path)  # raises UnreadableImageError naming the file and the cause
-    if is_jpeg(data):
+    header = parse_jpeg_header(data)
+    if header is not None and header.components in (1, 3):
         try:
             return decode_jpeg_cpu(bytes_tensor(data))
         except RuntimeError:
