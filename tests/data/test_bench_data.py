@@ -4,6 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
 
 
@@ -22,3 +25,16 @@ def test_bench_data_tiny(tmp_path, capsys):
     assert result["ratio_torchvision_pil"]["0"] > 0 and result["step_img_s"] > 0
     assert any(line.startswith("torchvision ") for line in lines)  # the table row
     assert (tmp_path / "photos" / "train" / "astronaut").is_dir()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_data_tiny_on_cuda(tmp_path, capsys):
+    """``--device cuda`` adds ``torchvision@cuda`` (nvJPEG decode + augmentation on the GPU)."""
+    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--tiny", "--device", "cuda", "--data-dir", str(tmp_path / "p")]
+    result = mod.main([*argv, "--out", str(tmp_path / "bench.json")])
+    assert set(result["img_s"]) == {"pil", "torchvision", "torchvision@cuda"}
+    assert result["gpu"] and result["step_img_s"] > 0
