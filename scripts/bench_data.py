@@ -14,7 +14,9 @@ timed through its decode). Loaders are timed in interleaved rounds (``--repeats`
 reported) so a busy machine slows all alike; the main process runs one torch thread while
 loaders are timed, so ``workers=0`` compares single cores. ``x pil`` is the ratio of the medians
 to ``pil``'s at the same worker count, ``paired`` the median of the per-round ratios (each
-loader against ``pil`` timed right beside it: the steadier number on a shared machine).
+loader against ``pil`` timed right beside it: steadier on a shared machine). ``CPU ms/img`` is
+the CPU time the main process and the workers spent per image over the timed batches (from
+``/proc``), and ``x pil CPU`` pil's over this loader's: the least load-sensitive comparison.
 
 The training step is an ``fst``-sparsified torchvision model (``--model``, ``--strategy``,
 ``--backend``) doing forward, backward and SGD step on random inputs of the same size, at
@@ -132,8 +134,26 @@ def build_split(args, spec: str, root: Path):
     return getattr(data, args.split), data.collate_fn
 
 
-def time_loader(args, dataset, collate_fn, workers: int, epoch: int, device) -> float:
-    """Images/s of one pass: ``--batches`` batches on ``device`` after the warm-up."""
+def cpu_seconds(pids: list[int]) -> float | None:
+    """CPU time (user + system) the processes ``pids`` have used so far, from ``/proc``
+    (``None`` where there is no ``/proc``)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # fields from 3 (state) on
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def time_loader(
+    args, dataset, collate_fn, workers: int, epoch: int, device
+) -> tuple[float, float | None]:
+    """Images/s of one pass (``--batches`` batches on ``device`` after the warm-up) and the CPU
+    milliseconds per image it cost: main process (all its threads) plus the workers, over the
+    same window. CPU time hardly changes with other load on the machine, wall time does."""
     from torch.utils.data import DataLoader
 
     from fst.engine.sampler import ResumableSampler
@@ -162,18 +182,24 @@ def time_loader(args, dataset, collate_fn, workers: int, epoch: int, device) -> 
         images, _ = next(it)
         images.to(device, non_blocking=True)
     sync(device)
-    t0 = time.perf_counter()
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    t0, c0, w0 = time.perf_counter(), time.process_time(), cpu_seconds(pids)
     for _ in range(args.batches):
         images, labels = next(it)
         x = images.to(device, non_blocking=True)
         labels.to(device, non_blocking=True)
     sync(device)
     dt_s = time.perf_counter() - t0
+    w1 = cpu_seconds(pids)
+    cpu_s = time.process_time() - c0 + (w1 - w0 if w0 is not None and w1 is not None else 0.0)
+    if pids and (w0 is None or w1 is None):
+        cpu_s = None
     expected = (args.batch, 3, args.image_size, args.image_size)
     if tuple(x.shape) != expected or x.dtype != torch.float32 or x.device.type != device.type:
         raise RuntimeError(f"loader gave {tuple(x.shape)} {x.dtype} on {x.device}, not {expected}")
     del it
-    return args.batches * args.batch / dt_s
+    n = args.batches * args.batch
+    return n / dt_s, (None if cpu_s is None else 1e3 * cpu_s / n)
 
 
 def time_step(args, device) -> float:
@@ -245,6 +271,7 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rates: dict[str, dict[int, list[float]]] = {s: {w: [] for w in args.workers} for s in splits}
+    cpu_ms: dict[str, dict[int, list[float]]] = {s: {w: [] for w in args.workers} for s in splits}
     # Alternate the loaders' order every round so neither always runs first after a switch.
     specs = list(splits)
     runs = [
@@ -254,9 +281,13 @@ def main(argv=None):
         for s in (specs if r % 2 == 0 else specs[::-1])
     ]
     for r, w, spec in tqdm(runs, desc="loaders", unit="pass", disable=args.tiny):
-        rates[spec][w].append(time_loader(args, *splits[spec], w, r, device))
+        rate, ms = time_loader(args, *splits[spec], w, r, device)
+        rates[spec][w].append(rate)
+        if ms is not None:
+            cpu_ms[spec][w].append(ms)
     torch.set_num_threads(threads)
     med = {s: {w: statistics.median(v) for w, v in per.items()} for s, per in rates.items()}
+    cpu = {s: {w: statistics.median(v) for w, v in per.items() if v} for s, per in cpu_ms.items()}
 
     step = None if args.no_step else time_step(args, device)
     load_end = os.getloadavg()
@@ -275,14 +306,23 @@ def main(argv=None):
             for w in args.workers
         }
 
-    print(f"{'loader':<18} {'workers':>7} {'img/s':>9} {'x pil':>7} {'paired':>7}")
+    def col(x: float | None, fmt: str) -> str:
+        return f"{x:{fmt}}" if x is not None else f"{'-':>{fmt.split('.')[0]}}"
+
+    print(
+        f"{'loader':<18} {'workers':>7} {'img/s':>9} {'x pil':>7} {'paired':>7} "
+        f"{'CPU ms/img':>10} {'x pil CPU':>9}"
+    )
     for spec, per in med.items():
         pairs = paired(spec) if "pil" in med else {}
         for w, v in per.items():
             base = med.get("pil", {}).get(w)
-            ratio = f"{v / base:>7.2f}" if base else f"{'-':>7}"
-            pair = f"{pairs[w]:>7.2f}" if w in pairs else f"{'-':>7}"
-            print(f"{spec:<18} {w:>7} {v:>9.1f} {ratio} {pair}")
+            ms, base_ms = cpu[spec].get(w), cpu.get("pil", {}).get(w)
+            print(
+                f"{spec:<18} {w:>7} {v:>9.1f} {col(v / base if base else None, '7.2f')} "
+                f"{col(pairs.get(w), '7.2f')} {col(ms, '10.2f')} "
+                f"{col(base_ms / ms if ms and base_ms else None, '9.2f')}"
+            )
     if step is not None:
         print(
             f"training step: {args.model} {args.strategy} ({args.backend}), batch "
@@ -300,6 +340,9 @@ def main(argv=None):
         "images": args.images,
         "long_side": args.long_side,
         "img_s": {s: {str(w): round(v, 2) for w, v in per.items()} for s, per in med.items()},
+        "cpu_ms_per_img": {
+            s: {str(w): round(v, 3) for w, v in per.items()} for s, per in cpu.items()
+        },
         "img_s_runs": {
             s: {str(w): [round(x, 2) for x in v] for w, v in per.items()}
             for s, per in rates.items()
@@ -310,6 +353,11 @@ def main(argv=None):
             if spec != "pil":
                 result[f"ratio_{spec}_pil"] = {
                     str(w): round(v / med["pil"][w], 3) for w, v in med[spec].items()
+                }
+                result[f"cpu_ratio_{spec}_pil"] = {
+                    str(w): round(cpu["pil"][w] / ms, 3)
+                    for w, ms in cpu[spec].items()
+                    if w in cpu["pil"]
                 }
                 result[f"paired_ratio_{spec}_pil"] = {
                     str(w): round(v, 3) for w, v in paired(spec).items()
