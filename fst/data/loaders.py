@@ -1,19 +1,13 @@
-"""How ImageFolder images become training tensors: ``LOADERS[data.loader]`` (``pil``,
-``torchvision``, ``dali``).
+"""How ImageFolder images become training tensors: ``LOADERS[data.loader]``.
 
-=============  ==========================================  ======================================
-loader         decode                                      augment (train / val)
-=============  ==========================================  ======================================
-``pil``        PIL (``load_image``), DataLoader workers     ``torchvision.transforms`` on PIL
-                                                           images, then ``ToTensor``
-``torchvision``  libjpeg-turbo (``decode_jpeg``) in the       ``transforms.v2`` functionals on the
-               workers (``decode_device=cpu``), or          ``uint8`` tensor, where it was decoded
-               batched nvJPEG in the main process when
-               the batch moves to the GPU
-               (``decode_device=cuda``); PIL for
-               non-JPEG files (``fst.data.jpeg``)
-``dali``       not provided: fails with a ``ConfigError``  (NVIDIA DALI is unmeasured here)
-=============  ==========================================  ======================================
+* ``pil``: PIL decodes (``load_image``) and ``torchvision.transforms`` augment the PIL image,
+  then ``ToTensor`` + ``Normalize``; all in the DataLoader workers.
+* ``torchvision``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo) decodes, PIL only for files
+  that are not YCbCr/grayscale JPEGs (``fst.data.jpeg``), and ``transforms.v2`` functionals
+  augment the ``uint8`` tensor where it was decoded: in the workers (``decode_device=cpu``), or
+  on the GPU in the main process after a batched nvJPEG decode (``decode_device=cuda``).
+* ``dali``: not provided; fails with a ``ConfigError`` that says why (NVIDIA DALI is neither
+  built nor measured here) and what to use instead.
 
 Train: ``RandomResizedCrop(image_size)`` (scale 0.08-1, ratio 3/4-4/3) + horizontal flip;
 val: ``Resize(resize_size)`` (shorter side) + ``CenterCrop(image_size)``; both end as ``float32
@@ -26,7 +20,7 @@ are drawn by the same function, ``torchvision.transforms.RandomResizedCrop.get_p
 stream: the global torch RNG of the process that loads the sample (the main process with
 ``num_workers=0``, else the DataLoader worker, seeded by the DataLoader). The decoded pixels are
 identical (both use libjpeg-turbo); the resized pixels differ by PIL's vs torch's antialiased
-bilinear kernels rounding, by at most one level (1/255) in ``tests/data/test_loaders.py``.
+bilinear kernels rounding, by at most two levels (2/255) in ``tests/data/test_loaders.py``.
 
 With ``decode_device=cuda`` the workers only read the file bytes, parse the JPEG header (for the
 size the crop is drawn from) and draw the parameters; ``EncodedBatch.to(device)`` (called by the
@@ -37,6 +31,7 @@ as with ``decode_device=cpu``.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -260,6 +255,9 @@ class EncodedBatch:
     memory block, pinned by the DataLoader's ``pin_memory``); images decoded in the worker
     travel as they are. On CUDA the JPEGs are decoded in one batched nvJPEG call, then each is
     cropped, resized and flipped there with its drawn parameters, and the batch normalized.
+    A JPEG nvJPEG refuses is decoded on the CPU (``jpeg.read_rgb``); one PIL cannot read either
+    raises ``UnreadableImageError`` here, whatever ``data.on_error`` says: the labels of the
+    batch are fixed by now, so it cannot be swapped for the next readable file.
     """
 
     def __init__(self, items: list[EncodedImage]):
@@ -269,7 +267,7 @@ class EncodedBatch:
         self.jpeg_index = [k for k, it in enumerate(items) if it.encoded]
         chunks = [items[k].data for k in self.jpeg_index]
         self.buffer = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
-        ends = torch.tensor([c.numel() for c in chunks], dtype=torch.long).cumsum(0).tolist()
+        ends = list(itertools.accumulate(c.numel() for c in chunks))
         self.bounds = list(zip([0, *ends[:-1]], ends))
         self.decoded = {k: it.data for k, it in enumerate(items) if not it.encoded}
 
