@@ -172,41 +172,51 @@ def imagenet(
     image_size: int = 224,
     resize_size: int = 256,
     on_error: str = "raise",
+    loader: str = "torchvision",
+    decode_device: str = "cpu",
 ) -> DataBundle:
     """ImageNet (or any classification set) in ImageFolder layout under ``root``.
 
     Train: ``RandomResizedCrop(image_size)`` + horizontal flip; val: ``Resize(resize_size)`` +
-    ``CenterCrop(image_size)``; both normalized with the ImageNet mean/std. Unreadable image
+    ``CenterCrop(image_size)``; both normalized with the ImageNet mean/std. ``loader`` picks the
+    decoder and where it runs (``pil``, ``torchvision``; ``decode_device`` for the latter), with
+    the same samples, crop boxes and order in each: see ``fst.data.loaders``. Unreadable image
     files stop the run naming the file (``on_error="raise"``) or are skipped and counted
     (``"skip"``), see ``fst.engine.validate.SafeImageDataset``.
     """
-    from torchvision import datasets
-    from torchvision import transforms as T
+    from .loaders import LOADERS, check_loader
 
+    decode_device = check_loader(loader, decode_device)
     classes = check_imagefolder_root(root)
     if num_classes is not None and num_classes != len(classes):
         raise ValueError(
             f"data.num_classes={num_classes}, but {root}/train has {len(classes)} class folders "
             "(set data.num_classes=null to infer it)"
         )
-    from fst.engine.validate import SafeImageDataset, load_image
+    from fst.engine.validate import SafeImageDataset
 
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = T.Compose(
-        [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]
-    )
-    val_tf = T.Compose([T.Resize(resize_size), T.CenterCrop(image_size), T.ToTensor(), norm])
     r = Path(root).expanduser()
 
-    def folder(split, tf):
-        ds = datasets.ImageFolder(str(r / split), transform=tf, loader=load_image)
-        return SafeImageDataset(ds, on_error=on_error)
+    def folder(split, train):
+        ds, collate = LOADERS.get(loader)(
+            r / split,
+            train=train,
+            image_size=image_size,
+            resize_size=resize_size,
+            decode_device=decode_device,
+        )
+        return SafeImageDataset(ds, on_error=on_error), collate
 
-    return DataBundle(
-        train=folder("train", train_tf),
-        val=folder("val", val_tf),
-        num_classes=len(classes),
-    )
+    train, collate_fn = folder("train", True)
+    val, _ = folder("val", False)
+    return DataBundle(train=train, val=val, collate_fn=collate_fn, num_classes=len(classes))
 
 
-imagenet.check = lambda root=None, **_: check_imagefolder_root(root)  # run before anything else
+def _check_imagenet(root=None, loader="torchvision", decode_device="cpu", **_):
+    from .loaders import check_loader
+
+    check_loader(loader, decode_device)
+    return check_imagefolder_root(root)
+
+
+imagenet.check = _check_imagenet  # run before anything else
