@@ -23,7 +23,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="results", help="output directory")
+    p.add_argument(
+        "--out", default="outputs/analysis", help="output directory (results/ only when asked)"
+    )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="registry keys")
     p.add_argument("--exclude", nargs="*", default=[], help="fnmatch patterns of layers kept dense")

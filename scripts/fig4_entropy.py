@@ -28,7 +28,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="results")
+    p.add_argument(
+        "--out", default="outputs/analysis", help="output directory (results/ only when asked)"
+    )
     p.add_argument("--images", type=int, default=64, help="images per input kind (paper: 1000)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument(

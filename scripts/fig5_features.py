@@ -21,7 +21,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="results")
+    p.add_argument(
+        "--out", default="outputs/analysis", help="output directory (results/ only when asked)"
+    )
     p.add_argument("--convs", nargs="+", type=int, default=[6, 11], help="1-based conv indices")
     p.add_argument("--images", type=int, default=8, help="images the statistics cover")
     p.add_argument("--checkpoint", default=None)

@@ -25,7 +25,9 @@ def main(argv=None):
     p.add_argument(
         "runs", nargs="+", help="run directories or multirun roots (searched for summary.json)"
     )
-    p.add_argument("--out", default="results")
+    p.add_argument(
+        "--out", default="outputs/tables", help="output directory (results/ only when asked)"
+    )
     p.add_argument("--suffix", default="", help="appended to file names, e.g. _digits")
     p.add_argument("--tables", nargs="+", default=list(tables.TABLES), choices=list(tables.TABLES))
     args = p.parse_args(argv)

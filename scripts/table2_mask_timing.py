@@ -25,7 +25,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="results")
+    p.add_argument(
+        "--out", default="outputs/analysis", help="output directory (results/ only when asked)"
+    )
     p.add_argument("--cpu-batch", type=int, default=32, help="batch of dY and X^T on the CPU")
     p.add_argument(
         "--gpu-batch", type=int, default=256, help="batch on the GPU (lower it if it does not fit)"

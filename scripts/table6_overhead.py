@@ -27,7 +27,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="results")
+    p.add_argument(
+        "--out", default="outputs/analysis", help="output directory (results/ only when asked)"
+    )
     p.add_argument("--cpu-batch", type=int, default=16)
     p.add_argument("--gpu-batch", type=int, default=256)
     p.add_argument("--res", type=int, default=224)
