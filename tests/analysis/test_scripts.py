@@ -67,3 +67,39 @@ def test_make_tables(tmp_path):
     )
     assert written == ["table1"]
     assert "10.00 ± 0.00 (n=1)" in (tmp_path / "table1_x.md").read_text()
+
+
+def test_table5_paper_vs_release_rows_per_scale(tmp_path):
+    """--out is a folder; runs of different scale are separate rows; one seed has no std."""
+    import yaml
+
+    def run(name, seed, width, epochs, top1):
+        d = tmp_path / "runs" / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        cfg = {
+            "model": {"width": width},
+            "data": {"image_size": 16, "batch_size": 64},
+            "trainer": {"epochs": epochs, "limit_train_batches": None},
+            "sparsity": {"strategy": "fst", "ir_coef": 1.0, "x_pattern": "fixed"},
+        }
+        (d / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+        summary = {
+            "experiment": "release_ablation_digits",
+            "strategy": "fst",
+            "seed": seed,
+            "run_dir": str(d),
+            "config_path": str(d / "config_resolved.yaml"),
+            "final": {"val/top1": top1},
+            "commit": "abc1234",
+        }
+        (d / "summary.json").write_text(json.dumps(summary))
+
+    run("a", 0, 16, 5, 90.0)
+    run("a", 1, 16, 5, 92.0)
+    run("b", 0, 64, 1, 50.0)
+    out = tmp_path / "tables"
+    _load("table5_paper_vs_release").main([str(tmp_path / "runs"), "--out", str(out)])
+    md = (out / "table5_paper_vs_release.md").read_text()
+    assert "width 16, 16 px, 5 epochs, batch 64 | 2 | 91.00 | 1.41 |" in md
+    assert "width 64, 16 px, 1 epochs, batch 64 | 1 | 50.00 | - |" in md
+    assert "nan" not in md and "trained 5 epochs" not in md
