@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fst.engine.config import ConfigError
-from fst.tasks.base import DataBundle
+from fst.types import ConfigError, DataBundle
 
 from . import DATASETS
+from .images import IMAGE_SUFFIXES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class TensorImages(Dataset):
@@ -122,9 +121,14 @@ def digits_hard(
     return bundle
 
 
-def _layout_error(root: str, problem: str) -> ConfigError:
+def _layout_error(root: str | None, problem: str) -> ConfigError:
+    where = (
+        "data.root is not set: pass data.root=/path/to/imagenet"
+        if root is None
+        else f"data.root={root!r}: {problem}"
+    )
     return ConfigError(
-        f"data.root={root!r}: {problem}. Expected ImageFolder layout:\n"
+        f"{where}. Expected ImageFolder layout:\n"
         "  ROOT/train/<class_name>/<image>.JPEG\n"
         "  ROOT/val/<class_name>/<image>.JPEG   (same class folders as train/)\n"
         "For a run that needs no data set, use the embedded digits data: data=digits "
@@ -132,14 +136,15 @@ def _layout_error(root: str, problem: str) -> ConfigError:
     )
 
 
-def check_imagefolder_root(root: str | None) -> list[str]:
-    """Check ``root`` has ``train/`` and ``val/`` with the same non-empty class folders.
+def check_imagefolder_root(root: str | None, num_classes: int | None = None) -> list[str]:
+    """Check ``root`` has ``train/`` and ``val/`` with the same non-empty class folders (at
+    least 2, and ``num_classes`` of them when given).
 
     Returns the sorted class names; raises ``ConfigError`` naming the expected layout and the
     embedded alternative (``data=digits``).
     """
     if root in (None, "", "???"):
-        raise _layout_error(str(root), "not set")
+        raise _layout_error(None, "not set")
     r = Path(root).expanduser()
     if not r.is_dir():
         raise _layout_error(root, "no such directory")
@@ -162,7 +167,17 @@ def check_imagefolder_root(root: str | None) -> list[str]:
     if classes["train"] != classes["val"]:
         diff = sorted(set(classes["train"]) ^ set(classes["val"]))
         raise _layout_error(root, f"train/ and val/ class folders differ (e.g. {diff[:3]})")
-    return classes["train"]
+    found = classes["train"]
+    if len(found) < 2:
+        raise _layout_error(
+            root, f"only one class folder ({found[0]!r}): a classifier needs at least 2 classes"
+        )
+    if num_classes is not None and int(num_classes) != len(found):
+        raise ConfigError(
+            f"data.num_classes={num_classes} but {root}/train has {len(found)} class folders; "
+            f"set data.num_classes={len(found)} (or null to count them)"
+        )
+    return found
 
 
 @DATASETS.register("imagenet")
@@ -178,18 +193,13 @@ def imagenet(
     Train: ``RandomResizedCrop(image_size)`` + horizontal flip; val: ``Resize(resize_size)`` +
     ``CenterCrop(image_size)``; both normalized with the ImageNet mean/std. Unreadable image
     files stop the run naming the file (``on_error="raise"``) or are skipped and counted
-    (``"skip"``), see ``fst.engine.validate.SafeImageDataset``.
+    (``"skip"``), see ``fst.data.images.SafeImageDataset``. The layout is checked by
+    ``imagenet.check`` (the engine runs it before building anything).
     """
     from torchvision import datasets
     from torchvision import transforms as T
 
-    classes = check_imagefolder_root(root)
-    if num_classes is not None and num_classes != len(classes):
-        raise ValueError(
-            f"data.num_classes={num_classes}, but {root}/train has {len(classes)} class folders "
-            "(set data.num_classes=null to infer it)"
-        )
-    from fst.engine.validate import SafeImageDataset, load_image
+    from .images import SafeImageDataset, load_image
 
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = T.Compose(
@@ -202,11 +212,9 @@ def imagenet(
         ds = datasets.ImageFolder(str(r / split), transform=tf, loader=load_image)
         return SafeImageDataset(ds, on_error=on_error)
 
-    return DataBundle(
-        train=folder("train", train_tf),
-        val=folder("val", val_tf),
-        num_classes=len(classes),
-    )
+    train = folder("train", train_tf)
+    return DataBundle(train=train, val=folder("val", val_tf), num_classes=len(train.classes))
 
 
-imagenet.check = lambda root=None, **_: check_imagefolder_root(root)  # run before anything else
+# The dataset check protocol (fst.engine.validate.check_data): run once, before anything is built.
+imagenet.check = lambda root=None, num_classes=None, **_: check_imagefolder_root(root, num_classes)
