@@ -25,6 +25,10 @@ class ConfigError(FstError, ValueError):
     """A run config names an unknown key, value or impossible setting."""
 
 
+class MissingFileError(FstError, FileNotFoundError):
+    """A file or folder the config points to does not exist."""
+
+
 @dataclass
 class DataBundle:
     """What a task's ``build_data`` returns; the engine wraps the datasets in loaders.

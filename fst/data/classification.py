@@ -63,9 +63,9 @@ def digits(
     from sklearn.model_selection import train_test_split
 
     if num_classes not in (None, 10):
-        raise ValueError(f"data.num_classes={num_classes}, but digits has 10 classes")
+        raise ConfigError(f"data.num_classes={num_classes}, but digits has 10 classes; use 10")
     if not 0 < val_fraction < 1:
-        raise ValueError(f"data.val_fraction={val_fraction} must lie in (0, 1)")
+        raise ConfigError(f"data.val_fraction={val_fraction} must lie in (0, 1), e.g. 0.2")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N, 1, 8, 8] in [0, 1]
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -38,7 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from fst.types import ConfigError
+from fst.types import ConfigError, MissingFileError
 
 from . import DATASETS
 
@@ -84,7 +84,7 @@ def build_transforms(kind: str, train: bool, fill: tuple[int, int, int] = (123, 
         elif kind == "flip":
             ops += [T.RandomHorizontalFlip(0.5)]
         elif kind != "none":
-            raise ValueError(f"unknown augmentation {kind!r}; valid choices: ssd, flip, none")
+            raise ConfigError(f"unknown augmentation {kind!r}; valid choices: ssd, flip, none")
     ops += [T.ToDtype(torch.float32, scale=True)]
     if train:
         # Crops and zooms can push boxes out of the image: drop the degenerate ones (and labels).
@@ -189,12 +189,12 @@ class CocoDetection(Dataset):
 
         image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"COCO annotation file {ann_file} not found; set data.root to the COCO 2017 folder "
                 "(with annotations/instances_{train,val}2017.json and train2017/, val2017/)"
             )
         if not image_dir.is_dir():
-            raise FileNotFoundError(f"COCO image folder {image_dir} not found (check data.root)")
+            raise MissingFileError(f"COCO image folder {image_dir} not found (check data.root)")
         self.coco = _load_coco(COCO, ann_file)
         self.image_dir = image_dir
         self.transforms = transforms
@@ -262,7 +262,10 @@ def parse_voc_xml(path: str | Path) -> dict:
     for obj in root.iter("object"):
         name = obj.find("name").text.strip()
         if name not in VOC_CLASSES:
-            raise ValueError(f"{path}: unknown VOC class {name!r}")
+            raise ConfigError(
+                f"{path}: unknown VOC class {name!r}; the 20 VOC classes are "
+                + ", ".join(VOC_CLASSES)
+            )
         bb = obj.find("bndbox")
         x1, y1, x2, y2 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
         boxes.append([x1 - 1, y1 - 1, x2, y2])
@@ -296,7 +299,7 @@ class VOCDetection(Dataset):
             base = root / f"VOC{year}"
             listing = base / "ImageSets" / "Main" / f"{split}.txt"
             if not listing.is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{listing} not found; set data.root to the VOCdevkit folder holding "
                     f"VOC{year}/ (standard layout: JPEGImages/, Annotations/, ImageSets/Main/)"
                 )
