@@ -135,8 +135,12 @@ class Env:
         found |= {p.parent for p in self.out.rglob("metrics.jsonl")}
         return sorted(p for p in found if p != self.earlier)
 
-    def empty_dirs(self) -> list[Path]:
-        return [p for p in self.out.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    def new_paths(self) -> list[Path]:
+        """Everything under the output root that is neither the earlier run nor on its path."""
+        keep = {self.earlier, *self.earlier.parents}
+        return sorted(
+            p for p in self.out.rglob("*") if p not in keep and self.earlier not in p.parents
+        )
 
     def checkpoint_copy(self, name: str = "last.pt") -> Path:
         dst = self.tmp / f"copy_{name}"

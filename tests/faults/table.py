@@ -52,9 +52,9 @@ def train(*overrides: str, **kw) -> Callable[[Env], Result]:
 
 
 def nothing_written(env: Env, result: Result) -> None:
-    """A refused launch leaves no run directory (and no empty one) behind."""
+    """A refused launch leaves nothing behind: no run directory, not even an empty one."""
     assert env.runs() == [], env.runs()
-    assert env.empty_dirs() == [], env.empty_dirs()
+    assert env.new_paths() == [], env.new_paths()
 
 
 def _imagefolder(env: Env, **kw) -> Path:
