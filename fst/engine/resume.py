@@ -98,7 +98,7 @@ class ResumePoint:
     state: dict
     run_dir: Path | None = None
     changes: list[str] = field(default_factory=list)  # "key: old -> new", allowed and applied
-    filled: list[str] = field(default_factory=list)  # keys taken from the checkpoint
+    filled: list[str] = field(default_factory=list)  # "key=value" taken from the checkpoint
 
 
 def _same_run(state: dict, cfg: DictConfig) -> bool:
@@ -189,9 +189,7 @@ def reconcile(cfg: DictConfig, point: ResumePoint, missing: list[str]) -> None:
             point.state.get("meta"), run_meta(cfg, None), keys=RESUME_META_KEYS, source=source
         )
         return
-    point.filled = fill_missing(cfg, saved, missing)
-    for key in point.filled:
-        log.info("resume: %s=%s taken from the checkpoint's config", key, cfg_select(cfg, key))
+    point.filled = [f"{k}={cfg_select(cfg, k)}" for k in fill_missing(cfg, saved, missing)]
     old = _flatten({k: v for k, v in saved.items() if k != "hydra"})
     new = _flatten(
         {
@@ -221,8 +219,6 @@ def reconcile(cfg: DictConfig, point: ResumePoint, missing: list[str]) -> None:
             + ", ".join(k for k in MAY_CHANGE if k != "resume")
             + "."
         )
-    if point.changes:
-        log.info("resume: applying changed settings: %s", "; ".join(point.changes))
 
 
 def _with_plan_defaults(flat: dict[str, Any]) -> dict[str, Any]:

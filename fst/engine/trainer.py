@@ -167,7 +167,12 @@ def restart_schedule_at(
     ``base_lr * factor(step)``.
     """
     if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        raise TypeError(f"{type(scheduler).__name__} is not a step-indexed LambdaLR schedule")
+        log.warning(
+            "%s is not a step-indexed LambdaLR: its saved state is restored as is, so a changed "
+            "optim.lr or sched.* does not apply on resume",
+            type(scheduler).__name__,
+        )
+        return
     scheduler.base_lrs = list(base_lrs)
     scheduler.last_epoch = step
     for group, base, fn in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
@@ -561,7 +566,7 @@ class Trainer:
             self.mask_tracker.load_state_dict(state.get("mask_tracker", {}))
         self.last_val = dict(state.get("last_val", {}))
         self.progress = p
-        if source and Path(source).name == LAST and self.ckpt_dir / LAST == Path(source):
+        if source and Path(source) == self.ckpt_dir / LAST:  # continued in place
             self.last_checkpoint = Path(source)
             self.last_is_validated = bool(state.get("validated", False))
         rng = state.get("rng") or []

@@ -204,7 +204,8 @@ def _prepare(cfg: DictConfig, run_dir: str | Path | None) -> RunSetup:
         except FstError as e:
             error = e
     # Every rank needs rank 0's outcome: the run dir, the checkpoint, values filled from it.
-    filled = {k: OmegaConf.select(cfg, k) for k in (point.filled if point else [])}
+    filled_keys = [f.split("=", 1)[0] for f in (point.filled if point else [])]
+    filled = {k: OmegaConf.select(cfg, k) for k in filled_keys}
     shared = (
         None if error is None else str(error),
         str(rundir.path) if rundir else None,
@@ -395,6 +396,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     try:
         if setup.dist.is_main:
             handler = _attach_log_file(setup.run_dir)
+            if setup.resume is not None:
+                for item in setup.resume.filled:
+                    log.info("resume: %s taken from the checkpoint's config", item)
+                if setup.resume.changes:
+                    log.info(
+                        "resume: applying changed settings: %s", "; ".join(setup.resume.changes)
+                    )
         parts, env = build_parts(cfg, setup)
         trainer = Trainer(parts, trainer_settings(cfg), env)
         resumed_step = None
@@ -443,7 +451,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         fdist.barrier()
         return summary
     except BaseException as e:
-        if isinstance(e, FstError) or not isinstance(e, SystemExit | KeyboardInterrupt):
+        if not isinstance(e, SystemExit | KeyboardInterrupt):
             _log_to_file_only(handler, f"run failed: {type(e).__name__}: {e}")
         if handler is not None:
             handler.close()
