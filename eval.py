@@ -1,10 +1,11 @@
 """Evaluate a checkpoint: ``python eval.py checkpoint=PATH [data=... data.root=...] [export=OUT]``.
 
-Prints and writes the metrics, checks that every pruned layer's weights are 2:4 (exit status 1
-if not) and optionally exports a state_dict with the 2:4 weights applied. See configs/eval.yaml.
+``checkpoint=`` is a checkpoint file or a run directory (its best.pt, else last.pt). Prints and
+writes the metrics, checks the 2:4 weights as stored (exit status 1 if a layer is not 2:4; see
+``fst/engine/evaluation.py`` for what is checked) and optionally exports a state_dict with the
+2:4 weights applied. ``weights=FILE`` evaluates and checks FILE (e.g. an export) with the model
+of ``checkpoint=``. See configs/eval.yaml.
 """
-
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -14,15 +15,10 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from fst.engine.evaluation import evaluate_checkpoint
+    from fst.engine.cli import run_cli
+    from fst.engine.evaluation import run_eval
 
-    result = evaluate_checkpoint(cfg, out_dir=HydraConfig.get().runtime.output_dir)
-    for k, v in result.items():
-        if k.startswith("val/") or k in ("nm_ok", "nm_layers_checked", "export", "output"):
-            print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
-    if result.get("nm_ok") is False:
-        print(f"NOT 2:4: {', '.join(result['nm_failures'])}", file=sys.stderr)
-        sys.exit(1)
+    result = run_cli(run_eval, cfg, out_dir=HydraConfig.get().runtime.output_dir)
     return next((v for k, v in result.items() if k.startswith("val/")), None)
 
 

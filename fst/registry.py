@@ -6,8 +6,8 @@ so an unknown key fails with the list of valid ones instead of a bare ``KeyError
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -73,3 +73,14 @@ class Registry(Generic[T]):
 def build(registry: Registry[Callable[..., T]], name: str, **kwargs) -> T:
     """Look up ``name`` and call it with ``kwargs``."""
     return registry.get(name)(**kwargs)
+
+
+def group_kwargs(node: Any, drop: Iterable[str] = ("name",)) -> dict[str, Any]:
+    """A config group (``DictConfig`` or mapping) as builder keyword arguments: resolved, plain
+    Python, the keys in ``drop`` removed (``name`` is the registry key, not an argument)."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    for k in drop:
+        d.pop(k, None)
+    return d

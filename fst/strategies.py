@@ -174,8 +174,9 @@ class Strategy:
     def with_options(self, **options) -> Strategy:
         """A copy with the options of :data:`OPTIONS` changed.
 
-        Unknown names fail with the list; an option no GEMM rule of this plan reads fails
-        naming the rules it has (it would silently do nothing).
+        Unknown names fail with the list; an option that no GEMM rule of this plan reads and
+        that differs from the plan's own value fails naming the rules it has (it would silently
+        do nothing).
         """
         unknown = set(options) - set(OPTIONS)
         if unknown:
@@ -193,13 +194,18 @@ class Strategy:
                     continue  # not a rule this option switches: reported as ignored below
                 changes[field] = to_rule[value]
         plan = dataclasses.replace(self, **changes)
-        ignored = sorted(set(options) - plan.options_used())
+        ignored = sorted(
+            k for k in set(options) - plan.options_used() if options[k] != getattr(self, k)
+        )
         if ignored:
+            key = ignored[0]
+            users = sorted(n for n, p in STRATEGIES.items() if key in p.options_used())
             raise ValueError(
-                f"strategy {self.name!r} does not use option(s) {ignored}: its GEMM rules are "
-                f"Eq. 1 {plan.forward!r}, Eq. 2 {plan.input_grad!r}, Eq. 3 {plan.weight_grad!r}, "
-                f"which read {sorted(plan.options_used()) or 'no options'}; remove the option "
-                "or choose a strategy that uses it"
+                f"{key}={options[key]!r} has no effect with strategy {self.name!r} (its GEMM "
+                f"rules Eq. 1 {plan.forward!r}, Eq. 2 {plan.input_grad!r}, Eq. 3 "
+                f"{plan.weight_grad!r} do not read it"
+                + (f"; nor {ignored[1:]}" if ignored[1:] else "")
+                + f"); drop it, or choose a strategy that uses it: {', '.join(users) or 'none'}"
             )
         return plan
 

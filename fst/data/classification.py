@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fst.engine.config import ConfigError
-from fst.tasks.base import DataBundle
+from fst.types import ConfigError, DataBundle
 
 from . import DATASETS
+from .images import IMAGE_SUFFIXES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class TensorImages(Dataset):
@@ -64,9 +63,9 @@ def digits(
     from sklearn.model_selection import train_test_split
 
     if num_classes not in (None, 10):
-        raise ValueError(f"data.num_classes={num_classes}, but digits has 10 classes")
+        raise ConfigError(f"data.num_classes={num_classes}, but digits has 10 classes; use 10")
     if not 0 < val_fraction < 1:
-        raise ValueError(f"data.val_fraction={val_fraction} must lie in (0, 1)")
+        raise ConfigError(f"data.val_fraction={val_fraction} must lie in (0, 1), e.g. 0.2")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N, 1, 8, 8] in [0, 1]
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
@@ -122,9 +121,14 @@ def digits_hard(
     return bundle
 
 
-def _layout_error(root: str, problem: str) -> ConfigError:
+def _layout_error(root: str | None, problem: str) -> ConfigError:
+    where = (
+        "data.root is not set: pass data.root=/path/to/imagenet"
+        if root is None
+        else f"data.root={root!r}: {problem}"
+    )
     return ConfigError(
-        f"data.root={root!r}: {problem}. Expected ImageFolder layout:\n"
+        f"{where}. Expected ImageFolder layout:\n"
         "  ROOT/train/<class_name>/<image>.JPEG\n"
         "  ROOT/val/<class_name>/<image>.JPEG   (same class folders as train/)\n"
         "For a run that needs no data set, use the embedded digits data: data=digits "
@@ -132,14 +136,15 @@ def _layout_error(root: str, problem: str) -> ConfigError:
     )
 
 
-def check_imagefolder_root(root: str | None) -> list[str]:
-    """Check ``root`` has ``train/`` and ``val/`` with the same non-empty class folders.
+def check_imagefolder_root(root: str | None, num_classes: int | None = None) -> list[str]:
+    """Check ``root`` has ``train/`` and ``val/`` with the same non-empty class folders (at
+    least 2, and ``num_classes`` of them when given).
 
     Returns the sorted class names; raises ``ConfigError`` naming the expected layout and the
     embedded alternative (``data=digits``).
     """
     if root in (None, "", "???"):
-        raise _layout_error(str(root), "not set")
+        raise _layout_error(None, "not set")
     r = Path(root).expanduser()
     if not r.is_dir():
         raise _layout_error(root, "no such directory")
@@ -162,7 +167,17 @@ def check_imagefolder_root(root: str | None) -> list[str]:
     if classes["train"] != classes["val"]:
         diff = sorted(set(classes["train"]) ^ set(classes["val"]))
         raise _layout_error(root, f"train/ and val/ class folders differ (e.g. {diff[:3]})")
-    return classes["train"]
+    found = classes["train"]
+    if len(found) < 2:
+        raise _layout_error(
+            root, f"only one class folder ({found[0]!r}): a classifier needs at least 2 classes"
+        )
+    if num_classes is not None and int(num_classes) != len(found):
+        raise ConfigError(
+            f"data.num_classes={num_classes} but {root}/train has {len(found)} class folders; "
+            f"set data.num_classes={len(found)} (or null to count them)"
+        )
+    return found
 
 
 @DATASETS.register("imagenet")
@@ -182,18 +197,13 @@ def imagenet(
     decoder and where it runs (``pil``, ``torchvision``; ``decode_device`` for the latter), with
     the same samples, crop boxes and order in each: see ``fst.data.loaders``. Unreadable image
     files stop the run naming the file (``on_error="raise"``) or are skipped and counted
-    (``"skip"``), see ``fst.engine.validate.SafeImageDataset``.
+    (``"skip"``), see ``fst.data.images.SafeImageDataset``. The layout is checked by
+    ``imagenet.check`` (the engine runs it before building anything).
     """
+    from .images import SafeImageDataset
     from .loaders import LOADERS, check_loader
 
     decode_device = check_loader(loader, decode_device)
-    classes = check_imagefolder_root(root)
-    if num_classes is not None and num_classes != len(classes):
-        raise ValueError(
-            f"data.num_classes={num_classes}, but {root}/train has {len(classes)} class folders "
-            "(set data.num_classes=null to infer it)"
-        )
-    from fst.engine.validate import SafeImageDataset
 
     r = Path(root).expanduser()
 
@@ -209,14 +219,15 @@ def imagenet(
 
     train, collate_fn = folder("train", True)
     val, _ = folder("val", False)
-    return DataBundle(train=train, val=val, collate_fn=collate_fn, num_classes=len(classes))
+    return DataBundle(train=train, val=val, collate_fn=collate_fn, num_classes=len(train.classes))
 
 
-def _check_imagenet(root=None, loader="torchvision", decode_device="cpu", **_):
+def _check_imagenet(root=None, num_classes=None, loader="torchvision", decode_device="cpu", **_):
     from .loaders import check_loader
 
     check_loader(loader, decode_device)
-    return check_imagefolder_root(root)
+    return check_imagefolder_root(root, num_classes)
 
 
-imagenet.check = _check_imagenet  # run before anything else
+# The dataset check protocol (fst.engine.validate.check_data): run once, before anything is built.
+imagenet.check = _check_imagenet

@@ -38,6 +38,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from fst.types import ConfigError, MissingFileError
+
 from . import DATASETS
 
 VOC_CLASSES = (
@@ -82,7 +84,7 @@ def build_transforms(kind: str, train: bool, fill: tuple[int, int, int] = (123, 
         elif kind == "flip":
             ops += [T.RandomHorizontalFlip(0.5)]
         elif kind != "none":
-            raise ValueError(f"unknown augmentation {kind!r}; valid choices: ssd, flip, none")
+            raise ConfigError(f"unknown augmentation {kind!r}; valid choices: ssd, flip, none")
     ops += [T.ToDtype(torch.float32, scale=True)]
     if train:
         # Crops and zooms can push boxes out of the image: drop the degenerate ones (and labels).
@@ -110,6 +112,63 @@ def _load_rgb(path: Path) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _load_coco(coco_cls, ann_file: Path):
+    """``pycocotools.coco.COCO(ann_file)`` with every annotation checked (``_check_coco_anns``);
+    malformed files fail naming the file and what to fix instead of a bare ``KeyError``."""
+    try:
+        blob = json.loads(ann_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"COCO annotation file {ann_file} is not valid JSON ({e.msg} at line {e.lineno}, "
+            f"column {e.colno}); the file is damaged or cut short: download or generate it again"
+        ) from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("images"), list):
+        raise ConfigError(
+            f"COCO annotation file {ann_file} has no 'images' list; a COCO instances file is a "
+            "JSON object with 'images', 'annotations' and 'categories' lists"
+        )
+    _check_coco_anns(blob, ann_file)
+    coco = coco_cls()
+    coco.dataset = blob
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def _check_coco_anns(blob: dict, ann_file: Path) -> None:
+    """Every annotation has an ``id``, an ``image_id`` of an image in the file, a ``category_id``
+    of a category in the file and a ``bbox`` of 4 finite numbers with width, height >= 0."""
+    cats = {c.get("id") for c in blob.get("categories") or []}
+    images = {i.get("id") for i in blob["images"]}
+    fix = "fix or remove that annotation"
+    for a in blob.get("annotations") or []:
+        aid = a.get("id", "<no id>")
+        where = f"{ann_file}: annotation id {aid}"
+        for key in ("image_id", "category_id", "bbox"):
+            if key not in a:
+                raise ConfigError(
+                    f"{where} has no {key!r} (a COCO object annotation needs image_id, "
+                    f"category_id and bbox: [x, y, width, height] in pixels); {fix}"
+                )
+        where += f" (image {a['image_id']})"
+        if a["image_id"] not in images:
+            raise ConfigError(f"{where}: image_id {a['image_id']} is not in 'images'; {fix}")
+        if a["category_id"] not in cats:
+            shown = ", ".join(str(c) for c in sorted(cats, key=str)[:12])
+            raise ConfigError(
+                f"{where} has category_id {a['category_id']}, which is not in the file's "
+                f"'categories' (ids: {shown}); add that category or {fix}"
+            )
+        box = a["bbox"]
+        ok = isinstance(box, list | tuple) and len(box) == 4
+        ok = ok and all(isinstance(v, int | float) and math.isfinite(v) for v in box)
+        if not ok or box[2] < 0 or box[3] < 0:
+            raise ConfigError(
+                f"{where} has bbox {box}: expected 4 finite numbers [x, y, width, height] with "
+                f"width, height >= 0; {fix}"
+            )
+
+
 class CocoDetection(Dataset):
     """Images in ``image_dir`` annotated by a COCO ``instances_*.json`` (boxes only).
 
@@ -130,14 +189,13 @@ class CocoDetection(Dataset):
 
         image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"COCO annotation file {ann_file} not found; set data.root to the COCO 2017 folder "
                 "(with annotations/instances_{train,val}2017.json and train2017/, val2017/)"
             )
         if not image_dir.is_dir():
-            raise FileNotFoundError(f"COCO image folder {image_dir} not found (check data.root)")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO(str(ann_file))
+            raise MissingFileError(f"COCO image folder {image_dir} not found (check data.root)")
+        self.coco = _load_coco(COCO, ann_file)
         self.image_dir = image_dir
         self.transforms = transforms
         cat_ids = sorted(self.coco.getCatIds())
@@ -204,7 +262,10 @@ def parse_voc_xml(path: str | Path) -> dict:
     for obj in root.iter("object"):
         name = obj.find("name").text.strip()
         if name not in VOC_CLASSES:
-            raise ValueError(f"{path}: unknown VOC class {name!r}")
+            raise ConfigError(
+                f"{path}: unknown VOC class {name!r}; the 20 VOC classes are "
+                + ", ".join(VOC_CLASSES)
+            )
         bb = obj.find("bndbox")
         x1, y1, x2, y2 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
         boxes.append([x1 - 1, y1 - 1, x2, y2])
@@ -238,7 +299,7 @@ class VOCDetection(Dataset):
             base = root / f"VOC{year}"
             listing = base / "ImageSets" / "Main" / f"{split}.txt"
             if not listing.is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{listing} not found; set data.root to the VOCdevkit folder holding "
                     f"VOC{year}/ (standard layout: JPEGImages/, Annotations/, ImageSets/Main/)"
                 )
@@ -506,10 +567,10 @@ def build_shapes(
 
 def _require_root(root: str | None, what: str) -> Path:
     if not root or root == "???":
-        raise ValueError(f"data.root is not set; pass data.root=/path/to/{what}")
+        raise ConfigError(f"data.root is not set; pass data.root=/path/to/{what}")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"data.root={root} is not a directory (expected {what})")
+        raise ConfigError(f"data.root={root} is not a directory (expected {what})")
     return path
 
 
@@ -542,7 +603,10 @@ def _check_coco(root=None, train_split="train2017", val_split="val2017", **_) ->
     for split in (train_split, val_split):
         for p in (root_p / "annotations" / f"instances_{split}.json", root_p / split):
             if not p.exists():
-                raise FileNotFoundError(f"{p} not found; data.root must be the COCO 2017 folder")
+                raise ConfigError(
+                    f"{p} not found; data.root must be the COCO 2017 folder (annotations/, "
+                    f"{train_split}/, {val_split}/)"
+                )
 
 
 build_coco.check = _check_coco
@@ -582,7 +646,7 @@ def _check_voc(
     for year, split in [*train_splits, *val_splits]:
         listing = root_p / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt"
         if not listing.is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{listing} not found; data.root must be the VOCdevkit folder (VOC{year}/...)"
             )
 

@@ -133,7 +133,7 @@ def pil_rgb(path: str | os.PathLike) -> torch.Tensor:
     ``uint8 [3, H, W]``."""
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    from fst.engine.validate import load_image
+    from fst.data.images import load_image
 
     return pil_to_tensor(load_image(path))
 

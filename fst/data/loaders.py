@@ -42,8 +42,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as F
 
-from fst.engine.config import ConfigError
 from fst.registry import Registry
+from fst.types import ConfigError
 
 from . import jpeg
 from .classification import IMAGENET_MEAN, IMAGENET_STD
@@ -314,7 +314,7 @@ def pil_folder(
     """PIL decode and ``torchvision.transforms`` on PIL images in the workers."""
     from torchvision.datasets import ImageFolder
 
-    from fst.engine.validate import load_image
+    from fst.data.images import load_image
 
     tf = augment_for(train, image_size, resize_size).pil_transform()
     return ImageFolder(str(root), transform=tf, loader=load_image), None

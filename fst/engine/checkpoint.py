@@ -6,21 +6,25 @@ A checkpoint is a plain ``dict`` saved with ``torch.save`` (zip format) and load
 
 Layout of a run directory written by the engine (``run_dir/checkpoints/``)::
 
-    last.pt        newest checkpoint (every ``trainer.checkpoint_every`` steps, at each epoch end
-                   and on preemption)
-    last.prev.pt   the ``last.pt`` it replaced; ``find_resume`` falls back to it when
-                   ``last.pt`` is truncated or corrupt
-    best.pt        best validation metric so far
+    last.pt        newest checkpoint (every ``trainer.checkpoint_every_n_steps`` steps, at each
+                   epoch end and on preemption)
+    last.prev.pt   the ``last.pt`` it replaced; ``find_resume`` falls back to it (and then to
+                   every other surviving checkpoint, ``best.pt`` included) when ``last.pt`` is
+                   truncated or corrupt
+    best.pt        best (finite) validation metric so far
 
 Writes go to a temporary file in the same directory, are flushed and fsynced, then renamed over
 the target (``os.replace`` is atomic on POSIX), and the directory is fsynced so the rename itself
 survives a power loss. A crash at any moment therefore leaves either the old or the new file,
-never half of one. Loads verify the zip CRC of every record first, which catches truncation and
+never half of one; a full disk fails naming the cause and the file, with the previous
+checkpoint intact, and the temporary files a killed writer left are removed by
+``remove_stale_tmp`` when the next run claims the directory. Loads verify the zip CRC of every record first, which catches truncation and
 flipped bytes that ``torch.load`` alone would read back as silently wrong tensor values.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -35,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fst.types import FstError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -44,8 +50,9 @@ BEST = "best.pt"
 RESUME_META_KEYS = ("task", "model", "strategy", "num_classes")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used: missing, truncated, corrupt, unsafe or from another run."""
+class CheckpointError(FstError, RuntimeError):
+    """A checkpoint cannot be used (missing, truncated, corrupt, unsafe, from another run) or
+    cannot be written (disk full, no permission)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,10 +100,10 @@ def save_checkpoint(
     string equal to ``$WANDB_API_KEY`` are replaced by ``"<redacted>"`` before writing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = redact_secrets(dict(state))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -104,9 +111,66 @@ def save_checkpoint(
         if keep_previous and path.exists():
             _keep_copy(path, previous_path(path))
         _atomic_replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        if tmp.exists():
+        if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
+
+
+def write_error(path: Path, e: OSError) -> CheckpointError:
+    """A ``CheckpointError`` for a failed write of ``path``: the cause (disk full, quota, no
+    permission, ...), the file, what survived and what to do."""
+    import shutil
+
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "the file system is read-only",
+    }.get(e.errno, f"{type(e).__name__}: {e.strerror or e}")
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    kept = (
+        f" The previous {path.name} is intact (nothing was replaced)."
+        if path.exists()
+        else " No earlier file of that name existed."
+    )
+    return CheckpointError(
+        f"cannot write checkpoint {path}: {what} (errno {e.errno}{free}).{kept} Free space "
+        f"under {path.parent} (or point output_root= to a larger disk), then resume with "
+        "resume=auto."
+    )
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.*.tmp-<pid>``, ``*.tmp``) a killed writer left in
+    ``directory`` and its ``checkpoints/``. Call only while owning the run directory (no
+    other process writes there). Returns the removed paths."""
+    directory = Path(directory)
+    removed = []
+    for d in (directory, directory / CHECKPOINT_DIRNAME):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if (p.name.startswith(".") and ".tmp-" in p.name) or p.name.endswith(".tmp"):
+                if p.is_file() or p.is_symlink():
+                    p.unlink()
+                    removed.append(p)
+    for p in removed:
+        log.warning("removed %s: a temporary file left by a writer that was killed", p)
+    return removed
+
+
+def nonfinite_entries(state_dict: Mapping[str, Any]) -> list[str]:
+    """Names of floating-point tensors of ``state_dict`` holding NaN or Inf."""
+    return [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())
+    ]
 
 
 def _keep_copy(path: Path, prev: Path) -> None:
@@ -220,7 +284,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
             f"checkpoint {path} is corrupt or not a weights-only torch checkpoint ({what}); it "
             "was refused without executing any of it." + _fallback_hint(path)
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to parse means a damaged file
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})."
             + _fallback_hint(path)
@@ -236,7 +300,8 @@ def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoints under ``run_dir`` in the order ``find_resume`` tries them.
 
     ``last.pt`` then ``last.prev.pt`` (in ``run_dir/checkpoints/``, then ``run_dir`` itself),
-    then any other ``*.pt`` there except ``best*`` (an older state), newest first.
+    then every other surviving ``*.pt`` there, ``best.pt`` included, newest first: when the
+    newer files are damaged, an older state is still better than starting over.
     """
     run_dir = Path(run_dir)
     dirs = [run_dir / CHECKPOINT_DIRNAME, run_dir]
@@ -246,13 +311,9 @@ def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
             if (d / name).is_file():
                 ordered.append(d / name)
     others = [
-        p
-        for d in dirs
-        if d.is_dir()
-        for p in d.glob("*.pt")
-        if p not in ordered and not p.name.startswith("best")
+        p for d in dirs if d.is_dir() for p in d.glob("*.pt") if p not in ordered and p.is_file()
     ]
-    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    others.sort(key=lambda p: (p.stat().st_mtime, p.name.startswith("best")), reverse=True)
     return ordered + others
 
 
@@ -260,15 +321,31 @@ def find_resume(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint under ``run_dir`` that loads cleanly, or ``None`` if there is none.
 
     Corrupt or truncated candidates are skipped with a warning naming them, so ``resume=auto``
-    falls back to ``last.prev.pt`` when ``last.pt`` was damaged.
+    falls back to ``last.prev.pt`` when ``last.pt`` was damaged (then to any other survivor).
     """
+    found = load_resume(run_dir)
+    return None if found is None else found[0]
+
+
+def load_resume(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """``(path, state)`` of the newest checkpoint under ``run_dir`` that loads cleanly and holds
+    finite weights (see ``find_resume``), or ``None``."""
     for cand in resume_candidates(run_dir):
         try:
-            load_checkpoint(cand)
+            state = load_checkpoint(cand)
         except CheckpointError as e:
             log.warning("skipping checkpoint: %s", e)
             continue
-        return cand
+        bad = nonfinite_entries(state.get("model") or {})
+        if bad:
+            log.warning(
+                "skipping checkpoint %s: non-finite weights in %d tensor(s) (first %s)",
+                cand,
+                len(bad),
+                bad[0],
+            )
+            continue
+        return cand, state
     return None
 
 
@@ -343,7 +420,8 @@ def check_meta_compatible(
     if not meta:
         raise CheckpointError(
             f"checkpoint{where} has no 'meta' (strategy, model, ...), so it cannot be checked "
-            "against this run; it was not written by fst's trainer."
+            "against this run; it was not written by fst's trainer. To start a new run from its "
+            "weights use model.pretrained=<file> (and resume=null)."
         )
     keys = list(expected) if keys is None else list(keys)
     diffs = [

@@ -8,8 +8,14 @@ A run config is composed by Hydra from ``configs/config.yaml`` and its groups. T
   (``fst.models.MODELS``, ``fst.data.DATASETS``, ``fst.engine.optim.OPTIMIZERS``/``SCHEDULERS``)
   and every other key is a keyword argument of that registered builder, checked against its
   signature. So a new model/dataset config file needs no schema edit: its builder is its schema.
-  The data group also carries the loader keys the engine reads itself (``DATA_LOADER_KEYS``) and
-  ``small_stem`` (read by the model group through interpolation); those are not passed on.
+  The data group also carries the loader keys the engine reads itself (``DATA_LOADER_KEYS``,
+  ``fst.types.DataLoaderConfig``) and ``small_stem`` (read by the model group through
+  interpolation); those are not passed on.
+
+``validate_config`` also refuses values that would silently train something else than asked
+(``epochs=0``, ``limit_train_batches=0``, a negative ``grad_clip_norm``, ``optim.lr<=0``, a
+strategy option the chosen strategy ignores). Missing values (``???``) are reported by
+``missing_keys`` once ``resume`` had the chance to fill them from the checkpoint.
 
 ``validate_config(cfg)`` raises ``ConfigError`` naming the offending key and the valid choices.
 ``normalize_overrides`` lets ``+experiment=NAME`` and ``experiment=NAME`` both work although
@@ -18,21 +24,34 @@ A run config is composed by Hydra from ``configs/config.yaml`` and its groups. T
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fst.registry import group_kwargs
+from fst.types import DATA_LOADER_KEYS, ConfigError, DataLoaderConfig
+
+__all__ = [
+    "ConfigError",
+    "DATA_LOADER_KEYS",
+    "DataLoaderConfig",
+    "TrainerConfig",
+    "group_kwargs",
+    "missing_keys",
+    "normalize_overrides",
+    "sparsity_options",
+    "trainer_settings",
+    "validate_config",
+]
+
 # Config groups that are selected with ``GROUP=NAME`` but which users habitually append with
 # ``+GROUP=NAME``; both spellings are accepted.
 OPTIONAL_GROUPS = ("experiment", "sweep")
-
-
-class ConfigError(ValueError):
-    """A run config names an unknown key, value or impossible setting."""
 
 
 @dataclass
@@ -55,6 +74,7 @@ class TrainerConfig:
     skip_nonfinite: bool = False
     max_nonfinite_skips: int | None = None
     debug_signal_at_step: int | None = None
+    debug_signal: str = "SIGTERM"
     debug_nan_at_step: int | None = None
 
 
@@ -83,19 +103,6 @@ class LossConfig:
     label_smoothing: float = 0.0
 
 
-@dataclass
-class DataLoaderConfig:
-    """Data-group keys the engine reads itself (the rest go to the dataset builder)."""
-
-    name: str = "digits"
-    batch_size: int = 64  # global: all processes x accumulation steps
-    val_batch_size: int | None = None  # per evaluation batch; null: batch_size
-    num_workers: int = 0
-    pin_memory: bool = False
-    small_stem: bool = False  # read by model configs (${data.small_stem})
-
-
-DATA_LOADER_KEYS = tuple(f.name for f in fields(DataLoaderConfig))
 FIXED_GROUPS: dict[str, type] = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
@@ -140,6 +147,35 @@ def normalize_overrides(overrides: Iterable[str]) -> list[str]:
     return out
 
 
+def check_overrides(overrides: Iterable[str]) -> None:
+    """Refuse ``group.key=value`` overrides of a fixed group (``trainer``, ``logger``,
+    ``backend``, ``loss``) whose schema has no such key, before Hydra composes: Hydra's own
+    message ("Key 'epohcs' is not in struct ... To append to your config use +trainer.epohcs")
+    suggests adding the misspelt key, which then fails later. Names the closest valid key."""
+    import difflib
+
+    for o in overrides:
+        if "=" not in o or o.startswith(("+", "~", "-")):
+            continue
+        parts = o.split("=", 1)[0].split(".")
+        if len(parts) < 2 or parts[0] not in FIXED_GROUPS:
+            continue
+        schema, where = FIXED_GROUPS[parts[0]], parts[0]
+        for part in parts[1:]:
+            names = [f.name for f in fields(schema)]
+            if part not in names:
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f"; did you mean {where}.{close[0]}?" if close else ""
+                raise ConfigError(
+                    f"unknown config key {'.'.join(parts)}{hint} Valid keys for {where}: "
+                    f"{', '.join(sorted(names))}"
+                )
+            nested = {"wandb": WandbConfig}.get(part) if schema is LoggerConfig else None
+            if nested is None:
+                break
+            schema, where = nested, f"{where}.{part}"
+
+
 def builder_params(fn: Callable, skip: int = 0) -> tuple[set[str], bool]:
     """Keyword parameters of ``fn`` (after the first ``skip`` positional ones) and whether it
     takes ``**kwargs`` (then any key is accepted)."""
@@ -176,7 +212,35 @@ def _check_fixed(cfg: DictConfig, group: str, schema: type) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid {group} config: {e.msg if hasattr(e, 'msg') else e}") from None
+        raise _type_error(group, schema, node, e) from None
+
+
+def _type_error(group: str, schema: type, node: Any, e: OmegaConfBaseException) -> ConfigError:
+    """``trainer.epochs='three' is not a valid int; e.g. trainer.epochs=120`` from OmegaConf's
+    validation error (which names neither the group nor the fix)."""
+    import typing
+
+    key = str(getattr(e, "full_key", "") or "")
+    value = OmegaConf.select(node, key, throw_on_missing=False) if key else None
+    typ, field_, hint = schema, None, ""
+    for part in key.split(".") if key else []:
+        if not dataclasses.is_dataclass(typ):
+            field_ = None
+            break
+        hints = typing.get_type_hints(typ)
+        field_ = next((f for f in fields(typ) if f.name == part), None)
+        hint = hints.get(part)
+        inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        typ = inner[0] if inner else hint
+    if field_ is None:
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        return ConfigError(f"invalid {group} config at {key or group}: {msg}")
+    tname = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    example = field_.default if field_.default is not MISSING else None
+    if example is None and field_.default_factory is not MISSING:
+        example = field_.default_factory()
+    fix = f"; e.g. {group}.{key}={example}" if example not in (None, []) else ""
+    return ConfigError(f"{group}.{key}={value!r} is not a valid {tname}{fix}")
 
 
 def _check_choice(where: str, value: Any, registry) -> Any:
@@ -242,6 +306,75 @@ def validate_config(cfg: DictConfig) -> None:
     _check_keys("sched", _group_keys(cfg, "sched"), valid | {"name"}, open_)
 
     _check_sparsity(cfg)
+    _check_values(cfg)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Values of the right type that would silently train something else than asked."""
+    tc = cfg.trainer
+
+    def positive_int_or_null(key: str, what: str) -> None:
+        v = OmegaConf.select(tc, key, throw_on_missing=False)
+        if v is not None and int(v) < 1:
+            raise ConfigError(f"trainer.{key}={v}: {what}")
+
+    if int(tc.epochs) < 1:
+        raise ConfigError(
+            f"trainer.epochs={tc.epochs}: a run trains at least 1 epoch; to only evaluate a "
+            "checkpoint use eval.py checkpoint=PATH"
+        )
+    positive_int_or_null(
+        "limit_train_batches",
+        "at least 1 optimizer step per epoch, or null for the whole training set",
+    )
+    positive_int_or_null(
+        "limit_val_batches", "at least 1 validation batch, or null for the whole validation set"
+    )
+    positive_int_or_null("val_every_n_epochs", "validate every N >= 1 epochs")
+    positive_int_or_null("log_every_n_steps", "log every N >= 1 optimizer steps")
+    clip = tc.get("grad_clip_norm")
+    if clip is not None and not float(clip) > 0:
+        raise ConfigError(
+            f"trainer.grad_clip_norm={clip}: the gradient norm is clipped to a positive value "
+            "(e.g. 1.0); a value <= 0 would flip or zero every update. Use null for no clipping"
+        )
+    for key in ("checkpoint_every_n_steps", "diagnostics_every_n_steps"):
+        node = tc if key.startswith("checkpoint") else cfg.get("logger", {})
+        v = node.get(key) if node is not None else None
+        if v is not None and int(v) < 0:
+            raise ConfigError(f"{key}={v}: use N >= 1 steps, or 0 for never")
+    if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1"):
+        raise ConfigError(
+            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, SIGUSR1"
+        )
+    lr = OmegaConf.select(cfg, "optim.lr", throw_on_missing=False)
+    if lr is not None and not float(lr) > 0:
+        raise ConfigError(
+            f"optim.lr={lr}: with a learning rate <= 0 the weights never improve; use a "
+            "positive lr (the paper's recipe: optim.lr=0.1 for batch 256)"
+        )
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is still ``???`` (mandatory, never set)."""
+    out = []
+    for k in cfg.keys():
+        key = f"{prefix}{k}"
+        if k == "hydra":
+            continue
+        if OmegaConf.is_missing(cfg, k):
+            out.append(key)
+            continue
+        v = cfg.get(k)
+        if isinstance(v, DictConfig):
+            out += missing_keys(v, f"{key}.")
+    return out
+
+
+def trainer_settings(cfg: DictConfig) -> TrainerConfig:
+    """The ``trainer`` group as a typed ``TrainerConfig`` (defaults filled in)."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
+    return OmegaConf.to_object(merged)
 
 
 def _check_sparsity(cfg: DictConfig) -> None:
@@ -257,8 +390,12 @@ def _check_sparsity(cfg: DictConfig) -> None:
             )
     _check_choice("sparsity.strategy", cfg.sparsity.strategy, STRATEGIES)
     _check_choice("backend.name", cfg.backend.name, BACKENDS)
-    if not isinstance(cfg.sparsity.decay, (int, float)):
-        raise ConfigError(f"sparsity.decay must be a number, got {cfg.sparsity.decay!r}")
+    decay = cfg.sparsity.decay
+    if not isinstance(decay, (int, float)) or isinstance(decay, bool) or decay < 0:
+        raise ConfigError(
+            f"sparsity.decay={decay!r}: the SR-STE decay is a number >= 0 (the paper: 2e-4; 0 "
+            "turns it off)"
+        )
     exclude = cfg.sparsity.exclude
     if exclude is None or isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
         raise ConfigError(
@@ -273,6 +410,20 @@ def _check_sparsity(cfg: DictConfig) -> None:
         valid |= set(getattr(strategies, "OPTIONS", {}))
         open_ = not hasattr(strategies, "OPTIONS")
     _check_keys("sparsity", keys, valid | set(SPARSITY_KEYS), open_)
+    _check_options_used(cfg)
+
+
+def _check_options_used(cfg: DictConfig) -> None:
+    """Strategy options are checked by the strategy itself (its GEMM rules say which options
+    they read): an unknown option, or one the plan would silently ignore, is a ConfigError."""
+    from fst.strategies import get_strategy
+
+    try:
+        get_strategy(str(cfg.sparsity.strategy), **sparsity_options(cfg))
+    except ValueError as e:
+        raise ConfigError(f"sparsity.{e}") from None
+    except TypeError as e:
+        raise ConfigError(f"sparsity: {e}") from None
 
 
 def sparsity_options(cfg: DictConfig) -> dict[str, Any]:
@@ -282,11 +433,3 @@ def sparsity_options(cfg: DictConfig) -> dict[str, Any]:
         for k, v in cfg.sparsity.items()
         if k not in SPARSITY_KEYS
     }
-
-
-def group_kwargs(node: DictConfig, drop: Iterable[str] = ("name",)) -> dict[str, Any]:
-    """A config group as builder keyword arguments: resolved, plain Python, ``drop`` removed."""
-    d = OmegaConf.to_container(node, resolve=True)
-    for k in drop:
-        d.pop(k, None)
-    return d

@@ -1,34 +1,73 @@
 """``evaluate_checkpoint(cfg)``: what ``eval.py`` does (metrics, 2:4 check, export).
 
 The checkpoint's saved (resolved) config rebuilds the task, model and sparsity; the eval config
-may replace its ``data`` and ``backend`` groups and the device/loader settings.
+may replace its ``data`` and ``backend`` groups and the device/loader settings. ``checkpoint=``
+takes a checkpoint file or a run directory (its ``checkpoints/best.pt``, else ``last.pt``).
+
+What the 2:4 check checks
+    Every fst strategy stores the *dense* weights W in its checkpoints and computes S(W) (or
+    T(W)) from them at every forward; W itself is not 2:4, by design, and is not what deploys.
+    The deployable weights are S(W): ``export=`` writes them as a plain state_dict. The check
+    (``check_stored_nm``) therefore inspects weight tensors *as stored* in the file that is
+    meant to hold 2:4 weights, without masking them again:
+
+    * ``checkpoint=RUN`` (a training checkpoint): the deployable weights eval.py derives from
+      the dense W; with ``export=`` the file as written to disk and read back. This confirms
+      the export; it cannot catch a tampered W, which is dense anyway.
+    * ``checkpoint=RUN weights=FILE`` (e.g. an export, or any pruned state_dict): the tensors of
+      FILE exactly as stored. A weight with more than 2 nonzeros in a group of 4 along its
+      GEMM's reduction dimension fails the check (exit status 1), and the metrics are computed
+      with FILE's weights as they are (the model is densified: nothing re-masks them).
+
+    A layer passes when its weight has at most 2 nonzeros in every group of 4 consecutive
+    entries along the reduction dimension of the GEMM it feeds: Ci*kh*kw of Eq. 1 (Ci at each
+    kernel position with ``mask_layout=cin``); for ``tsm`` also along Co, the reduction
+    dimension of Eq. 2, which uses the same T(W).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+
+from fst.types import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def check_nm_weights(model: nn.Module) -> list[dict[str, Any]]:
-    """For every sparse layer with a pruned Eq. 1 weight: is that weight 2:4 along the GEMM's
-    reduction dim (Ci*kh*kw, or Ci with ``mask_layout=cin``)? One row per layer."""
+def check_stored_nm(model: nn.Module, stored: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """For every sparse layer of ``model`` whose Eq. 1 weight is pruned: is its weight *as
+    stored* in ``stored`` (``{"<layer>.weight": tensor}``) 2:4 along the reduction dims of the
+    GEMMs it feeds? No mask is applied here. One row per layer: ``layer``, ``along``, ``nm_ok``.
+    """
     from fst.layers import sparse_layers
-    from fst.rules import operand_checks, weight_operands
+    from fst.rules import operand_checks
 
     rows = []
     for name, m in sparse_layers(model):
-        for check in operand_checks(m.plan, weight_operands(m.weight, m.plan)[0], None):
-            rows.append({"layer": name, "nm_ok": check.ok(), "along": check.along})
+        eq1, eq2 = m.plan.rules[:2]
+        if not eq1.prunes:
+            continue
+        w = stored[f"{name}.weight"]
+        # a stored weight also serves Eq. 2 when that GEMM reuses it (tsm: T(W)^T, 2:4 along Co)
+        w_bwd = w if eq2.shares_forward_weight and eq2.tensor_core(m.plan) else None
+        checks = operand_checks(m.plan, w, w_bwd)
+        bad = [c.along for c in checks if not c.ok()]
+        rows.append(
+            {
+                "layer": name,
+                "along": " and ".join(c.along for c in checks),
+                "nm_ok": not bad,
+                "failed_along": bad,
+            }
+        )
     return rows
 
 
@@ -49,24 +88,50 @@ def export_nm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else ``last.pt``)."""
+    from fst.engine.checkpoint import BEST, CHECKPOINT_DIRNAME, LAST, CheckpointError
+
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        for d in (p / CHECKPOINT_DIRNAME, p):
+            for name in (BEST, LAST):
+                if (d / name).is_file():
+                    return d / name
+        raise CheckpointError(
+            f"checkpoint={path}: that run directory has no checkpoints/best.pt or last.pt "
+            "(was it run with trainer.save_checkpoints=false?); pass a checkpoint file"
+        )
+    if not p.is_file():
+        raise CheckpointError(
+            f"checkpoint={path}: no such checkpoint file or run directory; pass a file such as "
+            "outputs/NAME/seed0/DATE/checkpoints/best.pt, or the run directory"
+        )
+    return p
+
+
 def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write and return the metrics (see ``configs/eval.yaml``)."""
+    import fst
     from fst.engine.checkpoint import (
         check_state_dict_compatible,
         load_checkpoint,
         save_checkpoint,
     )
     from fst.engine.config import validate_config
+    from fst.engine.record import run_record
+    from fst.engine.trainer import autocast, val_loader
     from fst.engine.training import build_sparse_model
-    from fst.engine.validate import resolve_device
+    from fst.engine.validate import check_data, resolve_device
     from fst.tasks import TASKS
 
-    ckpt_path = Path(str(cfg.checkpoint)).expanduser()
+    ckpt_path = resolve_checkpoint(cfg.checkpoint)
     state = load_checkpoint(ckpt_path)
     if "config" not in state or "model" not in state:
-        raise ValueError(
+        raise ConfigError(
             f"{ckpt_path} is not a checkpoint written by train.py (it has no 'config'/'model' "
-            "entries); eval.py needs the training config to rebuild the model"
+            "entries); eval.py needs the training config to rebuild the model. To check an "
+            "exported state_dict, pass it as weights= next to the checkpoint of its run"
         )
     run = OmegaConf.create(state["config"])
     run.pop("hydra", None)
@@ -80,6 +145,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     if cfg.get("num_workers") is not None:
         run.data.num_workers = cfg.num_workers
     validate_config(run)
+    check_data(run.data)
     device = resolve_device(str(cfg.device))
 
     task = TASKS.get(run.task)(run)
@@ -87,52 +153,95 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     model = build_sparse_model(task, run)
     check_state_dict_compatible(model, state["model"], source=str(ckpt_path))
     model.load_state_dict(state["model"])
+    weights_path = Path(str(cfg.weights)).expanduser() if cfg.get("weights") else None
+    if weights_path is not None:
+        stored = load_checkpoint(weights_path)
+        stored = stored.get("model", stored) if isinstance(stored.get("model"), dict) else stored
+        check_state_dict_compatible(model, stored, source=str(weights_path))
+    else:
+        stored = export_nm_state_dict(model)
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt_path.resolve()),
+        **run_record(run),
+        "epoch": state.get("epoch"),
+        "global_step": state.get("global_step"),
+    }
+    if cfg.get("export"):
+        export = Path(str(cfg.export)).expanduser()
+        save_checkpoint(export, stored, keep_previous=False)
+        result["export"] = str(export.resolve())
+        stored = load_checkpoint(export)  # check the file as written, not the memory it came from
+    if cfg.get("check_nm", True):
+        rows = check_stored_nm(model, stored)
+        bad = [
+            f"{r['layer']} (along {', '.join(r['failed_along'])})" for r in rows if not r["nm_ok"]
+        ]
+        source = weights_path or (result.get("export") and Path(result["export"]))
+        result.update(
+            nm_checked=(
+                f"weights as stored in {source}"
+                if source
+                else "the deployable weights S(W) derived from the checkpoint's dense W "
+                "(training checkpoints store dense W by design; export= writes S(W))"
+            ),
+            nm_layers_checked=len(rows),
+            nm_ok=not bad,
+            nm_failures=bad,
+        )
+    if weights_path is not None:
+        # Evaluate exactly the stored tensors: plain layers, nothing re-masks them.
+        fst.densify(model)
+        model.load_state_dict(stored)
     model.to(device).eval()
     if run.trainer.get("channels_last"):
         model.to(memory_format=torch.channels_last)
 
     bs = int(cfg.get("val_batch_size") or run.data.get("val_batch_size") or run.data.batch_size)
-    val = data.val
-    limit = run.trainer.get("limit_val_batches")
-    if limit is not None:
-        val = Subset(val, range(min(len(val), int(limit) * bs)))
-    loader = DataLoader(
-        val,
-        batch_size=bs,
-        shuffle=False,
+    loader = val_loader(
+        data,
+        bs,
+        run.trainer.get("limit_val_batches"),
+        device,
         num_workers=int(run.data.get("num_workers", 0)),
-        pin_memory=device.type == "cuda",
-        collate_fn=data.collate_fn,
+        pin_memory=True,
     )
-    amp = device.type == "cuda" and str(run.trainer.precision) in ("bf16", "16")
-    dtype = torch.bfloat16 if str(run.trainer.precision) == "bf16" else torch.float16
-    with torch.autocast(device.type, dtype=dtype, enabled=amp):
+    with torch.no_grad(), autocast(device, str(run.trainer.precision))():
         metrics = task.evaluate(model, loader, device)
-
-    result: dict[str, Any] = {
-        "checkpoint": str(ckpt_path.resolve()),
-        "name": run.get("name"),
-        "task": str(run.task),
-        "model": str(run.model.name),
-        "strategy": str(run.sparsity.strategy),
-        "backend": str(run.backend.name),
-        "dataset": str(run.data.name),
-        "epoch": state.get("epoch"),
-        "global_step": state.get("global_step"),
-        "num_samples": len(val),
-        **{f"val/{k}": float(v) for k, v in metrics.items()},
-    }
-    if cfg.get("check_nm", True):
-        rows = check_nm_weights(model)
-        bad = [r["layer"] for r in rows if not r["nm_ok"]]
-        result.update(nm_layers_checked=len(rows), nm_ok=not bad, nm_failures=bad)
-    if cfg.get("export"):
-        export = Path(str(cfg.export)).expanduser()
-        save_checkpoint(export, export_nm_state_dict(model), keep_previous=False)
-        result["export"] = str(export.resolve())
+    result["num_samples"] = len(loader.dataset)
+    result.update({f"val/{k}": float(v) for k, v in metrics.items()})
+    if weights_path is not None:
+        result["weights"] = str(weights_path.resolve())
 
     out = Path(str(cfg.output)) if cfg.get("output") else Path(out_dir or ".") / "eval_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     result["output"] = str(out.resolve())
+    return result
+
+
+#: What ``run_eval`` prints besides the ``val/*`` metrics.
+PRINTED = ("checkpoint", "weights", "nm_checked", "nm_ok", "nm_layers_checked", "export", "output")
+
+
+def run_eval(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """``eval.py``: evaluate, print the metrics, and fail (``FstError``, exit status 1) when a
+    layer is not 2:4 (see the module docstring for what is checked)."""
+    from fst.engine.rundir import remove_if_empty
+    from fst.types import FstError
+
+    try:
+        result = evaluate_checkpoint(cfg, out_dir=out_dir)
+    except BaseException:
+        remove_if_empty(Path(out_dir) if out_dir else None)  # the launch's empty directory
+        raise
+    for k, v in result.items():
+        if k.startswith("val/") or k in PRINTED:
+            print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    if result.get("nm_ok") is False:
+        raise FstError(
+            f"NOT 2:4 ({result['nm_checked']}): {', '.join(result['nm_failures'])}. These "
+            "weights would not run on 2:4 sparse tensor cores: re-export them from the run's "
+            "checkpoint with eval.py checkpoint=RUN_DIR export=FILE, and find where they were "
+            "modified"
+        )
     return result

@@ -1,13 +1,15 @@
 """Faults during training: preemption signals and non-finite losses or gradients.
 
-Preemption
-    ``PreemptionHandler`` turns SIGTERM (sent by SLURM/Kubernetes before killing a job) and SIGUSR1
-    (SLURM's ``--signal=USR1@<seconds>`` warning) into a flag. The trainer checks ``.requested``
-    after every optimizer step, writes ``last.pt`` and leaves with ``exit_preempted()``: the
-    process ends with ``PREEMPTED_EXIT_CODE`` (75, ``EX_TEMPFAIL`` from sysexits.h: "try again
-    later"), or, inside a submitit job, hands over to submitit's own handler, which requeues the
-    job; the requeued job resumes with ``resume=auto``. No completed step is lost, and the step in
-    flight when the signal arrives is finished, not torn.
+Preemption and Ctrl-C
+    ``PreemptionHandler`` turns SIGTERM (sent by SLURM/Kubernetes before killing a job), SIGUSR1
+    (SLURM's ``--signal=USR1@<seconds>`` warning) and SIGINT (Ctrl-C) into a flag. The trainer
+    checks ``.requested`` after every optimizer step, writes ``last.pt`` and leaves with
+    ``exit_preempted()``: the process ends with ``PREEMPTED_EXIT_CODE`` (75, ``EX_TEMPFAIL`` from
+    sysexits.h: "try again later"; 130 = 128 + SIGINT after Ctrl-C, as shells report it), or,
+    inside a submitit job, hands over to submitit's own handler, which requeues the job; the
+    requeued job resumes with ``resume=auto``. No completed step is lost, and the step in flight
+    when the signal arrives is finished, not torn. A second Ctrl-C stops at once, without a
+    checkpoint (``KeyboardInterrupt``).
 
 Non-finite values
     ``check_finite`` raises ``NonFiniteError`` naming the step, the loss, the parameter whose
@@ -30,14 +32,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from fst.types import FstError
+
 log = logging.getLogger(__name__)
 
 #: Exit status of a run stopped by a preemption signal after writing its checkpoint
 #: (``EX_TEMPFAIL``, sysexits.h). Schedulers and wrappers can requeue on it; 0 means finished,
 #: 1 means failed.
 PREEMPTED_EXIT_CODE = 75
+#: Exit status after Ctrl-C (SIGINT), checkpoint written: 128 + 2, what shells report.
+INTERRUPTED_EXIT_CODE = 130
 
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
 def _signal_number(sig: int | str) -> int:
@@ -93,18 +99,26 @@ class PreemptionHandler:
     def signal_name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
 
+    @property
+    def exit_code(self) -> int:
+        """75 after a preemption signal, 130 after Ctrl-C (SIGINT)."""
+        return INTERRUPTED_EXIT_CODE if self.signum == signal.SIGINT else PREEMPTED_EXIT_CODE
+
     def _handle(self, signum: int, frame: Any) -> None:
         # Only set flags here: the handler runs between two bytecodes of the training step, and
         # anything heavier (I/O, CUDA calls) could deadlock or tear the step.
+        if signum == signal.SIGINT and self.requested and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
         first = not self.requested
         self.requested = True
         if self.signum is None:
             self.signum = signum
         if first:
+            again = " (Ctrl-C again stops at once, without one)" if signum == signal.SIGINT else ""
             os.write(
                 2,
                 f"fst: received {signal.Signals(signum).name}; finishing the current step, "
-                "then checkpointing and exiting\n".encode(),
+                f"then checkpointing and exiting{again}\n".encode(),
             )
 
     def __enter__(self) -> PreemptionHandler:
@@ -142,13 +156,15 @@ class PreemptionHandler:
     def worker_init_fn(worker_id: int = 0) -> None:
         """``DataLoader(worker_init_fn=...)``: data workers outlive the preemption signals.
 
-        SLURM signals every process of the job, data workers included; a worker killed by
-        SIGTERM/SIGUSR1 would crash the main process ("DataLoader worker ... killed") in the
-        middle of the step it is finishing. Workers ignore SIGUSR1, and on SIGTERM exit only
-        after ``WORKER_SIGTERM_GRACE_S`` (normally the main process has checkpointed and shut
-        them down long before), so a hung worker still cannot block the job's exit forever.
+        SLURM signals every process of the job, data workers included, and Ctrl-C reaches the
+        whole foreground process group; a worker killed by SIGTERM/SIGUSR1/SIGINT would crash
+        the main process ("DataLoader worker ... killed") in the middle of the step it is
+        finishing. Workers ignore SIGUSR1 and SIGINT, and on SIGTERM exit only after
+        ``WORKER_SIGTERM_GRACE_S`` (normally the main process has checkpointed and shut them
+        down long before), so a hung worker still cannot block the job's exit forever.
         """
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _worker_deferred_exit)
 
     def exit_preempted(self) -> None:
@@ -156,20 +172,24 @@ class PreemptionHandler:
 
         A callable handler displaced for the received signal (submitit's, which requeues the
         job and exits) is called first; if it returns, or there is none, the process exits
-        with ``PREEMPTED_EXIT_CODE``.
+        with ``exit_code`` (75, or 130 after Ctrl-C).
         """
         signum = self.signum
+        code = self.exit_code
         prev = self._previous.get(signum) if signum is not None else None
         self.__exit__(None, None, None)
         if callable(prev) and prev is not signal.default_int_handler:
             log.info("handing %s over to the previous handler %r", self.signal_name, prev)
             prev(signum, None)
+        what = "interrupted" if code == INTERRUPTED_EXIT_CODE else "preempted"
         log.warning(
-            "preempted by %s: checkpoint written, exiting with status %d (resume with resume=auto)",
+            "%s by %s: checkpoint written, exiting with status %d (continue with the same "
+            "command plus resume=auto)",
+            what,
             self.signal_name,
-            PREEMPTED_EXIT_CODE,
+            code,
         )
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(code)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +197,7 @@ class PreemptionHandler:
 # --------------------------------------------------------------------------------------------
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(FstError, FloatingPointError):
     """Loss or gradients are NaN/Inf. Attributes: ``step``, ``loss``, ``param`` (or None)."""
 
     def __init__(self, message: str, *, step: int, loss: float, param: str | None = None):

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from fst.types import ConfigError
+
 
 class ResumableSampler(Sampler[int]):
     def __init__(
@@ -29,9 +31,12 @@ class ResumableSampler(Sampler[int]):
         world_size: int = 1,
     ):
         if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} not divisible by {world_size} processes")
+            raise ConfigError(
+                f"global batch {global_batch} not divisible by {world_size} processes; use a "
+                f"multiple of {world_size} for data.batch_size"
+            )
         if num_samples < global_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"the training set has {num_samples} samples, fewer than one global batch "
                 f"(data.batch_size={global_batch}); lower data.batch_size"
             )

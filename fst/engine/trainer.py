@@ -5,6 +5,13 @@ metrics); the trainer does the rest: micro-batching and gradient accumulation (D
 on all but the last micro-batch), autocast, non-finite checks, clipping, optimizer and per-step
 schedule, logging, checkpoints, preemption.
 
+A trainer is handed everything it runs, built once by ``fst.engine.training.build_parts``:
+``RunParts`` (task, data, model, optimizer, schedule, scaler, sampler, logger, diagnostics),
+the typed ``trainer`` settings (``fst.engine.config.TrainerConfig``) and the ``RunEnv`` (device,
+processes, run directory, seed, loader settings). To add a component (e.g. a mask sparsifier
+stepped after the optimizer), build it in ``build_parts``, add it to ``RunParts`` and, when it
+has state, to ``Trainer.stateful``: checkpoints save and restore every entry of that mapping.
+
 Counters (all saved in checkpoints, so a resume continues exactly where the run stopped):
 
 * ``epoch``: the epoch in progress (0-based); ``step_in_epoch``: optimizer steps done in it;
@@ -12,17 +19,22 @@ Counters (all saved in checkpoints, so a resume continues exactly where the run 
 
 The data order is a function of ``(seed, epoch)`` only (``ResumableSampler``), so a resume
 skips exactly the ``step_in_epoch * data.batch_size`` samples already consumed this epoch.
+
+Divergence never reaches a checkpoint: a non-finite loss or gradient stops the run (or skips the
+batch, ``trainer.skip_nonfinite``), a non-finite validation metric stops it before the epoch's
+checkpoint is written and is never "best", and ``save`` refuses weights holding NaN/Inf.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +47,17 @@ from fst.engine.checkpoint import (
     BEST,
     CHECKPOINT_DIRNAME,
     LAST,
-    RESUME_META_KEYS,
     capture_rng_state,
-    check_meta_compatible,
     check_state_dict_compatible,
+    nonfinite_entries,
     restore_rng_state,
     save_checkpoint,
 )
-from fst.engine.faults import NonFiniteGuard, PreemptionHandler
+from fst.engine.config import TrainerConfig
+from fst.engine.faults import NonFiniteError, NonFiniteGuard, PreemptionHandler
 from fst.engine.sampler import ResumableSampler
 from fst.layers import set_decay_scale
-from fst.tasks.base import DataBundle, Task
+from fst.types import DataBundle
 
 log = logging.getLogger(__name__)
 
@@ -62,85 +74,174 @@ class Progress:
     train_time_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The data group's loader keys (``fst.types.DataLoaderConfig``)."""
+
+    global_batch: int  # data.batch_size: all processes x accumulation steps
+    val_batch_size: int
+    num_workers: int = 0
+    pin_memory: bool = False
+
+
+@dataclass(frozen=True)
+class RunEnv:
+    """Where and how a run executes."""
+
+    device: torch.device
+    dist: fdist.DistInfo
+    run_dir: Path
+    seed: int
+    loader: LoaderSettings
+    #: Per-layer sparsity diagnostics every N optimizer steps (``logger.diagnostics_every_n_steps``).
+    diagnostics_every: int = 0
+    #: Constant entries of every checkpoint (the resolved ``config``, ``meta``).
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunParts:
+    """Everything a run is made of, built once from the config (``build_parts``)."""
+
+    task: Any  # fst.tasks.base.Task
+    data: DataBundle
+    model: nn.Module  # sparsified, on the device; DDP-wrapped in a multi-process run
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: ResumableSampler
+    logger: Any  # fst.logging.RunLogger
+    mask_tracker: Any = None  # fst.logging.MaskTracker
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def steps_per_epoch(sampler: ResumableSampler, limit: int | None) -> int:
+    """Optimizer steps in one epoch: the sampler's global batches, capped by
+    ``trainer.limit_train_batches``."""
+    n = sampler.batches_per_epoch
+    return n if limit is None else min(n, int(limit))
+
+
+def autocast(device: torch.device, precision: str):
+    """A context-manager factory for the run's autocast: bf16/fp16 on CUDA, nothing elsewhere
+    (on CPU ``bf16`` runs in fp32, see ``configs/trainer/default.yaml``)."""
+    amp = device.type == "cuda" and str(precision) in ("bf16", "16")
+    dtype = torch.bfloat16 if str(precision) == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype, enabled=amp)
+
+
+def val_loader(
+    data: DataBundle,
+    batch_size: int,
+    limit: int | None,
+    device: torch.device,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The validation loader: ``data.val`` in order, the first ``limit`` batches (None: all)."""
+    val = data.val
+    if limit is not None:
+        val = Subset(val, range(min(len(val), int(limit) * batch_size)))
+    return DataLoader(
+        val,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory and device.type == "cuda",
+        collate_fn=data.collate_fn,
+    )
+
+
+def restart_schedule_at(
+    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, base_lrs: list[float]
+) -> None:
+    """Set a step-indexed schedule (``LambdaLR``) to ``step`` with the given base lrs.
+
+    Used on resume: the schedule is rebuilt from the *current* config (a changed ``optim.lr``,
+    ``sched.*`` or ``trainer.epochs`` takes effect) and continued at the checkpoint's step. With
+    an unchanged config it computes exactly what the uninterrupted run computed,
+    ``base_lr * factor(step)``.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        log.warning(
+            "%s is not a step-indexed LambdaLR: its saved state is restored as is, so a changed "
+            "optim.lr or sched.* does not apply on resume",
+            type(scheduler).__name__,
+        )
+        return
+    scheduler.base_lrs = list(base_lrs)
+    scheduler.last_epoch = step
+    for group, base, fn in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
 class Trainer:
-    """Runs ``epochs`` epochs of ``task`` on ``model``; see ``fst.engine.training.train``.
+    """Runs ``settings.epochs`` epochs of ``parts.task`` on ``parts.model``.
 
     Args:
-        task: the task (step and evaluator).
-        model: the (sparsified) model, already on ``device``, possibly DDP-wrapped.
-        data: the task's datasets.
-        optimizer / scheduler / scaler: stepped once per optimizer step.
-        trainer_cfg: the ``trainer`` config group (a dict-like).
-        global_batch: ``data.batch_size`` (all processes x accumulation steps).
-        run_dir: where ``checkpoints/`` live.
-        logger: a ``fst.logging.RunLogger``.
-        state_extra: constant entries for every checkpoint (resolved ``config``, ``meta``).
+        parts: the run's components (``RunParts``), built once.
+        settings: the ``trainer`` config group, typed.
+        env: device, processes, run directory, seed and loader settings.
     """
 
-    def __init__(
-        self,
-        *,
-        task: Task,
-        model: nn.Module,
-        data: DataBundle,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        scaler: torch.amp.GradScaler,
-        device: torch.device,
-        dist: fdist.DistInfo,
-        trainer_cfg: Any,
-        global_batch: int,
-        val_batch_size: int,
-        num_workers: int,
-        pin_memory: bool,
-        seed: int,
-        run_dir: Path,
-        logger: Any,
-        mask_tracker: Any = None,
-        diagnostics_every: int = 0,
-        state_extra: dict[str, Any] | None = None,
-    ):
-        self.task, self.model, self.data = task, model, data
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.device, self.dist, self.cfg = device, dist, trainer_cfg
-        self.seed, self.run_dir, self.logger = seed, Path(run_dir), logger
-        self.mask_tracker, self.diagnostics_every = mask_tracker, diagnostics_every
-        self.state_extra = dict(state_extra or {})
+    def __init__(self, parts: RunParts, settings: TrainerConfig, env: RunEnv):
+        self.parts, self.cfg, self.env = parts, settings, env
+        self.task, self.data, self.model = parts.task, parts.data, parts.model
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
+        self.sampler, self.logger, self.mask_tracker = (
+            parts.sampler,
+            parts.logger,
+            parts.mask_tracker,
+        )
+        self.device, self.dist, self.seed = env.device, env.dist, env.seed
+        self.run_dir = Path(env.run_dir)
+        self.ckpt_dir = self.run_dir / CHECKPOINT_DIRNAME
         self.progress = Progress()
         self.last_val: dict[str, float] = {}
-        self.accum = int(trainer_cfg.accumulate_grad_batches)
-        self.global_batch = global_batch
-        self.micro_batch = global_batch // (dist.world_size * self.accum)
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.sampler = ResumableSampler(
-            len(data.train),
-            global_batch,
-            seed=seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
+        self.accum = int(settings.accumulate_grad_batches)
+        self.global_batch = env.loader.global_batch
+        self.micro_batch = self.global_batch // (self.dist.world_size * self.accum)
+        self.steps_per_epoch = steps_per_epoch(self.sampler, settings.limit_train_batches)
+        self.epochs = int(settings.epochs)
+        self.val_loader = val_loader(
+            self.data,
+            env.loader.val_batch_size,
+            settings.limit_val_batches,
+            self.device,
+            env.loader.num_workers,
+            env.loader.pin_memory,
         )
-        limit = trainer_cfg.limit_train_batches
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        if limit is not None:
-            self.steps_per_epoch = max(1, min(self.steps_per_epoch, int(limit)))
-        self.epochs = int(trainer_cfg.epochs)
-        self.val_loader = self._val_loader(val_batch_size)
         self.guard = NonFiniteGuard(
-            skip=bool(trainer_cfg.get("skip_nonfinite", False)),
-            max_skips=trainer_cfg.get("max_nonfinite_skips"),
-            check_grads=str(trainer_cfg.precision) != "16",
+            skip=settings.skip_nonfinite,
+            max_skips=settings.max_nonfinite_skips,
+            check_grads=str(settings.precision) != "16",
         )
-        amp = device.type == "cuda" and str(trainer_cfg.precision) in ("bf16", "16")
-        dtype = torch.bfloat16 if str(trainer_cfg.precision) == "bf16" else torch.float16
-        self.autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=amp)
-        self.ckpt_dir = self.run_dir / CHECKPOINT_DIRNAME
-        self.last_checkpoint: Path | None = None
+        self.autocast = autocast(self.device, settings.precision)
         self.preempt: PreemptionHandler | None = None
+        # The newest checkpoint written (weights checked finite), and whether last.pt on disk
+        # holds a validated state (written right after a finite validation) or a mid-epoch one.
+        self.last_checkpoint: Path | None = None
+        self.last_is_validated = False
+
+    @property
+    def stateful(self) -> dict[str, Any]:
+        """Components whose ``state_dict`` goes into every checkpoint, by checkpoint key."""
+        items = {
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "nonfinite": self.guard,
+        }
+        if self.mask_tracker is not None:
+            # Previous forward masks: the first flip rate after a resume compares against them.
+            items["mask_tracker"] = self.mask_tracker
+        return items
 
     # ---------------------------------------------------------------- data
     def _train_loader(self, epoch: int) -> DataLoader:
@@ -154,28 +255,14 @@ class Trainer:
             self.data.train,
             batch_size=self.micro_batch,
             sampler=self.sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and self.device.type == "cuda",
+            num_workers=self.env.loader.num_workers,
+            pin_memory=self.env.loader.pin_memory and self.device.type == "cuda",
             drop_last=True,
             collate_fn=self.data.collate_fn,
             generator=g,
             persistent_workers=False,
-            # SLURM signals every process; a worker killed by SIGTERM would crash the step.
+            # SLURM signals every process, Ctrl-C the process group: workers must outlive both.
             worker_init_fn=PreemptionHandler.worker_init_fn,
-        )
-
-    def _val_loader(self, batch_size: int) -> DataLoader:
-        val = self.data.val
-        limit = self.cfg.limit_val_batches
-        if limit is not None:
-            val = Subset(val, range(min(len(val), int(limit) * batch_size)))
-        return DataLoader(
-            val,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and self.device.type == "cuda",
-            collate_fn=self.data.collate_fn,
         )
 
     # ---------------------------------------------------------------- loop
@@ -191,10 +278,16 @@ class Trainer:
                 epoch = p.epoch
                 p.epoch, p.step_in_epoch = epoch + 1, 0
                 every = max(1, int(self.cfg.val_every_n_epochs))
+                validated = False
                 if (epoch + 1) % every == 0 or epoch + 1 == self.epochs:
-                    self.last_val = self.evaluate()
-                    self._log_val(self.last_val, epoch)
-                self.save(LAST)
+                    metrics = self.evaluate()
+                    self._stop_if_nonfinite(metrics, epoch)
+                    self.last_val = metrics
+                    self._log_val(metrics, epoch)
+                    validated = True
+                self.save(LAST, validated=validated)
+                if preempt.synced():
+                    self._exit_preempted(saved=True)
         return self.last_val
 
     def train_one_epoch(self, epoch: int) -> None:
@@ -237,15 +330,12 @@ class Trainer:
                 )
                 window.clear()
                 window_images, window_t0 = 0, time.perf_counter()
-            if (
-                self.mask_tracker is not None
-                and self.diagnostics_every > 0
-                and p.global_step % self.diagnostics_every == 0
-                and self.dist.is_main
-            ):
-                diag = self.mask_tracker.measure(unwrap(model))
-                if diag:
-                    self.logger.log(diag, step=p.global_step, epoch=epoch)
+            every = self.env.diagnostics_every
+            if self.mask_tracker is not None and every > 0 and p.global_step % every == 0:
+                if self.dist.is_main:
+                    diag = self.mask_tracker.measure(unwrap(model))
+                    if diag:
+                        self.logger.log(diag, step=p.global_step, epoch=epoch)
             self._after_step()
         bar.close()
 
@@ -270,9 +360,8 @@ class Trainer:
                 if "loss" not in out:
                     raise KeyError(f"{type(task).__name__}.train_step must return a 'loss' entry")
                 loss = out["loss"] / self.accum
-                if self.cfg.get("debug_nan_at_step") is not None and (
-                    p.global_step + 1 == int(self.cfg.debug_nan_at_step)
-                ):
+                nan_at = self.cfg.debug_nan_at_step
+                if nan_at is not None and p.global_step + 1 == int(nan_at):
                     loss = loss * float("nan")  # fault injection for tests of the NaN policy
                 self.scaler.scale(loss).backward()
             loss_total += loss.detach()
@@ -282,8 +371,7 @@ class Trainer:
         clip = self.cfg.grad_clip_norm
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
-        last_ckpt = self.last_checkpoint
-        ok = self.guard.check(loss_total, unwrap(model), p.global_step + 1, last_ckpt)
+        ok = self.guard.check(loss_total, unwrap(model), p.global_step + 1, self.good_checkpoint())
         if ok:
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), float(clip))
@@ -301,15 +389,18 @@ class Trainer:
         saved = every > 0 and p.global_step % every == 0 and p.step_in_epoch < self.steps_per_epoch
         if saved:
             self.save(LAST)
-        debug = self.cfg.get("debug_signal_at_step")
+        debug = self.cfg.debug_signal_at_step
         if debug is not None and p.global_step == int(debug) and self.dist.is_main:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, self.cfg.debug_signal))
         if self.preempt is not None and self.preempt.synced():
-            if not saved:  # a second save of this step would push the older one out of .prev
-                self.save(LAST)
-            self.logger.finish(exit_code=1)
-            fdist.barrier()
-            self.preempt.exit_preempted()
+            self._exit_preempted(saved=saved)
+
+    def _exit_preempted(self, saved: bool) -> None:
+        if not saved:  # a second save of this step would push the older one out of .prev
+            self.save(LAST)
+        self.logger.finish(exit_code=1)
+        fdist.barrier()
+        self.preempt.exit_preempted()
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
@@ -329,10 +420,28 @@ class Trainer:
         metrics = fdist.broadcast_object(metrics)
         return {k: float(v) for k, v in metrics.items()}
 
+    def _stop_if_nonfinite(self, metrics: dict[str, float], epoch: int) -> None:
+        """A non-finite validation metric stops the run like a non-finite training loss, before
+        this epoch's checkpoint is written."""
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        shown = ", ".join(f"val/{k}={v}" for k, v in bad.items())
+        p = self.progress
+        raise NonFiniteError(
+            f"non-finite validation metrics after epoch {epoch + 1} (step {p.global_step}): "
+            f"{shown}; the model diverged, and nothing of this epoch was checkpointed. "
+            f"last good checkpoint: {self.good_checkpoint(validated=True)}. Lower the learning "
+            "rate (optim.lr=...), enable gradient clipping (trainer.grad_clip_norm=1.0) or use "
+            "trainer.precision=32, then resume from that checkpoint.",
+            step=p.global_step,
+            loss=metrics.get("loss", float("nan")),
+        )
+
     def _log_val(self, metrics: dict[str, float], epoch: int) -> None:
         p = self.progress
         value = metrics[self.task.primary_metric]
-        improved = self.task.is_better(value, p.best_value)
+        improved = math.isfinite(value) and self.task.is_better(value, p.best_value)
         if improved:
             p.best_value, p.best_epoch = value, epoch
         rec = {f"val/{k}": v for k, v in metrics.items()}
@@ -345,18 +454,29 @@ class Trainer:
             ", ".join(f"val/{k}={v:.4g}" for k, v in metrics.items()),
         )
         if improved:
-            self.save(BEST)
+            self.save(BEST, validated=True)
 
     # ---------------------------------------------------------------- checkpoints
+    def good_checkpoint(self, validated: bool = False) -> str | None:
+        """The checkpoint to name in a divergence error: the newest one written (its weights
+        were checked finite), or with ``validated`` the newest whose state also passed a finite
+        validation (``last.pt`` written at an epoch end, else ``best.pt``)."""
+        last = self.last_checkpoint
+        if last is not None and (self.last_is_validated or not validated):
+            kind = "validated" if self.last_is_validated else "written mid-epoch, not validated"
+            return f"{last} ({kind})"
+        best = self.ckpt_dir / BEST
+        if validated and self.progress.best_value is not None and best.is_file():
+            return f"{best} (validated, epoch {(self.progress.best_epoch or 0) + 1})"
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs (plain tensors/containers: loads with weights_only=True)."""
         p = self.progress
         rng = fdist.all_gather_object(capture_rng_state())
         return {
             "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **{k: obj.state_dict() for k, obj in self.stateful.items()},
             "progress": asdict(p),
             "epoch": p.epoch,
             "step_in_epoch": p.step_in_epoch,
@@ -368,56 +488,87 @@ class Trainer:
                 "samples_consumed": p.step_in_epoch * self.global_batch,
             },
             "rng": rng,  # one entry per rank
-            "nonfinite": self.guard.state_dict(),
-            # Previous forward masks: the first flip rate after a resume compares against them.
-            "mask_tracker": self.mask_tracker.state_dict() if self.mask_tracker else {},
             "last_val": dict(self.last_val),
             "world_size": self.dist.world_size,
-            **self.state_extra,
+            **self.env.checkpoint_extra,
         }
 
-    def save(self, name: str) -> Path | None:
-        if not self.cfg.get("save_checkpoints", True):
+    def save(self, name: str, validated: bool = False) -> Path | None:
+        """Write checkpoint ``name`` (rank 0). Refuses weights holding NaN/Inf."""
+        if not self.cfg.save_checkpoints:
             return None
         state = self.state_dict()  # collective (RNG gather): every rank takes part
+        state["validated"] = validated
         path = self.ckpt_dir / name
         if self.dist.is_main:
+            bad = nonfinite_entries(state["model"])
+            if bad:
+                raise NonFiniteError(
+                    f"model weights are non-finite at step {self.progress.global_step} "
+                    f"({len(bad)} tensor(s), first {bad[0]!r}); {path} was NOT written. last "
+                    f"good checkpoint: {self.good_checkpoint()}. Lower the learning rate or "
+                    "enable gradient clipping (trainer.grad_clip_norm=1.0), then resume from it.",
+                    step=self.progress.global_step,
+                    loss=float("nan"),
+                )
             save_checkpoint(path, state)
             if name == LAST:
-                self.last_checkpoint = path
+                self.last_checkpoint, self.last_is_validated = path, validated
         fdist.barrier()
         return path
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "") -> None:
-        """Restore a checkpoint written by ``state_dict`` (model, optimizer, counters, RNG)."""
+        """Restore a checkpoint written by ``state_dict``.
+
+        The model, counters, RNG and the state of every ``stateful`` component come from the
+        checkpoint. The *settings* come from this run's config: optimizer hyperparameters
+        (``optim.lr``, ``weight_decay``, ...) are re-applied over the checkpoint's, and the
+        schedule is rebuilt from ``sched.*``/``trainer.epochs`` and continued at the
+        checkpoint's step (``fst.engine.resume`` decides which settings may change).
+        """
         model = unwrap(self.model)
-        if "meta" in state and "meta" in self.state_extra:
-            check_meta_compatible(
-                state["meta"], self.state_extra["meta"], keys=RESUME_META_KEYS, source=source
-            )
         check_state_dict_compatible(model, state["model"], source=source)
         p = Progress(**state["progress"])
         saved_batch = state.get("sampler", {}).get("global_batch", self.global_batch)
+        from fst.engine.resume import ResumeError
+
         if p.step_in_epoch and saved_batch != self.global_batch:
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint {source} stopped mid-epoch with data.batch_size={saved_batch}; "
                 f"this run uses {self.global_batch}, so the consumed samples are undefined. "
                 f"Resume with data.batch_size={saved_batch}."
             )
         if p.step_in_epoch > self.steps_per_epoch:
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint {source} is at step {p.step_in_epoch} of its epoch but an epoch now "
                 f"has {self.steps_per_epoch} steps (trainer.limit_train_batches changed?)"
             )
+        if p.epoch > self.epochs:
+            raise ResumeError(
+                f"trainer.epochs={self.epochs} but checkpoint {source} has already finished "
+                f"{p.epoch} epochs; resume with trainer.epochs={p.epoch} or more"
+            )
+        # This run's settings, before the checkpoint's state overwrites the optimizer's groups.
+        settings = [
+            {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+            for g in self.optimizer.param_groups
+        ]
+        base_lrs = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, mine in zip(self.optimizer.param_groups, settings):
+            group.update(mine)
+        self.scheduler.load_state_dict(state["scheduler"])  # counters; lambdas stay this run's
+        restart_schedule_at(self.scheduler, p.global_step, base_lrs)
         self.scaler.load_state_dict(state["scaler"])
         self.guard.load_state_dict(state.get("nonfinite", {}))
         if self.mask_tracker is not None:
             self.mask_tracker.load_state_dict(state.get("mask_tracker", {}))
         self.last_val = dict(state.get("last_val", {}))
         self.progress = p
+        if source and Path(source) == self.ckpt_dir / LAST:  # continued in place
+            self.last_checkpoint = Path(source)
+            self.last_is_validated = bool(state.get("validated", False))
         rng = state.get("rng") or []
         if isinstance(rng, dict):
             rng = [rng]
@@ -431,8 +582,3 @@ class Trainer:
                 self.dist.world_size,
             )
             torch.manual_seed(self.seed + 7919 * p.global_step + self.dist.rank)
-
-
-def unreadable_skipped(data: DataBundle) -> int:
-    """Images skipped as unreadable (``data.on_error=skip``) in both splits so far."""
-    return sum(int(getattr(ds, "skipped", 0)) for ds in (data.train, data.val))

@@ -1,8 +1,16 @@
 """``train(cfg)``: everything ``train.py`` does, callable from tests and notebooks.
 
-Order: validate the config -> set up devices/processes -> find the run dir (and the checkpoint
-to resume) -> build data, model (then ``fst.sparsify``), optimizer, schedule -> restore ->
-``Trainer.fit`` -> ``summary.json``. Only rank 0 writes files.
+One path, in order:
+
+1. ``prepare``: check the config (shape, values, this machine), find the checkpoint to resume
+   and reconcile its settings with the config (``fst.engine.resume``), check the data files,
+   claim the run directory (``fst.engine.rundir``). Nothing is built and nothing written before
+   these pass; a failed launch leaves no run directory behind.
+2. ``build_parts``: data, model (then ``fst.sparsify``), sampler, optimizer, schedule, scaler,
+   DDP wrapper, logger: each built once, from the config, and handed to the ``Trainer``.
+3. Restore the checkpoint, ``Trainer.fit``, write ``summary.json``.
+
+Only rank 0 resolves the run directory and writes files; the other ranks log warnings only.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import logging
 import random
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +28,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fst.engine import dist as fdist
-from fst.engine.config import group_kwargs, sparsity_options, validate_config
+from fst.engine.config import (
+    group_kwargs,
+    missing_keys,
+    sparsity_options,
+    trainer_settings,
+    validate_config,
+)
+from fst.engine.record import EMBEDDED_DATASETS, run_meta, run_record
+from fst.types import ConfigError, FstError
 
 log = logging.getLogger(__name__)
 
-
-def check_data(cfg: DictConfig) -> None:
-    """Run the dataset builder's ``check`` (files present, layout) before anything is built."""
-    from fst.data import DATASETS
-
-    check = getattr(DATASETS.get(cfg.data.name), "check", None)
-    if check is not None:
-        data = cfg.data
-        kwargs = {str(k): None if OmegaConf.is_missing(data, k) else data[k] for k in data}
-        check(**kwargs)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def seed_everything(seed: int) -> None:
@@ -56,7 +64,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _hydra_runtime() -> tuple[Path | None, str | None, str | None]:
+def hydra_runtime() -> tuple[Path | None, str | None, str | None]:
     """(output dir, mode RUN/MULTIRUN, chosen experiment) of the current Hydra job, if any."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -71,48 +79,6 @@ def _hydra_runtime() -> tuple[Path | None, str | None, str | None]:
 def default_run_dir(cfg: DictConfig) -> Path:
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     return Path(cfg.output_root) / str(cfg.name) / f"seed{cfg.seed}" / stamp
-
-
-def resolve_resume(cfg: DictConfig, run_dir: Path, mode: str | None) -> tuple[Path, Path | None]:
-    """The run dir to write to and the checkpoint to resume from (None: fresh run).
-
-    ``resume=auto``: the newest loadable checkpoint of this run dir, else (single runs) of the
-    sibling run dirs of the same name and seed (``${output_root}/${name}/seed${seed}/*``),
-    newest first; a run found there is continued *in its own directory*. A multirun job only
-    looks in its own directory (re-launch the sweep with the same ``hydra.sweep.dir``).
-    ``resume=PATH``: that checkpoint file, or the newest loadable one in that directory.
-    """
-    from fst.engine.checkpoint import CheckpointError, find_resume
-
-    resume = cfg.get("resume")
-    if resume in (None, "", False):
-        return run_dir, None
-    if resume != "auto":
-        path = Path(str(resume)).expanduser()
-        if path.is_dir():
-            found = find_resume(path)
-            if found is None:
-                raise CheckpointError(f"resume={resume}: no loadable checkpoint in that directory")
-            return run_dir, found
-        if not path.is_file():
-            raise CheckpointError(f"resume={resume}: no such checkpoint file or run directory")
-        return run_dir, path
-    found = find_resume(run_dir)
-    if found is not None:
-        return run_dir, found
-    if mode != "MULTIRUN" and run_dir.parent.is_dir():
-        siblings = sorted(
-            (d for d in run_dir.parent.iterdir() if d.is_dir() and d != run_dir),
-            key=lambda d: d.name,
-            reverse=True,
-        )
-        for d in siblings:
-            found = find_resume(d)
-            if found is not None:
-                log.info("resume=auto: continuing the run in %s", d)
-                return d, found
-    log.info("resume=auto: no checkpoint found, starting a fresh run in %s", run_dir)
-    return run_dir, None
 
 
 def build_sparse_model(task, cfg: DictConfig) -> torch.nn.Module:
@@ -130,173 +96,418 @@ def build_sparse_model(task, cfg: DictConfig) -> torch.nn.Module:
     )
 
 
-def run_meta(cfg: DictConfig, num_classes: int | None) -> dict[str, Any]:
-    """What a checkpoint records about the run, compared on resume and shown by eval.py."""
-    return {
-        "task": str(cfg.task),
-        "model": str(cfg.model.name),
-        "strategy": str(cfg.sparsity.strategy),
-        "backend": str(cfg.backend.name),
-        "dataset": str(cfg.data.name),
-        "num_classes": num_classes,
-    }
+# --------------------------------------------------------------------------------------------
+# 1. prepare: checks, resume, run directory
+# --------------------------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train as configured; returns the summary written to ``<run dir>/summary.json``."""
-    from fst.engine.checkpoint import load_checkpoint
-    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-    from fst.engine.trainer import Trainer, unreadable_skipped
+@dataclass
+class RunSetup:
+    """The outcome of ``prepare``: the final config, where the run writes, what it resumes."""
+
+    cfg: DictConfig
+    device: torch.device
+    dist: fdist.DistInfo
+    run_dir: Path
+    claim: Any = None  # fst.engine.rundir.RunDir on rank 0
+    resume: Any = None  # fst.engine.resume.ResumePoint on rank 0; its path on every rank
+    resume_path: Path | None = None
+    experiment: str | None = None
+    launch_dir: Path | None = None  # the directory Hydra made for this launch
+
+
+def _check_complete(cfg: DictConfig, missing: list[str], searched: str | None) -> None:
+    """Fail naming every value still unset (``???``), with the dataset's own layout help."""
+    from fst.engine.validate import check_data
+
+    if not missing:
+        return
+    why = ""
+    if searched is not None:
+        why = (
+            f"resume=auto found no checkpoint of run {cfg.name!r} seed {cfg.seed} ({searched}), "
+            "so nothing supplies the values this command leaves unset. "
+        )
+    if "data.root" in missing:
+        try:
+            check_data(cfg.data)  # the dataset's check explains its expected layout
+        except ConfigError as e:
+            raise ConfigError(why + str(e)) from None
+    shown = ", ".join(missing)
+    raise ConfigError(
+        f"{why}{shown} {'is' if len(missing) == 1 else 'are'} not set (??? in the composed "
+        f"config); pass {' '.join(f'{k}=...' for k in missing)} on the command line"
+    )
+
+
+def _prepare_main(cfg: DictConfig, start: Path, mode: str | None, dist) -> tuple[Any, Any]:
+    """Rank 0: resume point, completed config, data check, run directory claim."""
+    from fst.engine import resume as fresume
+    from fst.engine.rundir import claim
+    from fst.engine.validate import check_data
+
+    point = fresume.locate(cfg, start, mode)
+    missing = missing_keys(cfg)
+    if point is not None:
+        fresume.reconcile(cfg, point, missing)
+        missing = missing_keys(cfg)
+    searched = None
+    if point is None and cfg.get("resume") == "auto":
+        dirs = fresume.auto_candidates(cfg, start, mode)
+        searched = "searched " + ", ".join(str(d) for d in dirs[:4])
+    _check_complete(cfg, missing, searched)
+    check_data(cfg.data)
+    in_place = point is not None and point.run_dir is not None
+    rundir = claim(point.run_dir if in_place else start, resume=in_place)
+    rundir.stop_at = _output_root(cfg)
+    return point, rundir
+
+
+def prepare(cfg: DictConfig, run_dir: str | Path | None = None) -> RunSetup:
+    """Step 1 (see the module docstring). Raises ``FstError`` naming the problem and the fix;
+    the directory Hydra made for this launch is removed again when nothing was written to it."""
+    from fst.engine.rundir import remove_if_empty
+
+    try:
+        return _prepare(cfg, run_dir)
+    except BaseException:
+        remove_if_empty(hydra_runtime()[0], stop_at=_output_root(cfg))
+        raise
+
+
+def _output_root(cfg: DictConfig) -> Path | None:
+    """``output_root`` if it can be read (the limit up to which empty run dirs are removed)."""
+    try:
+        return Path(str(cfg.output_root))
+    except Exception:  # noqa: BLE001 - a broken config must not hide the real error
+        return None
+
+
+def _prepare(cfg: DictConfig, run_dir: str | Path | None) -> RunSetup:
+    from fst.engine.rundir import remove_if_empty
     from fst.engine.validate import check_run_config, resolve_device
-    from fst.logging import MaskTracker, RunLogger
-    from fst.tasks import TASKS
 
     validate_config(cfg)
-    check_data(cfg)
     fdist.export_slurm_env()
-    check_run_config(cfg)
+    check_run_config(cfg)  # device, backend, precision, batch split: same on every rank
     device = resolve_device(str(cfg.trainer.device))
     dist = fdist.init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    tc = cfg.trainer
-    if tc.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    launch_dir, mode, experiment = hydra_runtime()
+    start = Path(run_dir) if run_dir is not None else (launch_dir or default_run_dir(cfg))
 
-    hydra_dir, mode, experiment = _hydra_runtime()
-    start = Path(run_dir) if run_dir is not None else (hydra_dir or default_run_dir(cfg))
+    point = rundir = error = None
     if dist.is_main:
-        start, ckpt_path = resolve_resume(cfg, start, mode)
-    else:
-        ckpt_path = None
-    # Every rank must agree (their Hydra timestamps may differ by a second).
-    start, ckpt_path = fdist.broadcast_object((start, ckpt_path))
-    run_dir = Path(start)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            point, rundir = _prepare_main(cfg, start, mode, dist)
+        except FstError as e:
+            error = e
+    # Every rank needs rank 0's outcome: the run dir, the checkpoint, values filled from it.
+    filled_keys = [f.split("=", 1)[0] for f in (point.filled if point else [])]
+    filled = {k: OmegaConf.select(cfg, k) for k in filled_keys}
+    shared = (
+        None if error is None else str(error),
+        str(rundir.path) if rundir else None,
+        str(point.path) if point else None,
+        filled,
+    )
+    message, chosen, ckpt, filled = fdist.broadcast_object(shared)
+    if message is not None:
+        if error is not None:
+            raise error
+        raise FstError(message)  # other ranks: rank 0 reports it
+    for key, value in filled.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    chosen = Path(chosen)
+    if launch_dir is not None and launch_dir.resolve() != chosen.resolve():
+        # Hydra's directory for this launch, unused (or another rank's)
+        remove_if_empty(launch_dir, stop_at=_output_root(cfg))
+    return RunSetup(
+        cfg=cfg,
+        device=device,
+        dist=dist,
+        run_dir=chosen,
+        claim=rundir,
+        resume=point,
+        resume_path=Path(ckpt) if ckpt else None,
+        experiment=experiment,
+        launch_dir=launch_dir,
+    )
 
+
+# --------------------------------------------------------------------------------------------
+# 2. build the run's parts
+# --------------------------------------------------------------------------------------------
+
+
+def build_parts(cfg: DictConfig, setup: RunSetup):
+    """Data, model, sampler, optimizer, schedule, scaler, DDP wrapper and logger, each built once
+    from the config. Returns ``(RunParts, RunEnv)`` for ``Trainer``."""
+    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
+    from fst.engine.sampler import ResumableSampler
+    from fst.engine.trainer import LoaderSettings, RunEnv, RunParts, steps_per_epoch
+    from fst.logging import MaskTracker, RunLogger
+    from fst.tasks import TASKS
+
+    device, dist, tc = setup.device, setup.dist, cfg.trainer
     # Model initialisation must be identical on every rank; augmentation streams differ by rank.
     seed_everything(int(cfg.seed))
     task = TASKS.get(cfg.task)(cfg)
     data = task.build_data()
     model = build_sparse_model(task, cfg)
-    num_classes = getattr(task, "num_classes", None)
     model.to(device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
     if tc.sync_batchnorm and dist.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    optimizer = OPTIMIZERS.get(cfg.optim.name)(model, **group_kwargs(cfg.optim))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    meta = run_meta(cfg, num_classes)
-    logger = None
-    trainer = Trainer(
-        task=task,
-        model=model,
-        data=data,
-        optimizer=optimizer,
-        scheduler=None,  # set below, once steps per epoch are known
-        scaler=torch.amp.GradScaler(
-            device.type, enabled=device.type == "cuda" and str(tc.precision) == "16"
-        ),
-        device=device,
-        dist=dist,
-        trainer_cfg=tc,
-        global_batch=int(cfg.data.batch_size),
-        val_batch_size=int(cfg.data.get("val_batch_size") or cfg.data.batch_size),
-        num_workers=int(cfg.data.get("num_workers", 0)),
-        pin_memory=bool(cfg.data.get("pin_memory", False)),
+    global_batch = int(cfg.data.batch_size)
+    sampler = ResumableSampler(
+        len(data.train),
+        global_batch,
         seed=int(cfg.seed),
-        run_dir=run_dir,
-        logger=None,
-        mask_tracker=MaskTracker(),
-        diagnostics_every=int(cfg.logger.get("diagnostics_every_n_steps", 0) or 0),
-        state_extra={"config": resolved, "meta": meta},
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
-    trainer.scheduler = SCHEDULERS.get(cfg.sched.name)(
+    steps = steps_per_epoch(sampler, tc.limit_train_batches)
+    optimizer = OPTIMIZERS.get(cfg.optim.name)(model, **group_kwargs(cfg.optim))
+    scheduler = SCHEDULERS.get(cfg.sched.name)(
         optimizer,
-        total_steps=trainer.epochs * trainer.steps_per_epoch,
-        steps_per_epoch=trainer.steps_per_epoch,
+        total_steps=int(tc.epochs) * steps,
+        steps_per_epoch=steps,
         **group_kwargs(cfg.sched),
     )
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
-        trainer.load_state_dict(state, source=str(ckpt_path))
-        log.info(
-            "resumed from %s at epoch %d, step %d of %d (global step %d)",
-            ckpt_path,
-            trainer.progress.epoch + 1,
-            trainer.progress.step_in_epoch,
-            trainer.steps_per_epoch,
-            trainer.progress.global_step,
-        )
-        del state
-    else:
-        seed_everything(int(cfg.seed) + dist.rank)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=device.type == "cuda" and str(tc.precision) == "16"
+    )
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        trainer.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     wandb_cfg = cfg.logger.get("wandb")
+    resume_step = None
+    if setup.resume is not None:
+        resume_step = int(setup.resume.state.get("global_step", 0))
     logger = RunLogger(
-        run_dir,
+        setup.run_dir,
         resolved,
         name=str(cfg.name),
         wandb_cfg=OmegaConf.to_container(wandb_cfg, resolve=True) if wandb_cfg else None,
         active=dist.is_main,
-        resume_step=trainer.progress.global_step if ckpt_path is not None else None,
+        resume_step=resume_step,
     )
-    trainer.logger = logger
-    if dist.is_main:
-        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
-        import fst
+    parts = RunParts(
+        task=task,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        sampler=sampler,
+        logger=logger,
+        mask_tracker=MaskTracker(),
+    )
+    env = RunEnv(
+        device=device,
+        dist=dist,
+        run_dir=setup.run_dir,
+        seed=int(cfg.seed),
+        loader=LoaderSettings(
+            global_batch=global_batch,
+            val_batch_size=int(cfg.data.get("val_batch_size") or global_batch),
+            num_workers=int(cfg.data.get("num_workers", 0)),
+            pin_memory=bool(cfg.data.get("pin_memory", False)),
+        ),
+        diagnostics_every=int(cfg.logger.get("diagnostics_every_n_steps", 0) or 0),
+        checkpoint_extra={
+            "config": resolved,
+            "meta": run_meta(cfg, getattr(task, "num_classes", None)),
+        },
+    )
+    return parts, env
 
-        log.info("run dir: %s", run_dir.resolve())
-        log.info(
-            "model (%s, strategy %s):\n%s",
-            cfg.model.name,
-            cfg.sparsity.strategy,
-            fst.summary(model),
-        )
-        log.info(
-            "%d train / %d val samples; %d steps/epoch x %d epochs; global batch %d = %d "
-            "process(es) x %d accumulation x %d",
-            len(data.train),
-            len(data.val),
-            trainer.steps_per_epoch,
-            trainer.epochs,
-            trainer.global_batch,
-            dist.world_size,
-            trainer.accum,
-            trainer.micro_batch,
-        )
-    exit_code = 1
+
+# --------------------------------------------------------------------------------------------
+# files of the run directory
+# --------------------------------------------------------------------------------------------
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _write_config_files(cfg: DictConfig, run_dir: Path, resumed_step: int | None) -> None:
+    """``config_resolved.yaml`` (the settings in force) and, for a new run, ``.hydra/``. A
+    resumed run whose settings changed keeps the previous file as ``config_resolved.step<N>``."""
+    resolved = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+    path = run_dir / "config_resolved.yaml"
+    if resumed_step is not None and path.is_file() and path.read_text() != resolved:
+        path.replace(run_dir / f"config_resolved.step{resumed_step}.yaml")
+    path.write_text(resolved)
+    hydra_dir = run_dir / ".hydra"
+    if hydra_dir.exists():
+        return
     try:
-        final = trainer.fit()
-        exit_code = 0
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return
+    hydra_dir.mkdir()
+    task_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    task_cfg.pop("hydra", None)
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(task_cfg))
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(list(hc.overrides.task)))
+    (hydra_dir / "hydra.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
+
+
+def _log_to_file_only(handler: logging.Handler | None, message: str) -> None:
+    """Record a failure in ``train.log`` (the console gets it from ``fst.engine.cli``)."""
+    if handler is not None:
+        record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None)
+        handler.handle(record)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. train
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train as configured; returns the summary written to ``<run dir>/summary.json``.
+
+    Raises ``FstError`` (bad config, data or checkpoint; divergence; disk full) with the cause
+    and the fix in its message; exits with status 75 (preempted) or 130 (Ctrl-C) after writing
+    ``last.pt``.
+    """
+    from fst.engine.trainer import Trainer
+
+    root = logging.getLogger()
+    level = root.level
+    setup = prepare(cfg, run_dir)
+    if not setup.dist.is_main:
+        root.setLevel(logging.WARNING)  # rank 0 reports; the others only warn
+    handler, started = None, False
+    try:
+        if setup.dist.is_main:
+            handler = _attach_log_file(setup.run_dir)
+            if setup.resume is not None:
+                for item in setup.resume.filled:
+                    log.info("resume: %s taken from the checkpoint's config", item)
+                if setup.resume.changes:
+                    log.info(
+                        "resume: applying changed settings: %s", "; ".join(setup.resume.changes)
+                    )
+        parts, env = build_parts(cfg, setup)
+        trainer = Trainer(parts, trainer_settings(cfg), env)
+        resumed_step = None
+        if setup.resume_path is not None:
+            from fst.engine.checkpoint import load_checkpoint
+
+            state = setup.resume.state if setup.resume else load_checkpoint(setup.resume_path)
+            trainer.load_state_dict(state, source=str(setup.resume_path))
+            resumed_step = trainer.progress.global_step
+            log.info(
+                "resumed from %s at epoch %d, step %d of %d (global step %d)",
+                setup.resume_path,
+                trainer.progress.epoch + 1,
+                trainer.progress.step_in_epoch,
+                trainer.steps_per_epoch,
+                resumed_step,
+            )
+            if setup.resume is not None:
+                setup.resume.state = None  # free the checkpoint's memory
+            del state
+        else:
+            seed_everything(int(cfg.seed) + setup.dist.rank)
+        if setup.dist.is_main:
+            _write_config_files(cfg, setup.run_dir, resumed_step)
+            _log_header(cfg, trainer, parts)
+        started = True
+        try:
+            final = trainer.fit()
+        except BaseException:
+            parts.logger.finish(1)
+            raise
+        summary = _summary(cfg, setup, trainer, final)
+        if setup.dist.is_main:
+            parts.logger.write_summary(summary)
+            parts.logger.finish(0)
+            pm = trainer.task.primary_metric
+            p = trainer.progress
+            log.info(
+                "final val/%s = %.4g (best %.4g at epoch %s); summary: %s",
+                pm,
+                final.get(pm, float("nan")),
+                p.best_value if p.best_value is not None else float("nan"),
+                summary["best_epoch"],
+                setup.run_dir / "summary.json",
+            )
+        fdist.barrier()
+        return summary
+    except BaseException as e:
+        if not isinstance(e, SystemExit | KeyboardInterrupt):
+            _log_to_file_only(handler, f"run failed: {type(e).__name__}: {e}")
+        if handler is not None:
+            handler.close()
+            root.removeHandler(handler)
+            handler = None
+        if not started and setup.claim is not None:
+            if setup.claim.discard():
+                log.info("removed %s: the run failed before training started", setup.run_dir)
+        raise
     finally:
-        if exit_code:
-            logger.finish(exit_code)
-    p = trainer.progress
-    pm = task.primary_metric
-    summary = {
-        "name": str(cfg.name),
-        "experiment": experiment,
-        "task": str(cfg.task),
-        "model": str(cfg.model.name),
-        "dataset": str(cfg.data.name),
-        "strategy": str(cfg.sparsity.strategy),
-        "backend": str(cfg.backend.name),
+        if handler is not None:
+            handler.close()
+            root.removeHandler(handler)
+        if setup.claim is not None:
+            setup.claim.release()
+        root.setLevel(level)
+
+
+def _log_header(cfg: DictConfig, trainer, parts) -> None:
+    import fst
+
+    log.info("run dir: %s", trainer.run_dir.resolve())
+    log.info(
+        "model (%s, strategy %s):\n%s",
+        cfg.model.name,
+        cfg.sparsity.strategy,
+        fst.summary(parts.model.module if trainer.dist.enabled else parts.model),
+    )
+    log.info(
+        "%d train / %d val samples; %d steps/epoch x %d epochs; global batch %d = %d "
+        "process(es) x %d accumulation x %d",
+        len(parts.data.train),
+        len(parts.data.val),
+        trainer.steps_per_epoch,
+        trainer.epochs,
+        trainer.global_batch,
+        trainer.dist.world_size,
+        trainer.accum,
+        trainer.micro_batch,
+    )
+
+
+def _summary(cfg: DictConfig, setup: RunSetup, trainer, final: dict[str, float]) -> dict[str, Any]:
+    from fst.data.images import unreadable_skipped
+
+    p, run_dir = trainer.progress, setup.run_dir
+    pm = trainer.task.primary_metric
+    return {
+        **run_record(cfg),
+        "experiment": setup.experiment,
         "seed": int(cfg.seed),
         "epochs": trainer.epochs,
         "steps": p.global_step,
         "steps_per_epoch": trainer.steps_per_epoch,
         "global_batch_size": trainer.global_batch,
-        "world_size": dist.world_size,
+        "world_size": setup.dist.world_size,
         "primary_metric": pm,
         **{f"val/{k}": v for k, v in final.items()},
         f"best/val/{pm}": p.best_value,
@@ -304,24 +515,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "final": {f"val/{k}": v for k, v in final.items()},
         "train_time_s": round(p.train_time_s, 2),
         "nonfinite_skipped": trainer.guard.skipped,
-        "unreadable_images_skipped": unreadable_skipped(data),
+        "unreadable_images_skipped": unreadable_skipped(trainer.data.train, trainer.data.val),
+        "resumed_from": str(setup.resume_path) if setup.resume_path else None,
         "commit": git_commit(),
-        "device": str(device),
+        "device": str(setup.device),
         "run_dir": str(run_dir.resolve()),
         "config_path": str((run_dir / "config_resolved.yaml").resolve()),
         "checkpoint": str((run_dir / "checkpoints" / "last.pt").resolve()),
-        "embedded_data": str(cfg.data.name) in ("digits", "digits_hard", "shapes"),
+        "embedded_data": str(cfg.data.name) in EMBEDDED_DATASETS,
     }
-    if dist.is_main:
-        logger.write_summary(summary)
-        logger.finish(0)
-        log.info(
-            "final val/%s = %.4g (best %.4g at epoch %s); summary: %s",
-            pm,
-            final.get(pm, float("nan")),
-            p.best_value if p.best_value is not None else float("nan"),
-            summary["best_epoch"],
-            run_dir / "summary.json",
-        )
-    fdist.barrier()
-    return summary

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fst.types import FstError
+
 
 def _clean(v: Any) -> Any:
     if hasattr(v, "item"):
@@ -41,8 +43,20 @@ class JsonlWriter:
         os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        except OSError as e:
+            raise write_failed(self.path, e) from None
+
+
+def write_failed(path: Path, e: OSError) -> FstError:
+    """The error for a failed write of a run file: cause, file, fix."""
+    return FstError(
+        f"cannot write {path}: {e.strerror or e} (errno {e.errno}). Free space under "
+        f"{path.parent} (or point output_root= to a larger disk), then continue the run with "
+        "resume=auto (it restarts from the newest checkpoint)"
+    )
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .jsonl import JsonlWriter
+from .jsonl import JsonlWriter, write_failed
 from .wandb import WandbWriter
 
 
@@ -58,8 +58,12 @@ class RunLogger:
             return None
         path = self.run_dir / "summary.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_failed(path, e) from None
         if self.wandb is not None:
             self.wandb.summary(summary)
         return path

@@ -62,8 +62,19 @@ class WandbWriter:
                 return
             except Exception as e:  # noqa: BLE001 - logging must never stop training
                 nxt = "falling back to offline" if attempt != "offline" else "metrics.jsonl only"
-                log.warning("W&B %s start failed (%s: %s); %s", attempt, type(e).__name__, e, nxt)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                log.warning(
+                    "W&B %s start failed (%s: %s); %s", attempt, type(e).__name__, first, nxt
+                )
                 self.run = None
+                # The failed run keeps its id registered in W&B's service process, and an
+                # offline run with the same id is then refused ("run ID ... is in use"):
+                # shut the service down so the fallback starts clean (same id: `wandb sync`
+                # later uploads it as this run).
+                try:
+                    wandb.teardown()
+                except Exception:  # noqa: BLE001
+                    pass
 
     @property
     def ok(self) -> bool:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fst.types import ConfigError, MissingFileError
+
 from . import MODELS
 
 
@@ -33,7 +35,7 @@ def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
         return model
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.pretrained={path!r} does not exist; pretrained weights are only read from a "
             "local file (a state_dict saved with torch.save), never downloaded"
         )
@@ -46,7 +48,7 @@ def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
     unexpected = sorted(set(sd) - set(own))
     shapes = [k for k in own if k in sd and own[k].shape != sd[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise ConfigError(
             f"pretrained weights {p.name} do not fit the model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]} "
             "(check model.num_classes / model.small_stem against the weights)"
@@ -87,9 +89,9 @@ def _resnet(
     width: int = 64,
 ) -> nn.Module:
     if num_classes is None:
-        raise ValueError("model.num_classes is unknown; set it or data.num_classes")
+        raise ConfigError("model.num_classes is unknown; set it or data.num_classes")
     if width < 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.width must be a positive channel count (64 = torchvision's), got {width}"
         )
     model = fn(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
@@ -146,12 +148,12 @@ def timm_model(
 
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-        raise ValueError(
+        raise ConfigError(
             f"model.arch={arch!r} is not a timm model"
             + (f"; did you mean: {', '.join(close)}" if close else "")
             + " (see timm.list_models())"
         )
     if num_classes is None:
-        raise ValueError("model.num_classes is unknown; set it or data.num_classes")
+        raise ConfigError("model.num_classes is unknown; set it or data.num_classes")
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **(kwargs or {}))
     return load_pretrained(model, pretrained)

@@ -32,6 +32,8 @@ from torchvision.models.vgg import make_layers
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from fst.types import ConfigError, MissingFileError
+
 from . import MODELS
 
 
@@ -40,7 +42,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     checkpoint holding one under ``"model"``/``"state_dict"``, and strips DDP's ``module.``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"weights file {path} not found (weights are never downloaded; give a local path)"
         )
     sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -48,7 +50,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
             sd = sd[key]
     if not isinstance(sd, Mapping):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state_dict")
+        raise ConfigError(f"{path} holds a {type(sd).__name__}, not a state_dict")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -70,7 +72,7 @@ def _load(
         if sd[k].shape != own[k]
     ]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise ConfigError(
             f"{what} does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
             f"other shapes (file vs model) {shapes[:3]}{'...' if len(shapes) > 3 else ''}"
@@ -96,7 +98,7 @@ def _trainable_layers(value: int | None, pretrained: bool, max_value: int, defau
     if value is None:
         return default if pretrained else max_value
     if not 0 <= value <= max_value:
-        raise ValueError(f"trainable_backbone_layers={value} must be in [0, {max_value}]")
+        raise ConfigError(f"trainable_backbone_layers={value} must be in [0, {max_value}]")
     return value
 
 
@@ -109,7 +111,7 @@ def _norm_layer(norm: str, pretrained: bool):
         "gn": lambda c: nn.GroupNorm(32, c),
     }
     if norm not in choices:
-        raise ValueError(f"unknown norm {norm!r}; valid choices: auto, {', '.join(choices)}")
+        raise ConfigError(f"unknown norm {norm!r}; valid choices: auto, {', '.join(choices)}")
     return choices[norm]
 
 
@@ -183,7 +185,9 @@ def fasterrcnn_r50_fpn(
         body, _trainable_layers(trainable_backbone_layers, pretrained, 5, 3), fpn_channels
     )
     if len(anchor_sizes) != 5:
-        raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}")
+        raise ConfigError(
+            f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}"
+        )
     anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * 5)
     resolution = 7  # torchvision's MultiScaleRoIAlign output size
     model = FasterRCNN(

@@ -20,6 +20,7 @@ class InputGradRule(Rule):
     uses_abs = False
     prunes_weight = False  # the Eq. 2 weight differs from the dense W
     prunes_dy = False  # dY is pruned before Eq. 2
+    shares_forward_weight = False  # the Eq. 2 weight is the Eq. 1 weight itself
 
     def weight(self, w, w_fwd, plan, abs_w=None) -> torch.Tensor:
         """The matrix whose transpose multiplies dY, shaped like ``w`` (default: dense W)."""
@@ -50,6 +51,7 @@ class Forward(InputGradRule):
     key = "fwd"
     operand = "W^T"
     prunes_weight = True
+    shares_forward_weight = True
 
     def formula(self, plan) -> str:
         eq1 = plan.rules[0]

@@ -24,28 +24,15 @@ and ``model.eval()`` already set by the engine, with autocast active when config
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from fst.types import DataBundle
 
-@dataclass
-class DataBundle:
-    """What a task's ``build_data`` returns; the engine wraps the datasets in loaders.
-
-    ``train``/``val`` are map-style datasets (``__len__`` + ``__getitem__``) so that the engine's
-    seeded per-epoch permutation can be fast-forwarded on resume. ``collate_fn`` is used for both
-    loaders (``None``: PyTorch's default collate). ``num_classes`` is informational (logged).
-    """
-
-    train: Dataset
-    val: Dataset
-    collate_fn: Callable | None = None
-    num_classes: int | None = None
+__all__ = ["DataBundle", "Task"]
 
 
 class Task:

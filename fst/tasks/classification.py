@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fst.engine.config import DATA_LOADER_KEYS, group_kwargs
+from fst.registry import group_kwargs
+from fst.types import DATA_LOADER_KEYS, ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -31,6 +32,11 @@ class ClassificationTask(Task):
 
         kwargs = group_kwargs(self.cfg.data, drop=DATA_LOADER_KEYS)
         data = DATASETS.get(self.cfg.data.name)(**kwargs)
+        if data.num_classes is not None and data.num_classes < 2:
+            raise ConfigError(
+                f"data={self.cfg.data.name} has {data.num_classes} class: a classifier needs at "
+                "least 2 (check data.root and the class folders under train/)"
+            )
         if self.num_classes is None:
             self.num_classes = data.num_classes
         return data

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fst.engine.config import DATA_LOADER_KEYS, group_kwargs
+from fst.registry import group_kwargs
+from fst.types import DATA_LOADER_KEYS, ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -53,7 +54,7 @@ class DetectionTask(Task):
         if self.num_classes is None:
             self.num_classes = self.data.num_classes
         elif self.num_classes != self.data.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"model.num_classes={self.num_classes} but the {self.cfg.data.name} data has "
                 f"{self.data.num_classes} classes; set model.num_classes=null to infer it"
             )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fst.data import DATASETS
-from fst.engine.config import ConfigError
+from fst.types import ConfigError
 from tests.conftest import make_imagefolder
 
 
@@ -48,14 +48,26 @@ def test_imagefolder(tmp_path):
             ),
             "differ",
         ),
+        (
+            lambda r: make_imagefolder(r, classes=("a",)),
+            "only one class folder .'a'.: a classifier needs at least 2 classes",
+        ),
     ],
 )
 def test_imagefolder_layout_errors(tmp_path, setup, match):
+    """The dataset check protocol: ``DATASETS[name].check(**data)``, run once by the engine."""
     root = tmp_path / "data"
     setup(root)
     with pytest.raises(ConfigError, match=match) as e:
-        DATASETS.get("imagenet")(root=str(root))
+        DATASETS.get("imagenet").check(root=str(root))
     assert "train/<class_name>" in str(e.value) and "data=digits" in str(e.value)
+
+
+def test_imagefolder_num_classes_is_checked(tmp_path):
+    root = make_imagefolder(tmp_path, classes=("a", "b"), per_class=1, size=8)
+    assert DATASETS.get("imagenet").check(root=str(root), num_classes=2) == ["a", "b"]
+    with pytest.raises(ConfigError, match="data.num_classes=5 but .* has 2 class folders"):
+        DATASETS.get("imagenet").check(root=str(root), num_classes=5)
 
 
 def test_digits_hard_is_deterministic_and_corrupted():

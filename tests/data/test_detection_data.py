@@ -20,6 +20,7 @@ from fst.data.detection import (
     generate_shapes,
     parse_voc_xml,
 )
+from fst.types import ConfigError
 
 SMALL = dict(num_train=6, num_val=3, image_size=64)
 
@@ -137,7 +138,7 @@ def test_coco_missing_files_name_the_fix(tmp_path):
         CocoDetection(tmp_path, tmp_path / "nope.json")
     with pytest.raises(ValueError, match="data.root"):
         DATASETS["coco"](root=None)
-    with pytest.raises(FileNotFoundError, match="COCO 2017"):
+    with pytest.raises(ConfigError, match="COCO 2017"):
         DATASETS["coco"].check(root=str(tmp_path))
 
 
@@ -223,7 +224,7 @@ def test_voc_reader(tmp_path):
 def test_voc_errors_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="VOCdevkit"):
         VOCDetection(tmp_path, [("2007", "test")])
-    with pytest.raises(FileNotFoundError, match="VOCdevkit"):
+    with pytest.raises(ConfigError, match="VOCdevkit"):
         DATASETS["voc"].check(root=str(tmp_path))
     (tmp_path / "bad.xml").write_text(VOC_XML.replace("dog", "unicorn").format(w=4, h=4))
     with pytest.raises(ValueError, match="unicorn"):

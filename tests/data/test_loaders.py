@@ -14,6 +14,7 @@ from torchvision import transforms as T
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from fst.data import DATASETS, jpeg
+from fst.data.images import UnreadableImageError, load_image
 from fst.data.loaders import (
     DALI_UNAVAILABLE,
     LOADERS,
@@ -23,9 +24,8 @@ from fst.data.loaders import (
     read_encoded,
 )
 from fst.data.photos import PHOTOS, make_photo_folder
-from fst.engine.config import ConfigError
 from fst.engine.sampler import ResumableSampler
-from fst.engine.validate import UnreadableImageError, load_image
+from fst.types import ConfigError
 
 STD_255 = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1) * 255
 

@@ -175,8 +175,10 @@ def test_find_resume_falls_back_to_previous_good_checkpoint(tmp_path, caplog):
     assert found == d / "last.prev.pt"
     assert load_checkpoint(found)["step"] == 1
     assert "skipping checkpoint" in caplog.text and "last.pt" in caplog.text
-    # Both damaged: best.pt is not a resume point (an older state), so nothing is found.
+    # Both damaged (e.g. a full disk): the surviving best.pt is still a resume point.
     (d / "last.prev.pt").write_bytes(b"")
+    assert find_resume(tmp_path) == d / "best.pt"
+    (d / "best.pt").write_bytes(b"junk")
     assert find_resume(tmp_path) is None
 
 

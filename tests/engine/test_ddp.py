@@ -26,9 +26,9 @@ COMMON = [
 ]
 
 
-def _train(prefix: list[str], run_dir) -> None:
+def _train(prefix: list[str], *where: str) -> str:
     proc = subprocess.run(
-        [*prefix, "train.py", *COMMON, f"hydra.run.dir={run_dir}"],
+        [*prefix, "train.py", *COMMON, "name=ddp", *where],
         cwd=ROOT,
         env=subprocess_env(),
         capture_output=True,
@@ -36,12 +36,23 @@ def _train(prefix: list[str], run_dir) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    _train(torchrun, tmp_path / "ddp")
-    _train([sys.executable], tmp_path / "single")
+    # Each rank's Hydra makes its own directory (timestamped, so usually but not always the
+    # same; here made to differ by rank); only rank 0's may remain, and only rank 0 reports
+    # (issue 13 item 10): one run dir, each epoch/final line once.
+    root = tmp_path / "ddp_root"
+    out = _train(torchrun, f"output_root={root}", f"hydra.run.dir={root}/launch_${{oc.env:RANK,0}}")
+    assert sorted(p.name for p in root.iterdir()) == ["launch_0"]
+    run_dir = root / "launch_0"
+    assert (run_dir / "summary.json").is_file()
+    assert out.count("epoch 1/1: val/top1=") == 1, out[-3000:]
+    assert out.count("final val/top1:") == 1, out[-3000:]
+    (tmp_path / "ddp").symlink_to(run_dir)
+    _train([sys.executable], f"hydra.run.dir={tmp_path / 'single'}")
 
     ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)

@@ -1,4 +1,4 @@
-"""Preemption signals and the non-finite guard (unit level; end to end: tests/test_fault_tolerance.py)."""
+"""Preemption signals and the non-finite guard (unit level; end to end: tests/faults/)."""
 
 from __future__ import annotations
 
@@ -210,3 +210,37 @@ def test_submitit_signal_is_caught_and_handed_over_after_checkpoint():
         assert calls == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, prev)
+
+
+def test_sigint_is_handled_like_sigterm_and_exits_130():
+    from fst.engine.faults import INTERRUPTED_EXIT_CODE
+
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionHandler() as h:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: a flag, no KeyboardInterrupt mid-step
+        assert h.requested and h.signal_name == "SIGINT"
+        assert h.exit_code == INTERRUPTED_EXIT_CODE == 130
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: out at once
+            os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(SystemExit) as e:
+            h.exit_preempted()
+    assert e.value.code == 130
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_data_workers_ignore_ctrl_c():
+    # Ctrl-C reaches the whole process group; a worker must not die of it mid-step.
+    loader = torch.utils.data.DataLoader(
+        _Slow(),
+        batch_size=1,
+        num_workers=1,
+        multiprocessing_context="fork",
+        worker_init_fn=PreemptionHandler.worker_init_fn,
+    )
+    it = iter(loader)
+    assert int(next(it)) == 0
+    worker = it._workers[0]
+    os.kill(worker.pid, signal.SIGINT)
+    worker.join(timeout=1.0)
+    assert worker.is_alive()
+    assert [int(b) for b in it] == list(range(1, 8))

@@ -1,4 +1,4 @@
-"""Bad configs and bad data fail before training, each with a message that says what to change."""
+"""Bad configs and bad data paths fail before training, each with a message naming the fix."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fst.engine.validate import (
-    ConfigError,
-    SafeImageDataset,
-    UnreadableImageError,
-    backend_needs_cuda,
-    check_run_config,
-    load_image,
-)
+from fst.engine.validate import backend_needs_cuda, check_data, check_run_config
+from fst.types import ConfigError
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -46,9 +40,21 @@ def _imagefolder(root: Path, train=("a", "b"), val=("a", "b"), images=1) -> Path
     return root
 
 
+@pytest.fixture
+def cuda_only_backend(monkeypatch):
+    from fst.ops import BACKENDS
+
+    class CudaOnly:
+        needs_cuda = True
+
+    monkeypatch.setitem(BACKENDS._items, "sparse24", CudaOnly())
+
+
 def test_good_config_passes(tmp_path):
     check_run_config(_cfg())
-    check_run_config(_cfg(**{"data.name": "imagenet", "data.root": str(_imagefolder(tmp_path))}))
+    cfg = _cfg(**{"data.name": "imagenet", "data.root": str(_imagefolder(tmp_path))})
+    check_run_config(cfg)
+    check_data(cfg.data)
     check_run_config(
         _cfg(**{"data.batch_size": 64, "trainer.accumulate_grad_batches": 4}), world_size=2
     )
@@ -110,10 +116,13 @@ BAD_CONFIGS = [
         ["resume=/no/such/run: no such file or directory", "resume=auto"],
         id="resume-path-missing",
     ),
+]
+
+BAD_DATA = [
     pytest.param(
         {"data.name": "imagenet", "data.root": "???"},
         1,
-        ["data.root='None': not set", "ROOT/train/<class_name>/<image>.JPEG", "data=digits"],
+        ["data.root is not set", "ROOT/train/<class_name>/<image>.JPEG", "data=digits"],
         id="imagenet-root-unset",
     ),
     pytest.param(
@@ -175,14 +184,22 @@ def _layouts(tmp: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides, world_size, fragments", BAD_CONFIGS)
-def test_bad_config_is_refused_with_fix(tmp_path, overrides, world_size, fragments):
+def test_bad_config_is_refused_with_fix(overrides, world_size, fragments, cuda_only_backend):
+    with pytest.raises(ConfigError) as e:
+        check_run_config(_cfg(**overrides), world_size=world_size)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, world_size, fragments", BAD_DATA)
+def test_bad_data_is_refused_with_fix(tmp_path, overrides, world_size, fragments):
     _layouts(tmp_path)
     overrides = {
         k: v.replace("<tmp>", str(tmp_path)) if isinstance(v, str) else v
         for k, v in overrides.items()
     }
     with pytest.raises(ConfigError) as e:
-        check_run_config(_cfg(**overrides), world_size=world_size)
+        check_data(_cfg(**overrides).data)
     for fragment in fragments:
         assert fragment in str(e.value)
 
@@ -191,72 +208,15 @@ def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
 
-def test_dense_strategy_does_not_need_the_backend():
+def test_dense_strategy_does_not_need_the_backend(cuda_only_backend):
     check_run_config(_cfg(**{"backend.name": "sparse24", "sparsity.strategy": "dense"}))
 
 
-def test_backend_registry_decides_cuda_need():
+def test_backend_registry_decides_cuda_need(cuda_only_backend):
     assert not backend_needs_cuda("native") and not backend_needs_cuda("reference")
-    assert backend_needs_cuda("sparse24")  # unknown names are taken as CUDA-only
-
-
-def _folder_with_bad_image(root: Path) -> Path:
-    d = root / "a"
-    d.mkdir(parents=True)
-    for i in range(4):
-        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(d / f"{i}.png")
-    (d / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable
-    return root
-
-
-def test_load_image_names_the_file(tmp_path):
-    root = _folder_with_bad_image(tmp_path)
-    assert load_image(root / "a" / "0.png").size == (8, 8)
-    with pytest.raises(UnreadableImageError) as e:
-        load_image(root / "a" / "2.png")
-    assert str(root / "a" / "2.png") in str(e.value) and "data.on_error=skip" in str(e.value)
-    assert e.value.path == str(root / "a" / "2.png")
-
-
-def test_unreadable_images_are_skipped_counted_and_logged(tmp_path, caplog):
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
-
-    root = _folder_with_bad_image(tmp_path)
-    ds = SafeImageDataset(ImageFolder(root, transform=pil_to_tensor, loader=load_image), "skip")
-    assert len(ds) == 4 and ds.classes == ["a"]
-    with caplog.at_level("WARNING"):
-        items = [ds[i] for i in range(len(ds))]
-    assert ds.skipped == 1 and "2.png" in caplog.text
-    assert torch.equal(items[2][0], items[3][0])  # replaced by the next readable image
-    # Worker processes share the count.
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
-    assert sum(len(b[1]) for b in loader) == 4
-    assert ds.skipped == 2
-
-
-def test_unreadable_image_raises_with_on_error_raise(tmp_path):
-    from torchvision.datasets import ImageFolder
-
-    root = _folder_with_bad_image(tmp_path)
-    ds = SafeImageDataset(ImageFolder(root, loader=load_image), "raise")
-    ds[1]
-    with pytest.raises(UnreadableImageError, match="2.png"):
-        ds[2]
-
-
-def test_all_images_unreadable_is_an_error(tmp_path):
-    from torchvision.datasets import ImageFolder
-
-    d = tmp_path / "a"
-    d.mkdir()
-    for i in range(3):
-        (d / f"{i}.png").write_bytes(b"junk")
-    ds = SafeImageDataset(ImageFolder(tmp_path, loader=load_image), "skip", max_consecutive=5)
-    with pytest.raises(UnreadableImageError, match="3 unreadable images in a row"):
-        ds[0]
-    with pytest.raises(ConfigError, match="valid choices: skip, raise"):
-        SafeImageDataset(ds.dataset, "ignore")
+    assert backend_needs_cuda("sparse24")  # its registry entry says needs_cuda
+    with pytest.raises(ConfigError, match="unknown backend 'cutlass'.*valid choices: native"):
+        backend_needs_cuda("cutlass")
 
 
 def test_world_size_from_launcher_env(monkeypatch):

@@ -1,0 +1,911 @@
+"""The fault table: what can go wrong, what fst says, and the fix it names.
+
+Each ``Fault`` is run by ``tests/faults/test_faults.py``, which asserts the exit status, that
+the output contains every ``message`` fragment (the cause) and every ``fix`` fragment, and that
+the earlier result next to it (``harness.EARLIER``) kept every byte. ``check`` adds assertions
+of its own (what was or was not written). ``python tests/faults/table.py`` prints the table the
+README's "When things go wrong" section shows (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tests/faults/table.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+from tests.faults.harness import NAME, RUN, TINY, Env, Result, wait_for_step
+
+# Exit statuses (fst.engine.cli): 0 finished, 1 failed, 75 preempted, 130 interrupted (Ctrl-C).
+OK, FAILED, PREEMPTED, INTERRUPTED = 0, 1, 75, 130
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    area: str
+    cause: str  # what went wrong, for the README table
+    act: Callable[[Env], Result]
+    status: int
+    message: tuple[str, ...]  # fragments naming the cause
+    fix: tuple[str, ...]  # fragments naming the fix
+    check: Callable[[Env, Result], None] | None = None
+    slow: bool = False  # a subprocess run (seconds, not a fraction of one)
+    marks: tuple = field(default=())
+
+
+def train(*overrides: str, **kw) -> Callable[[Env], Result]:
+    return lambda env: env.train(*overrides, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers used by several faults
+# --------------------------------------------------------------------------------------------
+
+
+def nothing_written(env: Env, result: Result) -> None:
+    """A refused launch leaves nothing behind: no run directory, not even an empty one."""
+    assert env.runs() == [], env.runs()
+    assert env.new_paths() == [], env.new_paths()
+
+
+def _imagefolder(env: Env, **kw) -> Path:
+    from tests.conftest import make_imagefolder
+
+    return make_imagefolder(env.tmp / "imagenet", **kw)
+
+
+def _imagenet(*extra: str, damage: str | None = None) -> Callable[[Env], Result]:
+    """A run on a tiny ImageFolder tree; ``damage``: a file made unreadable first."""
+
+    def act(env: Env) -> Result:
+        root = _imagefolder(env, per_class=4, size=12)
+        if damage is not None:
+            (root / damage).write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+        return env.train(
+            "data=imagenet",
+            f"data.root={root}",
+            "data.image_size=8",
+            "data.resize_size=8",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+            "data.batch_size=4",
+            "data.val_batch_size=4",
+            *[e.replace("<root>", str(root)) for e in extra],
+        )
+
+    return act
+
+
+def _folders(root: Path, train: tuple, val: tuple, files: bool = True) -> None:
+    """``root/{train,val}/<class>/`` with one 8 px PNG each (none with ``files=False``)."""
+    from PIL import Image
+
+    for split, classes in (("train", train), ("val", val)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            if files:
+                Image.new("RGB", (8, 8)).save(root / split / c / "0.png")
+
+
+def _overrides(*overrides: str) -> Callable[[Env], Result]:
+    """What train.py does with the command line before Hydra composes it."""
+    from fst.engine.config import check_overrides
+
+    return lambda env: env.call(check_overrides, list(overrides))
+
+
+def _layout(make: Callable[[Path], None]) -> Callable[[Env], Result]:
+    def act(env: Env) -> Result:
+        root = env.tmp / "data"
+        make(root)
+        return env.train("data=imagenet", f"data.root={root}")
+
+    return act
+
+
+def _coco(edit: Callable[[dict], str | None]) -> Callable[[Env], Result]:
+    """A one-image COCO tree whose annotation file ``edit`` damages (returns raw text or None)."""
+
+    def act(env: Env) -> Result:
+        from PIL import Image
+
+        root = env.tmp / "coco"
+        for split in ("train2017", "val2017"):
+            (root / split).mkdir(parents=True)
+            Image.new("RGB", (32, 24)).save(root / split / "1.jpg")
+        (root / "annotations").mkdir()
+        blob = {
+            "images": [{"id": 1, "file_name": "1.jpg", "width": 32, "height": 24}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "annotations": [
+                {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 5], "iscrowd": 0}
+            ],
+        }
+        text = edit(blob)
+        for split in ("train2017", "val2017"):
+            path = root / "annotations" / f"instances_{split}.json"
+            path.write_text(text if text is not None else json.dumps(blob))
+        return env.train(
+            "task=detection",
+            "model=ssd300_vgg16",
+            "data=coco",
+            f"data.root={root}",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+            base=RUN,
+        )
+
+    return act
+
+
+def _set_ann(key: str, value) -> Callable[[dict], None]:
+    def edit(blob: dict) -> None:
+        if value is _DELETE:
+            del blob["annotations"][0][key]
+        else:
+            blob["annotations"][0][key] = value
+
+    return edit
+
+
+_DELETE = object()
+
+
+def _resume_with(make: Callable[[Env, Path], Path], *overrides: str):
+    """``resume=<a damaged or foreign copy of the earlier run's checkpoint>``."""
+
+    def act(env: Env) -> Result:
+        ckpt = make(env, env.checkpoint_copy())
+        return env.train(f"resume={ckpt}", *overrides)
+
+    return act
+
+
+def _truncate(env: Env, p: Path) -> Path:
+    p.write_bytes(p.read_bytes()[:5000])
+    return p
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickle_payload(env: Env, p: Path) -> Path:
+    state = torch.load(p, weights_only=True)
+    state["optimizer"] = {"state": {}, "hook": _Payload(env.tmp / "pwned")}
+    torch.save(state, p)
+    return p
+
+
+def _no_payload_ran(env: Env, result: Result) -> None:
+    assert not (env.tmp / "pwned").exists()
+    nothing_written(env, result)
+
+
+def _renamed_keys(env: Env, p: Path) -> Path:
+    state = torch.load(p, weights_only=True)
+    state["model"] = {
+        ("extra." + k if k.startswith("fc.") else k): v for k, v in state["model"].items()
+    }
+    torch.save(state, p)
+    return p
+
+
+def _plain_state_dict(env: Env, p: Path) -> Path:
+    torch.save(torch.load(p, weights_only=True)["model"], p)
+    return p
+
+
+def _damage_earlier(*names: str, how: str = "truncate") -> Callable[[Env], None]:
+    def damage(env: Env) -> None:
+        for name in names:
+            path = env.earlier / "checkpoints" / name
+            if how == "truncate":
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+            else:  # non-finite weights, still a valid file
+                state = torch.load(path, weights_only=True)
+                first = next(k for k, v in state["model"].items() if v.is_floating_point())
+                state["model"][first].fill_(float("nan"))
+                torch.save(state, path)
+
+    return damage
+
+
+def _auto_resume(damage: Callable[[Env], None] | None, *overrides: str):
+    """Continue the earlier run (``resume=auto``) after ``damage``: a run that may change it."""
+
+    def act(env: Env) -> Result:
+        if damage is not None:
+            damage(env)
+        env.before = _digest_except_checkpoints(env)  # the resumed run rewrites last.pt etc.
+        return env.train("resume=auto", "trainer.epochs=2", *overrides)
+
+    return act
+
+
+def _digest_except_checkpoints(env: Env) -> dict[str, str]:
+    """What a resume of the earlier run must keep: the metrics of the steps before the resume
+    point (step 1 at the earliest here), byte for byte; it rewrites the rest by design."""
+    lines = (env.earlier / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 1]
+    return {"metrics.jsonl": "\n".join(kept), "prefix": "1"}
+
+
+def _resumed_from(name: str) -> Callable[[Env, Result], None]:
+    def check(env: Env, result: Result) -> None:
+        assert f"resumed from {env.earlier / 'checkpoints' / name}" in result.text
+        state = torch.load(env.earlier / "checkpoints" / "last.pt", weights_only=True)
+        assert (state["epoch"], state["global_step"]) == (2, 4)  # continued to the end
+        assert env.runs() == []  # in the run's own directory, no new one
+
+    return check
+
+
+def _lr_applied(env: Env, result: Result) -> None:
+    """A changed optim.lr takes effect: the resumed steps log the new lr (constant schedule)."""
+    recs = [json.loads(x) for x in (env.earlier / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["train/lr"] for r in recs if "train/lr" in r and r["step"] > 2]
+    assert lrs and all(abs(lr - 0.005) < 1e-12 for lr in lrs), lrs
+    cfg = (env.earlier / "config_resolved.yaml").read_text()
+    assert "lr: 0.005" in cfg
+    assert (env.earlier / "config_resolved.step2.yaml").is_file()  # settings of steps 1-2
+
+
+def _disk_full_on_second_save(env: Env) -> Result:
+    """The second write of last.pt meets a full disk (a real ENOSPC: its temporary file is a
+    symlink to /dev/full)."""
+    import fst.engine.trainer as trainer_mod
+
+    real = trainer_mod.save_checkpoint
+    calls = []
+
+    def save(path, state, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            os.symlink("/dev/full", path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+        return real(path, state, **kw)
+
+    trainer_mod.save_checkpoint = save
+    try:
+        return env.train(
+            "trainer.checkpoint_every_n_steps=1",
+            "trainer.limit_train_batches=3",
+            run_dir=env.tmp / "run",
+        )
+    finally:
+        trainer_mod.save_checkpoint = real
+
+
+def _disk_full_kept_previous(env: Env, result: Result) -> None:
+    ckpts = env.tmp / "run" / "checkpoints"
+    state = torch.load(ckpts / "last.pt", weights_only=True)
+    assert state["global_step"] == 1  # the step-1 checkpoint survived, whole
+    assert [p.name for p in ckpts.iterdir() if ".tmp" in p.name] == []
+
+
+def _disk_full_metrics(env: Env) -> Result:
+    from fst.logging import jsonl
+
+    real = jsonl.JsonlWriter.__init__
+
+    def init(self, path):
+        real(self, path)
+        os.symlink("/dev/full", self.path)
+
+    jsonl.JsonlWriter.__init__ = init
+    try:
+        return env.train(run_dir=env.tmp / "run")
+    finally:
+        jsonl.JsonlWriter.__init__ = real
+
+
+def _stale_tmp(env: Env) -> Result:
+    """A writer killed mid-write left ``.last.pt.tmp-<pid>``; the next run of the directory
+    removes it."""
+    stale = env.earlier / "checkpoints" / ".last.pt.tmp-999999"
+    stale.write_bytes(b"half a checkpoint")
+    (env.earlier / "summary.json.tmp").write_text("{")
+    env.before = _digest_except_checkpoints(env)
+    result = env.train("resume=auto", "trainer.epochs=2")
+    assert not stale.exists() and not (env.earlier / "summary.json.tmp").exists()
+    return result
+
+
+def _held(resume: bool) -> Callable[[Env], Result]:
+    """Another live writer holds the directory (its lock); here the holder is this process
+    through a second open file description, which flock treats as a separate owner."""
+
+    def act(env: Env) -> Result:
+        from fst.engine.rundir import claim
+
+        holder = claim(env.earlier, resume=True)
+        try:
+            if resume:
+                return env.train("resume=auto", "trainer.epochs=2")
+            return env.train(run_dir=env.earlier)
+        finally:
+            holder.release()
+
+    return act
+
+
+def _second_dir_used(env: Env, result: Result) -> None:
+    (run,) = env.runs()
+    assert run.name == env.earlier.name + "_2", run
+
+
+def _sigint_external(env: Env) -> Result:
+    """Ctrl-C from outside a real process, during training."""
+    run = env.out / NAME / "seed0" / "interrupted"
+    proc = env.popen(
+        "train.py",
+        *TINY,
+        f"output_root={env.out}",
+        f"hydra.run.dir={run}",
+        "trainer.limit_train_batches=50",
+        "data.batch_size=4",
+    )
+    try:
+        wait_for_step(run / "metrics.jsonl", 1, proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return Result(proc.returncode, out)
+
+
+def _checkpointed(step_min: int) -> Callable[[Env, Result], None]:
+    def check(env: Env, result: Result) -> None:
+        (run,) = env.runs()
+        state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+        assert state["global_step"] >= step_min and state["step_in_epoch"] >= 1
+        assert not (run / "summary.json").exists()
+
+    return check
+
+
+def _sigkill_then_resume(env: Env) -> Result:
+    """SIGKILL (no handler can run) mid-training; resume=auto continues from the newest
+    checkpoint that survived."""
+    run = env.out / NAME / "seed1" / "killed"
+    common = ("seed=1", "trainer.checkpoint_every_n_steps=1", "data.batch_size=4")
+    proc = env.popen(
+        "train.py", *TINY, f"output_root={env.out}", f"hydra.run.dir={run}", *common,
+        "trainer.limit_train_batches=50",
+    )  # fmt: skip
+    try:
+        wait_for_step(run / "metrics.jsonl", 2, proc)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run / "checkpoints" / ".last.pt.tmp-1").write_bytes(b"torn")  # as if killed mid-write
+    return env.train("resume=auto", *common, "trainer.limit_train_batches=50", run_dir=run)
+
+
+def _resumed_after_kill(env: Env, result: Result) -> None:
+    run = env.out / NAME / "seed1" / "killed"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 50 and "resumed from" in result.text
+
+
+def _concurrent(env: Env) -> Result:
+    """Three runs started at once into one directory (a shared hydra.run.dir)."""
+    shared = env.tmp / "shared"
+    procs = [
+        env.popen(
+            "train.py", *TINY, f"output_root={env.out}", f"hydra.run.dir={shared}", f"optim.lr={lr}"
+        )  # fmt: skip
+        for lr in (0.01, 0.02, 0.03)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    status = max(p.returncode for p in procs)
+    return Result(status, "\n".join(outs))
+
+
+def _concurrent_own_dirs(env: Env, result: Result) -> None:
+    dirs = sorted(p.parent for p in env.tmp.glob("shared*/summary.json"))
+    assert [d.name for d in dirs] == ["shared", "shared_2", "shared_3"], dirs
+    lrs = set()
+    for d in dirs:
+        cfg = (d / "config_resolved.yaml").read_text()
+        lrs.add(next(line for line in cfg.splitlines() if line.strip().startswith("lr:")))
+        steps = [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(steps)  # one writer per metrics.jsonl: no interleaving
+    assert len(lrs) == 3  # each directory holds its own run's config
+
+
+def _wandb_unreachable(env: Env) -> Result:
+    return env.train_cli(
+        "logger=wandb",
+        "logger.wandb.mode=online",
+        f"hydra.run.dir={env.tmp / 'run'}",
+        env={
+            "HOME": str(env.tmp / "home"),  # no ~/.netrc login
+            "WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+            "WANDB_BASE_URL": "http://127.0.0.1:9",  # nothing listens on the discard port
+            "WANDB_INIT_TIMEOUT": "5",
+            "WANDB_MODE": None,
+        },
+    )
+
+
+def _wandb_offline_record(env: Env, result: Result) -> None:
+    run = env.tmp / "run"
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B record"
+    assert "in use" not in result.text
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:2] == [1, 2]
+    key = b"0123456789abcdef0123456789abcdef01234567"
+    assert not [p for p in run.rglob("*") if p.is_file() and key in p.read_bytes()]
+
+
+def _wandb_missing(env: Env) -> Result:
+    saved = sys.modules.get("wandb")
+    sys.modules["wandb"] = None  # `import wandb` raises ImportError
+    try:
+        return env.train("logger=wandb", run_dir=env.tmp / "run")
+    finally:
+        if saved is not None:
+            sys.modules["wandb"] = saved
+        else:
+            sys.modules.pop("wandb", None)
+
+
+def _jsonl_complete(env: Env, result: Result) -> None:
+    recs = (env.tmp / "run" / "metrics.jsonl").read_text()
+    assert '"train/loss"' in recs and '"val/top1"' in recs
+
+
+def _ddp_rank0_failure(env: Env) -> Result:
+    """Rank 0 finds the data missing while rank 1 waits for it: both must stop, once."""
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    return env.cli(
+        "train.py", *TINY, f"output_root={env.out}", "data=imagenet",
+        f"data.root={env.tmp / 'missing'}", prefix=torchrun, timeout=300,
+    )  # fmt: skip
+
+
+def _once(fragment: str) -> Callable[[Env, Result], None]:
+    def check(env: Env, result: Result) -> None:
+        assert result.text.count(fragment) == 1, result.text
+        nothing_written(env, result)
+
+    return check
+
+
+def _ddp_batch(env: Env) -> Result:
+    os.environ["WORLD_SIZE"] = "2"
+    try:
+        return env.train("data.batch_size=7")
+    finally:
+        del os.environ["WORLD_SIZE"]
+
+
+def _nan_named_checkpoint_finite(env: Env, result: Result) -> None:
+    (run,) = env.runs()
+    last = run / "checkpoints" / "last.pt"
+    assert f"last good checkpoint: {last}" in result.text
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 2
+    assert all(v.isfinite().all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _diverged_not_best(env: Env, result: Result) -> None:
+    """lr=1e4: weights reach ~1e29, validation is NaN. No NaN metric is "best", the epoch is not
+    checkpointed, and the error names no unvalidated checkpoint as good."""
+    (run,) = env.runs()
+    ckpts = run / "checkpoints"
+    assert not (ckpts / "best.pt").exists()
+    for p in ckpts.glob("*.pt"):
+        assert torch.load(p, weights_only=True)["validated"] is False
+    assert "last good checkpoint: None" in result.text
+
+
+def _tampered_export(env: Env) -> Result:
+    from fst.masks import is_nm
+
+    export = env.tmp / "deploy.pt"
+    first = env.eval(f"checkpoint={env.earlier}", f"export={export}")
+    assert first.status == 0, first
+    sd = torch.load(export, weights_only=True)
+    w = sd["layer1.0.conv1.weight"]
+    w.view(w.shape[0], -1)[0, :4] = torch.tensor([1.0, 2.0, 3.0, 0.0])  # 3 of 4 kept
+    assert not is_nm(w.reshape(w.shape[0], -1), dim=1)
+    torch.save(sd, env.tmp / "tampered.pt")
+    return env.eval(f"checkpoint={env.earlier}", f"weights={env.tmp / 'tampered.pt'}")
+
+
+def _eval_ok(env: Env) -> Result:
+    export = env.tmp / "deploy.pt"
+    first = env.eval(f"checkpoint={env.earlier}", f"export={export}")
+    assert first.status == 0 and "nm_ok: True" in first.text, first
+    return env.eval(f"checkpoint={env.earlier}", f"weights={export}")
+
+
+def _eval_saw_stored(env: Env, result: Result) -> None:
+    assert "nm_ok: True" in result.text and "nm_layers_checked: 21" in result.text
+    assert f"weights as stored in {env.tmp / 'deploy.pt'}" in result.text
+
+
+def _resume_without_root(env: Env) -> Result:
+    """``+experiment=fst_resnet18 resume=auto``: the run of that name and seed supplies
+    ``data.root`` (and everything else the command leaves unset)."""
+    root = _imagefolder(env, per_class=4, size=12)
+    shrink = ("model.width=8", "data.image_size=8", "data.resize_size=8", "data.batch_size=4",
+              "data.val_batch_size=4", "data.num_workers=0", "trainer.grad_clip_norm=1.0")  # fmt: skip
+    base = tuple(o for o in RUN if not o.startswith("name="))  # the experiment's own name
+    first = env.train("+experiment=fst_resnet18", f"data.root={root}", *shrink, base=base)
+    assert first.status == 0, first
+    return env.train("+experiment=fst_resnet18", "resume=auto", "trainer.epochs=2", *shrink,
+                     base=base)  # fmt: skip
+
+
+def _resumed_imagenet(env: Env, result: Result) -> None:
+    (run,) = env.runs()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 * 2 and summary["name"] == "fst_resnet18"
+    cfg = json.loads(
+        json.dumps(torch.load(run / "checkpoints" / "last.pt", weights_only=True)["config"])
+    )
+    assert cfg["data"]["root"] == str(env.tmp / "imagenet")
+
+
+def _resume_epochs(env: Env) -> Result:
+    """The earlier run finished 1 epoch; make it 2, then ask for 1."""
+    first = env.train("resume=auto", "trainer.epochs=2")
+    assert first.status == 0, first
+    env.before = _digest_except_checkpoints(env)
+    return env.train("resume=auto", "trainer.epochs=1")
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+FIX_KEYS = "valid keys for trainer"
+# fmt: off
+FAULTS: list[Fault] = [
+    # ---------------------------------------------------------------- config
+    Fault("config-misspelt-key", "config", "a misspelt key (`trainer.epohcs=3`)",
+          _overrides("trainer.epohcs=3"), FAILED, ("unknown config key trainer.epohcs",),
+          ("did you mean trainer.epochs?",), nothing_written),
+    Fault("config-unknown-key", "config", "an unknown key added (`+trainer.epohcs=3`)",
+          train("+trainer.epohcs=3"), FAILED, ("unknown config key trainer.epohcs",),
+          (FIX_KEYS, "epochs"), nothing_written),
+    Fault("config-wrong-type", "config", "a value of the wrong type (`trainer.epochs=three`)",
+          train("trainer.epochs=three"), FAILED, ("trainer.epochs='three' is not a valid int",),
+          ("e.g. trainer.epochs=120",), nothing_written),
+    Fault("config-unknown-option", "config", "an unknown group option (`sparsity=fts`)",
+          lambda env: env.train_cli("sparsity=fts"), FAILED,
+          ("Could not find 'sparsity/fts'",), ("Available options in 'sparsity'", "fst2"),
+          nothing_written, slow=True),
+    Fault("config-unknown-strategy", "config", "an unknown strategy name",
+          train("sparsity.strategy=fts"), FAILED, ("unknown strategy 'fts' at sparsity.strategy",),
+          ("valid choices: dense, fst",), nothing_written),
+    Fault("config-unknown-backend", "config", "an unknown backend", train("backend.name=cutlass"),
+          FAILED, ("unknown backend 'cutlass'",), ("valid choices: native, reference",),
+          nothing_written),
+    Fault("config-unknown-model", "config", "an unknown model", train("model.name=resnet19"),
+          FAILED, ("unknown model 'resnet19' at model.name",), ("valid choices:", "resnet18"),
+          nothing_written),
+    Fault("config-unknown-dataset", "config", "an unknown dataset", train("data.name=imagenet1k"),
+          FAILED, ("unknown dataset 'imagenet1k' at data.name",), ("valid choices:", "digits"),
+          nothing_written),
+    Fault("config-batch-split", "config",
+          "a global batch not divisible by processes x accumulation",
+          train("data.batch_size=50", "trainer.accumulate_grad_batches=4"), FAILED,
+          ("data.batch_size=50 (global) is not divisible by",), ("use data.batch_size=48 or 52",),
+          nothing_written),
+    Fault("config-fp16-on-cpu", "config", "float16 precision without a GPU",
+          train("trainer.precision=16"), FAILED, ("trainer.precision=16", "needs a CUDA device"),
+          ("use trainer.precision=32",), nothing_written),
+    Fault("config-cuda-without-gpu", "config", "`trainer.device=cuda` on a machine without CUDA",
+          train("trainer.device=cuda"), FAILED, ("CUDA is not available",),
+          ("use trainer.device=cpu",), nothing_written,
+          marks=("skip_if_cuda",)),
+    Fault("config-epochs-zero", "config", "`trainer.epochs=0`", train("trainer.epochs=0"), FAILED,
+          ("trainer.epochs=0: a run trains at least 1 epoch",), ("use eval.py checkpoint=PATH",),
+          nothing_written),
+    Fault("config-no-train-batches", "config", "`trainer.limit_train_batches=0`",
+          train("trainer.limit_train_batches=0"), FAILED, ("trainer.limit_train_batches=0",),
+          ("at least 1 optimizer step per epoch, or null",), nothing_written),
+    Fault("config-negative-clip", "config", "a negative `trainer.grad_clip_norm` (gradient ascent)",
+          train("trainer.grad_clip_norm=-1"), FAILED,
+          ("trainer.grad_clip_norm=-1", "would flip or zero every update"),
+          ("Use null for no clipping", "e.g. 1.0"), nothing_written),
+    Fault("config-lr-zero", "config", "`optim.lr=0` (nothing would train)", train("optim.lr=0"),
+          FAILED, ("optim.lr=0", "the weights never improve"), ("use a positive lr",),
+          nothing_written),
+    Fault("config-negative-decay", "config", "a negative SR-STE decay",
+          train("sparsity.decay=-1"), FAILED, ("sparsity.decay=-1",), ("a number >= 0",),
+          nothing_written),
+    Fault("config-exclude-not-list", "config", "`sparsity.exclude=conv1` (a string, not a list)",
+          train("sparsity.exclude=conv1"), FAILED, ("sparsity.exclude must be a list",),
+          ("e.g. [conv1, fc]",), nothing_written),
+    Fault("config-option-ignored", "config", "a strategy option the strategy ignores",
+          train("sparsity=srste", "+sparsity.ir_coef=0.5"), FAILED,
+          ("sparsity.ir_coef=0.5 has no effect with strategy 'srste'",),
+          ("drop it, or choose a strategy that uses it: fst, fst_noir, fst_released",),
+          nothing_written),
+    Fault("config-option-misspelt", "config", "a misspelt strategy option",
+          train("+sparsity.ir_coeff=0.5"), FAILED, ("unknown config key sparsity.ir_coeff",),
+          ("valid keys for sparsity", "ir_coef"), nothing_written),
+    Fault("config-wandb-mode", "config", "an unknown W&B mode",
+          train("logger=wandb", "logger.wandb.mode=onlin"), FAILED,
+          ("logger.wandb.mode='onlin'",), ("valid choices: offline, online, disabled",),
+          nothing_written),
+    Fault("config-resume-missing", "config", "`resume=` a path that does not exist",
+          train("resume=/no/such/run/last.pt"), FAILED,
+          ("resume=/no/such/run/last.pt: no such file or directory",),
+          ("resume=auto", "or leave it null"), nothing_written),
+    Fault("config-ddp-batch", "ddp", "a global batch that 2 processes cannot split",
+          _ddp_batch, FAILED, ("data.batch_size=7 (global) is not divisible by 2 process(es)",),
+          ("use data.batch_size=6 or 8",), nothing_written),
+    Fault("config-pretrained-missing", "config", "`model.pretrained=` a file that does not exist",
+          train("model.pretrained=/no/such/weights.pt"), FAILED,
+          ("model.pretrained='/no/such/weights.pt' does not exist",),
+          ("only read from a local file",), nothing_written),
+    # ---------------------------------------------------------------- data
+    Fault("data-batch-too-large", "data", "a global batch larger than the training set",
+          train("data.batch_size=4096"), FAILED,
+          ("the training set has 1437 samples, fewer than one global batch",),
+          ("lower data.batch_size",), nothing_written),
+    Fault("data-root-unset", "data", "`data=imagenet` without `data.root`",
+          train("data=imagenet"), FAILED, ("data.root is not set",),
+          ("pass data.root=/path/to/imagenet", "ROOT/train/<class_name>/<image>.JPEG",
+           "data=digits"), nothing_written),
+    Fault("data-root-missing", "data", "`data.root` that does not exist",
+          train("data=imagenet", "data.root=/no/such/imagenet"), FAILED,
+          ("data.root='/no/such/imagenet': no such directory",), ("Expected ImageFolder layout",),
+          nothing_written),
+    Fault("data-no-val", "data", "an ImageFolder tree without `val/`",
+          _layout(lambda r: _folders(r, train=("a", "b"), val=())), FAILED,
+          ("missing val/ folder",), ("ROOT/val/<class_name>/<image>.JPEG",), nothing_written),
+    Fault("data-class-mismatch", "data", "train/ and val/ with different class folders",
+          _layout(lambda r: _folders(r, train=("a", "b"), val=("a", "c"))), FAILED,
+          ("train/ and val/ class folders differ (e.g. ['b', 'c'])",),
+          ("same class folders as train/",), nothing_written),
+    Fault("data-empty-class", "data", "a class folder without images",
+          _layout(lambda r: _folders(r, train=("a", "b"), val=("a", "b"), files=False)), FAILED,
+          ("train/a holds no images",), ("Expected ImageFolder layout",), nothing_written),
+    Fault("data-one-class", "data", "one-class data (a classifier needs two)",
+          _layout(lambda r: _folders(r, train=("a",), val=("a",))), FAILED,
+          ("only one class folder ('a')", "a classifier needs at least 2 classes"),
+          ("Expected ImageFolder layout",), nothing_written),
+    Fault("data-num-classes", "data", "`data.num_classes` different from the class folders",
+          _imagenet("data.num_classes=5"), FAILED, ("data.num_classes=5 but",),
+          ("set data.num_classes=3 (or null to count them)",), nothing_written),
+    Fault("data-unreadable-raise", "data", "an unreadable image (`data.on_error=raise`)",
+          _imagenet("data.on_error=raise", damage="train/dog/1.png"), FAILED,
+          ("cannot read image", "dog/1.png"), ("data.on_error=skip skips unreadable images",)),
+    Fault("data-unreadable-skip", "data", "an unreadable image (`data.on_error=skip`)",
+          _imagenet("data.on_error=skip", damage="train/dog/1.png"), OK,
+          ("skipping unreadable image (1 so far", "dog/1.png"),
+          ("unreadable_images_skipped",)),
+    Fault("data-bad-on-error", "data", "an unknown `data.on_error`",
+          _imagenet("data.on_error=ignore"), FAILED, ("data.on_error='ignore'",),
+          ("valid choices: skip, raise",), nothing_written),
+    Fault("data-coco-bad-json", "data", "a COCO annotation file that is not valid JSON",
+          _coco(lambda blob: json.dumps(blob)[:-20]), FAILED,
+          ("instances_train2017.json is not valid JSON", "line 1"),
+          ("download or generate it again",), nothing_written),
+    Fault("data-coco-unknown-category", "data", "a COCO annotation with an unknown category id",
+          _coco(_set_ann("category_id", 99)), FAILED,
+          ("annotation id 7 (image 1) has category_id 99", "ids: 1, 2"),
+          ("add that category or fix or remove that annotation",), nothing_written),
+    Fault("data-coco-missing-bbox", "data", "a COCO annotation without `bbox`",
+          _coco(_set_ann("bbox", _DELETE)), FAILED, ("annotation id 7 has no 'bbox'",),
+          ("bbox: [x, y, width, height]", "fix or remove that annotation"), nothing_written),
+    Fault("data-coco-nan-box", "data", "a COCO box with NaN coordinates",
+          _coco(_set_ann("bbox", [float("nan"), 2, 10, 5])), FAILED,
+          ("annotation id 7 (image 1) has bbox [nan, 2, 10, 5]",),
+          ("4 finite numbers", "fix or remove that annotation"), nothing_written),
+    Fault("data-voc-missing", "data", "a VOC root without the VOCdevkit layout",
+          lambda env: env.train("task=detection", "model=ssd300_vgg16", "data=voc",
+                                f"data.root={env.tmp}", base=RUN), FAILED,
+          ("VOC2007/ImageSets/Main/trainval.txt not found",),
+          ("data.root must be the VOCdevkit folder",), nothing_written),
+    # ---------------------------------------------------------------- checkpoints and resume
+    Fault("ckpt-truncated", "checkpoint", "`resume=` a truncated checkpoint",
+          _resume_with(_truncate), FAILED, ("copy_last.pt is truncated or corrupt",),
+          ("Resume from an earlier checkpoint or start the run again",), nothing_written),
+    Fault("ckpt-pickle-payload", "checkpoint", "a checkpoint with a pickled code payload",
+          _resume_with(_pickle_payload), FAILED,
+          ("refusing to load", "global posix.system", "arbitrary code"),
+          ("re-save its tensors as a plain state_dict",), _no_payload_ran),
+    Fault("ckpt-other-strategy", "resume", "resuming with another strategy",
+          _resume_with(lambda env, p: p, "sparsity=dense"), FAILED,
+          ("sparsity.strategy: checkpoint 'fst' vs this run 'dense'",),
+          ("drop those overrides", "or start a new run (resume=null)"), nothing_written),
+    Fault("ckpt-other-decay", "resume", "resuming with another SR-STE decay",
+          _resume_with(lambda env, p: p, "sparsity.decay=4e-4"), FAILED,
+          ("sparsity.decay: checkpoint 0.0002 vs this run 0.0004",), ("drop those overrides",),
+          nothing_written),
+    Fault("ckpt-other-exclude", "resume", "resuming with other dense layers (`exclude`)",
+          _resume_with(lambda env, p: p, "sparsity.exclude=[fc]"), FAILED,
+          ("sparsity.exclude: checkpoint [] vs this run ['fc']",), ("drop those overrides",),
+          nothing_written),
+    Fault("ckpt-other-option", "resume", "resuming with another strategy option",
+          _resume_with(lambda env, p: p, "+sparsity.ir_coef=0.5"), FAILED,
+          ("sparsity.ir_coef: checkpoint 1.0 vs this run 0.5",),
+          ("drop those overrides",), nothing_written),
+    Fault("ckpt-other-model", "resume", "resuming a different model",
+          _resume_with(lambda env, p: p, "model.width=16"), FAILED,
+          ("model.width: checkpoint 8 vs this run 16",), ("drop those overrides",),
+          nothing_written),
+    Fault("ckpt-other-seed", "resume", "resuming with another seed",
+          _resume_with(lambda env, p: p, "seed=3"), FAILED, ("seed: checkpoint 0 vs this run 3",),
+          ("drop those overrides",), nothing_written),
+    Fault("ckpt-other-batch", "resume", "resuming with another global batch",
+          _resume_with(lambda env, p: p, "data.batch_size=16"), FAILED,
+          ("data.batch_size: checkpoint 8 vs this run 16",),
+          ("Settings that may change on resume: optim.lr",), nothing_written),
+    Fault("ckpt-renamed-keys", "checkpoint", "a checkpoint whose weights do not fit the model",
+          _resume_with(_renamed_keys), FAILED,
+          ("does not fit the model", "missing keys (2): fc.weight, fc.bias"),
+          ("different model",), nothing_written),
+    Fault("ckpt-plain-state-dict", "checkpoint", "`resume=` a plain state_dict",
+          _resume_with(_plain_state_dict), FAILED, ("has no 'meta'",),
+          ("use model.pretrained=<file>",), nothing_written),
+    Fault("ckpt-empty-dir", "checkpoint", "`resume=` a directory without checkpoints",
+          lambda env: (env.tmp / "empty").mkdir() or env.train(f"resume={env.tmp / 'empty'}"),
+          FAILED, ("no loadable checkpoint in that directory",),
+          ("pass a checkpoint file, or resume=null",), nothing_written),
+    Fault("ckpt-fewer-epochs", "resume", "resuming with fewer epochs than were done",
+          _resume_epochs, FAILED,
+          ("has already finished 2 epochs",), ("resume with trainer.epochs=2 or more",)),
+    Fault("resume-auto-no-run", "resume", "`resume=auto` with no run to continue, data unset",
+          train("+experiment=fst_resnet18", "name=other", "resume=auto"), FAILED,
+          ("resume=auto found no checkpoint of run 'other' seed 0", "data.root is not set"),
+          ("pass data.root=/path/to/imagenet",), nothing_written),
+    Fault("resume-data-root-from-checkpoint", "resume",
+          "`resume=auto` without `data.root` (the README's resume command)",
+          _resume_without_root, OK, ("data.root=", "taken from the checkpoint's config"),
+          ("resumed from",), _resumed_imagenet),
+    Fault("resume-last-corrupt", "resume", "`last.pt` truncated (e.g. disk full)",
+          _auto_resume(_damage_earlier("last.pt")), OK,
+          ("skipping checkpoint", "last.pt is truncated or corrupt"),
+          ("resume=auto falls back to it",),
+          _resumed_from("last.prev.pt")),
+    Fault("resume-only-best", "resume", "`last.pt` and `last.prev.pt` both damaged",
+          _auto_resume(_damage_earlier("last.pt", "last.prev.pt")), OK,
+          ("last.prev.pt is truncated or corrupt",), ("resumed from", "checkpoints/best.pt"),
+          _resumed_from("best.pt")),
+    Fault("resume-nonfinite-last", "resume", "`last.pt` holding NaN weights",
+          _auto_resume(_damage_earlier("last.pt", how="nan")), OK,
+          ("non-finite weights in 1 tensor(s)",), ("resumed from", "last.prev.pt"),
+          _resumed_from("last.prev.pt")),
+    Fault("resume-lr-changed", "resume", "resuming with a lower learning rate (applied)",
+          _auto_resume(None, "optim.lr=0.005", "sched=constant"), OK,
+          ("applying changed settings", "optim.lr: 0.02 -> 0.005"),
+          ("sched.name: 'cosine' -> 'constant'",),
+          _lr_applied),
+    Fault("resume-busy", "concurrency", "`resume=auto` of a run another process is writing",
+          _held(resume=True), FAILED, ("is in use by process",),
+          ("Wait for it to finish (or stop it)",)),
+    Fault("rundir-busy", "concurrency", "a new run into a directory another process is writing",
+          _held(resume=False), OK, ("is in use by process",), ("this run writes to",),
+          _second_dir_used),
+    Fault("rundir-reused", "concurrency", "a new run into a directory holding a finished run",
+          lambda env: env.train(run_dir=env.earlier), OK,
+          ("holds an earlier run (metrics.jsonl, summary.json",), ("this run writes to",),
+          _second_dir_used),
+    Fault("rundir-concurrent", "concurrency", "three runs started at once into one directory",
+          _concurrent, OK, ("this run writes to",), ("shared_2", "shared_3"),
+          _concurrent_own_dirs, slow=True),
+    # ---------------------------------------------------------------- eval
+    Fault("eval-tampered-export", "eval", "2:4 weights modified after export (eval.py)",
+          _tampered_export, FAILED, ("NOT 2:4", "layer1.0.conv1 (along Ci*kh*kw)"),
+          ("re-export them", "export=FILE")),
+    Fault("eval-run-dir", "eval", "`eval.py checkpoint=<run dir>` (handled: its best.pt)",
+          _eval_ok, OK, ("checkpoint:", "best.pt"), ("nm_checked: weights as stored in",),
+          _eval_saw_stored),
+    Fault("eval-not-training-ckpt", "eval", "`eval.py` on a plain state_dict",
+          lambda env: env.eval(f"checkpoint={_plain_state_dict(env, env.checkpoint_copy())}"),
+          FAILED, ("is not a checkpoint written by train.py",), ("pass it as weights=",)),
+    Fault("eval-missing", "eval", "`eval.py` on a path that does not exist",
+          lambda env: env.eval(f"checkpoint={env.tmp / 'nope.pt'}"), FAILED,
+          ("no such checkpoint file or run directory",), ("or the run directory",)),
+    # ---------------------------------------------------------------- divergence
+    Fault("nan-train-loss", "divergence", "a NaN training loss",
+          train("trainer.debug_nan_at_step=3", "trainer.limit_train_batches=4",
+                "trainer.checkpoint_every_n_steps=1"), FAILED,
+          ("non-finite values at step 3", "loss is nan", "backward first met it in layer 'fc'"),
+          ("Lower the learning rate", "trainer.grad_clip_norm"), _nan_named_checkpoint_finite),
+    Fault("nan-val-loss", "divergence", "divergence that shows in validation (`optim.lr=1e4`)",
+          train("optim.lr=1e4", "sched=constant", "trainer.checkpoint_every_n_steps=1",
+                "trainer.limit_train_batches=4"), FAILED,
+          ("non-finite validation metrics after epoch 1", "val/loss=nan", "nothing of this epoch"),
+          ("Lower the learning rate",), _diverged_not_best),
+    Fault("nan-skipped", "divergence", "a NaN batch with `trainer.skip_nonfinite=true`",
+          train("trainer.debug_nan_at_step=2", "trainer.skip_nonfinite=true"), OK,
+          ("skipping batch (1 skipped so far)",), ("trainer.skip_nonfinite=true",)),
+    Fault("nan-too-many-skips", "divergence", "more NaN batches than `max_nonfinite_skips`",
+          train("trainer.debug_nan_at_step=2", "trainer.skip_nonfinite=true",
+                "trainer.max_nonfinite_skips=0"), FAILED,
+          ("1 batches with non-finite values (more than max_skips=0)",),
+          ("Lower the learning rate",)),
+    # ---------------------------------------------------------------- signals
+    Fault("signal-sigterm", "signal", "SIGTERM mid-epoch (preemption)",
+          train("trainer.debug_signal_at_step=1"), PREEMPTED,
+          ("received SIGTERM", "checkpoint written, exiting with status 75"), ("resume=auto",),
+          _checkpointed(1)),
+    Fault("signal-sigusr1", "signal", "SLURM's warning signal SIGUSR1",
+          train("trainer.debug_signal_at_step=1", "trainer.debug_signal=SIGUSR1"), PREEMPTED,
+          ("received SIGUSR1",), ("resume=auto",), _checkpointed(1)),
+    Fault("signal-sigint", "signal", "Ctrl-C (SIGINT) mid-epoch",
+          train("trainer.debug_signal_at_step=1", "trainer.debug_signal=SIGINT"), INTERRUPTED,
+          ("received SIGINT", "exiting with status 130"), ("resume=auto",), _checkpointed(1)),
+    Fault("signal-sigint-process", "signal", "Ctrl-C sent to a real training process",
+          _sigint_external, INTERRUPTED, ("received SIGINT", "checkpoint written"),
+          ("resume=auto",), _checkpointed(1), slow=True),
+    Fault("signal-sigkill", "signal", "SIGKILL mid-training, then `resume=auto`",
+          _sigkill_then_resume, OK, ("removed", ".last.pt.tmp-1", "killed"), ("resumed from",),
+          _resumed_after_kill, slow=True),
+    # ---------------------------------------------------------------- disk
+    Fault("disk-full-checkpoint", "disk", "the disk fills up while `last.pt` is written",
+          _disk_full_on_second_save, FAILED,
+          ("cannot write checkpoint", "last.pt: the disk is full (errno 28"),
+          ("previous last.pt is intact", "Free space under", "resume=auto"),
+          _disk_full_kept_previous),
+    Fault("disk-full-metrics", "disk", "the disk is full when `metrics.jsonl` is appended",
+          _disk_full_metrics, FAILED, ("cannot write", "metrics.jsonl: No space left on device"),
+          ("Free space under", "resume=auto")),
+    Fault("disk-stale-tmp", "disk", "temporary files left by a killed writer",
+          _stale_tmp, OK, ("removed", ".last.pt.tmp-999999", "a writer that was killed"),
+          ("resumed from",)),
+    # ---------------------------------------------------------------- W&B
+    Fault("wandb-unreachable", "wandb", "W&B online but the service unreachable",
+          _wandb_unreachable, OK, ("W&B online start failed",), ("falling back to offline",),
+          _wandb_offline_record, slow=True),
+    Fault("wandb-missing", "wandb", "`logger=wandb` without the wandb package",
+          _wandb_missing, OK, ("W&B unavailable",), ("logging to metrics.jsonl only",),
+          _jsonl_complete),
+    # ---------------------------------------------------------------- DDP
+    Fault("ddp-rank0-data-missing", "ddp", "2 DDP processes, data missing (rank 0 checks)",
+          _ddp_rank0_failure, FAILED, ("error: data.root=",),
+          ("Expected ImageFolder layout",), _once("error: data.root="), slow=True),
+]
+# fmt: on
+
+
+AREAS = ("config", "data", "checkpoint", "resume", "signal", "disk", "concurrency", "wandb",
+         "ddp", "divergence", "eval")  # fmt: skip
+
+
+def markdown_table() -> str:
+    """The README's table: one row per fault (cause -> message -> fix)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = [
+        "| area | cause | exit | fst says (excerpt) | fix it names |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for f in FAULTS:
+        rows.append(
+            f"| {f.area} | {cell(f.cause)} | {f.status} | `{cell(f.message[0])}` | "
+            f"`{cell(f.fix[0])}` |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

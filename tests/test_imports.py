@@ -1,0 +1,136 @@
+"""No import circle in ``fst/``: every module imports alone, and the packages form a DAG.
+
+1. Each module is imported alone in a fresh process: a child forked from a parent that holds
+   the third-party libraries (torch, torchvision, hydra, ... : seconds to import, and not ours)
+   but no ``fst`` module, so every ``fst`` import runs from scratch in the order that module
+   asks for. A circle shows up as an ImportError / partially initialised module. One module is
+   also imported in a genuinely new interpreter, as a control of the fork shortcut.
+2. Statically, counting lazy (function-level) imports too: the graph of ``fst`` packages has no
+   cycle, and ``fst.types`` / ``fst.registry`` (the leaves everyone shares) import nothing of fst.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "fst"
+LEAVES = ("fst.types", "fst.registry")
+THIRD_PARTY = ("torch", "torchvision", "numpy", "omegaconf", "hydra", "PIL", "timm", "sklearn",
+               "scipy", "pycocotools", "tqdm", "matplotlib", "skimage")  # fmt: skip
+
+
+def _modules() -> list[str]:
+    out = []
+    for f in sorted(PKG.rglob("*.py")):
+        parts = f.relative_to(ROOT).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every ``fst`` module ``path`` imports, at any depth of the file (lazy imports included)."""
+    found = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base if is_pkg else base[:-1]
+                base = base[: len(base) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {n for n in found if n == "fst" or n.startswith("fst.")}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else "fst"
+
+
+def test_leaf_modules_import_nothing_of_fst():
+    for leaf in LEAVES:
+        path = ROOT / (leaf.replace(".", "/") + ".py")
+        assert _imports(path, leaf) == set(), leaf
+
+
+def test_package_graph_has_no_cycle():
+    graph: dict[str, set[str]] = {}
+    for f in PKG.rglob("*.py"):
+        parts = f.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        src = _package(module)
+        for dep in _imports(f, module):
+            dst = _package(dep)
+            if dst != src:
+                graph.setdefault(src, set()).add(dst)
+    # fst/__init__ re-exports convert/ops/strategies: edges into "fst" are edges into those.
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt]
+                pytest.fail("import cycle between packages: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_every_module_imports_alone():
+    for name in THIRD_PARTY:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    failures = []
+    for module in _modules():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no fst module loaded yet
+            os.close(r)
+            try:
+                for loaded in [m for m in sys.modules if m == "fst" or m.startswith("fst.")]:
+                    del sys.modules[loaded]
+                importlib.import_module(module)
+                os.write(w, b"ok")
+            except BaseException as e:  # noqa: BLE001 - reported by the parent
+                os.write(w, f"{type(e).__name__}: {e}".encode()[:2000])
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode()
+        os.waitpid(pid, 0)
+        if msg != "ok":
+            failures.append(f"{module}: {msg}")
+    assert failures == [], "\n".join(failures)
+
+
+def test_one_module_in_a_new_interpreter():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import fst.data.classification, fst.engine.training"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
