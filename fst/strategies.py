@@ -48,13 +48,16 @@ along ``out``, and the "width" axis of Eq. 3 is the token axis (dim -2) of input
 more dims. For 2-D inputs [batch, in] there is no spatial axis, so Eq. 3 masks are not
 applied (dense dW).
 
-SR-STE decay (Eq. 6): every strategy but ``dense`` adds ``decay * (W - S(W))`` to
-``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``).
+SR-STE decay (Eq. 6): every strategy that prunes W in Eq. 1 adds ``decay * (W - S(W))`` to
+``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``); a strategy whose
+method has no such decay sets ``sr_ste_decay=False``.
 
 Each mode key names a GEMM rule of :mod:`fst.rules` (``forward`` -> ``FORWARD_RULES``,
 ``input_grad`` -> ``INPUT_GRAD_RULES``, ``weight_grad`` -> ``WEIGHT_GRAD_RULES``); the rules
-hold the arithmetic, their 2:4 checks and MAC shares. A strategy is one registry entry here
-plus ``configs/sparsity/<key>.yaml``.
+hold the arithmetic, their 2:4 checks and MAC shares. A strategy whose rules keep per-layer
+state across steps names the sparsifier that holds it (``sparsifier``, a key of
+:data:`fst.sparsifier.SPARSIFIERS`: its schedule). A strategy is one registry entry here plus
+``configs/sparsity/<key>.yaml`` (which also lists its sparsifier's schedule parameters).
 """
 
 from __future__ import annotations
@@ -104,7 +107,10 @@ class Strategy:
             (:data:`OPTIONS`); ``x_pattern`` and ``wt_source`` mirror the rule choice
             (``random4``, ``regrouped``) they switch.
         dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
-        dense_linear: Linear layers stay dense (release).
+        dense_linear: Linear layers stay dense (the FST release; SFP's and ReSprop's too).
+        sparsifier: key of :data:`fst.sparsifier.SPARSIFIERS` holding the per-layer state its
+            rules read (``""``: stateless). Required when a rule has ``state_keys``.
+        sr_ste_decay: whether SR-STE's decay (Eq. 6) belongs to the method.
     """
 
     name: str
@@ -119,6 +125,8 @@ class Strategy:
     im2col_step: int = 256
     dense_first_conv_weight: bool = False
     dense_linear: bool = False
+    sparsifier: str = ""
+    sr_ste_decay: bool = True
 
     def __post_init__(self):
         for field, reg in (
@@ -144,6 +152,28 @@ class Strategy:
             raise ValueError(f"x_patterns={self.x_patterns!r}: letters of 'abcd', at least one")
         if int(self.im2col_step) < 1:
             raise ValueError(f"im2col_step={self.im2col_step} must be >= 1")
+        self._check_state()
+
+    def _check_state(self) -> None:
+        """A rule that reads per-layer state needs a sparsifier that provides it."""
+        from fst.sparsifier import SPARSIFIERS
+
+        needed = {k for r in self.rules for k in r.state_keys}
+        if not self.sparsifier:
+            if needed:
+                stateful = [f"Eq. {r.eq} {r.key!r}" for r in self.rules if r.state_keys]
+                raise ValueError(
+                    f"strategy {self.name!r}: rule(s) {', '.join(stateful)} read per-layer state "
+                    f"{sorted(needed)}; name the sparsifier that holds it (sparsifier=..., one "
+                    f"of: {', '.join(SPARSIFIERS.keys())})"
+                )
+            return
+        missing = needed - set(SPARSIFIERS.get(self.sparsifier).provides)
+        if missing:
+            raise ValueError(
+                f"strategy {self.name!r}: sparsifier {self.sparsifier!r} does not provide the "
+                f"state {sorted(missing)} its rules read"
+            )
 
     @cached_property
     def rules(self):
@@ -160,8 +190,13 @@ class Strategy:
 
     @property
     def uses_decay(self) -> bool:
-        """SR-STE decay applies wherever the forward weight is pruned."""
-        return self.rules[0].prunes
+        """SR-STE decay applies wherever the forward weight is pruned (and it is the method's)."""
+        return self.sr_ste_decay and self.rules[0].prunes
+
+    @property
+    def stateful(self) -> bool:
+        """Its rules keep per-layer state across steps (held by :attr:`sparsifier`)."""
+        return bool(self.sparsifier)
 
     def options_used(self) -> set[str]:
         """The :data:`OPTIONS` some rule of this plan reads (or whose rule choice they switch)."""

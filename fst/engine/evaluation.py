@@ -20,15 +20,18 @@ log = logging.getLogger(__name__)
 
 
 def check_nm_weights(model: nn.Module) -> list[dict[str, Any]]:
-    """For every sparse layer with a pruned Eq. 1 weight: is that weight 2:4 along the GEMM's
-    reduction dim (Ci*kh*kw, or Ci with ``mask_layout=cin``)? One row per layer."""
+    """For every sparse layer whose Eq. 1 rule promises a 2:4 weight: is it 2:4 along the
+    GEMM's reduction dim (Ci*kh*kw, or Ci with ``mask_layout=cin``)? One row per layer.
+    (Unstructured or filter-pruned weights, e.g. DPF's or ASFP's, promise no 2:4.)"""
     from fst.layers import sparse_layers
     from fst.rules import operand_checks, weight_operands
 
     rows = []
     for name, m in sparse_layers(model):
-        for check in operand_checks(m.plan, weight_operands(m.weight, m.plan)[0], None):
-            rows.append({"layer": name, "nm_ok": check.ok(), "along": check.along})
+        w_fwd = weight_operands(m.weight, m.plan, need_bwd=False, state=m.rule_state)[0]
+        for check in operand_checks(m.plan, w_fwd, None, state=m.rule_state):
+            if check.tensor_core:
+                rows.append({"layer": name, "nm_ok": check.ok(), "along": check.along})
     return rows
 
 
@@ -45,7 +48,8 @@ def export_nm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, m in sparse_layers(model):
         if m.plan.rules[0].prunes:
-            sd[f"{name}.weight"] = weight_operands(m.weight, m.plan)[0].detach().clone()
+            w_fwd = weight_operands(m.weight, m.plan, need_bwd=False, state=m.rule_state)[0]
+            sd[f"{name}.weight"] = w_fwd.detach().clone()
     return sd
 
 
@@ -59,6 +63,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     from fst.engine.config import validate_config
     from fst.engine.training import build_sparse_model
     from fst.engine.validate import resolve_device
+    from fst.sparsifier import restore_sparsifier
     from fst.tasks import TASKS
 
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
@@ -88,6 +93,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     check_state_dict_compatible(model, state["model"], source=str(ckpt_path))
     model.load_state_dict(state["model"])
     model.to(device).eval()
+    # Issue 12: masks a sparsifier holds (DPF, RigL, ASP) come from the checkpoint too.
+    restore_sparsifier(model, state.get("sparsifier"), source=str(ckpt_path))
     if run.trainer.get("channels_last"):
         model.to(memory_format=torch.channels_last)
 

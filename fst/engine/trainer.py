@@ -141,6 +141,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / CHECKPOINT_DIRNAME
         self.last_checkpoint: Path | None = None
         self.preempt: PreemptionHandler | None = None
+        # Issue 12 hook: the strategy's sparsifier (None if stateless), set by train() beside
+        # the scheduler; stepped after each taken optimizer step, checkpointed with it.
+        self.sparsifier: Any = None
 
     # ---------------------------------------------------------------- data
     def _train_loader(self, epoch: int) -> DataLoader:
@@ -287,8 +290,13 @@ class Trainer:
         if ok:
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # Issue 12 hook: only after a step that was taken (fp16: the scaler skips steps
+            # with inf gradients and then lowers its scale), while the gradients still exist.
+            if self.sparsifier is not None and (scale is None or self.scaler.get_scale() >= scale):
+                self.sparsifier.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -371,6 +379,8 @@ class Trainer:
             "nonfinite": self.guard.state_dict(),
             # Previous forward masks: the first flip rate after a resume compares against them.
             "mask_tracker": self.mask_tracker.state_dict() if self.mask_tracker else {},
+            # Issue 12: masks / gradients the strategy keeps across steps (its sparsifier).
+            "sparsifier": self.sparsifier.state_dict() if self.sparsifier is not None else {},
             "last_val": dict(self.last_val),
             "world_size": self.dist.world_size,
             **self.state_extra,
@@ -416,6 +426,13 @@ class Trainer:
         self.guard.load_state_dict(state.get("nonfinite", {}))
         if self.mask_tracker is not None:
             self.mask_tracker.load_state_dict(state.get("mask_tracker", {}))
+        if self.sparsifier is not None:  # issue 12
+            if not state.get("sparsifier"):
+                raise ValueError(
+                    f"checkpoint {source} has no sparsifier state, but this strategy keeps its "
+                    "masks there: it cannot be resumed exactly"
+                )
+            self.sparsifier.load_state_dict(state["sparsifier"])
         self.last_val = dict(state.get("last_val", {}))
         self.progress = p
         rng = state.get("rng") or []

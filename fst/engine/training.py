@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fst.engine import dist as fdist
-from fst.engine.config import group_kwargs, sparsity_options, validate_config
+from fst.engine.config import group_kwargs, sparsifier_params, sparsity_options, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         total_steps=trainer.epochs * trainer.steps_per_epoch,
         steps_per_epoch=trainer.steps_per_epoch,
         **group_kwargs(cfg.sched),
+    )
+    # Issue 12 hook: the sparsifier of strategies whose masks/gradients live across steps
+    # (None for stateless ones), built beside the optimizer and restored with it below.
+    from fst.sparsifier import build_sparsifier
+
+    trainer.sparsifier = build_sparsifier(
+        model,
+        optimizer,
+        total_steps=trainer.epochs * trainer.steps_per_epoch,
+        steps_per_epoch=trainer.steps_per_epoch,
+        seed=int(cfg.seed),
+        **sparsifier_params(cfg),
     )
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)

@@ -22,9 +22,15 @@ class ForwardRule(Rule):
     uses_abs = False  # ranks |W| (lets Eq. 2 share one |W| pass)
     transposable = False  # the pruned W is 2:4 along Co too, so its transpose serves Eq. 2
 
-    def mask(self, w: torch.Tensor, plan, abs_w: torch.Tensor | None = None):
-        """Bool keep-mask shaped like ``w``, or None for a dense forward weight."""
+    def mask(self, w: torch.Tensor, plan, abs_w: torch.Tensor | None = None, state=None):
+        """Bool keep-mask shaped like ``w``, or None for a dense forward weight. ``state``: the
+        layer's per-layer state (only for layers of stateful plans)."""
         return None
+
+    def pruning_now(self, state) -> bool:
+        """Whether the forward weight is pruned at this point of training (False: a mask that
+        a sparsifier has not set yet, as in ASP's dense phase)."""
+        return True
 
     def reduction_view(self, w_fwd: torch.Tensor, plan) -> tuple[torch.Tensor, int, str]:
         """``(tensor, dim, name)``: ``w_fwd`` viewed so 2:4 groups run along ``dim``."""
@@ -56,7 +62,7 @@ class NM(ForwardRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def mask(self, w, plan, abs_w=None):
+    def mask(self, w, plan, abs_w=None, state=None):
         a = w.abs() if abs_w is None else abs_w
         if plan.mask_layout == "cin" and w.dim() == 4:
             return nm_mask_of_abs(a, dim=1)
@@ -83,5 +89,5 @@ class TSM(ForwardRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def mask(self, w, plan, abs_w=None):
+    def mask(self, w, plan, abs_w=None, state=None):
         return transposable_mask(w.reshape(w.shape[0], -1)).view(w.shape)
