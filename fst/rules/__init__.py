@@ -7,7 +7,9 @@ one rule object per key; a :class:`fst.strategies.Strategy` names one key of eac
 from fst.rules import (  # noqa: F401  (fill registries)
     forward,
     input_grad,
+    meprop,
     released,
+    resprop,
     weight_grad,
 )
 from fst.rules.base import (

@@ -12,6 +12,7 @@
 builds the one a sparsified model's strategy needs (None for stateless strategies).
 """
 
+from fst.sparsifier import asfp, asp, dpf, resprop, rigl  # noqa: F401  (fill SPARSIFIERS)
 from fst.sparsifier.base import (
     SPARSIFIERS,
     Sparsifier,
