@@ -173,6 +173,9 @@ def _gemm_report(m: _SparseMixin) -> dict:
     plan, state = m.plan, m.rule_state
     eqs = plan.describe()
     notes = [f"{m.strategy}/{m.backend}"]
+    if state is None and any(r.state_keys for r in plan.rules):
+        notes.append(f"state held by sparsifier {plan.sparsifier!r}: not attached yet")
+        return {**eqs, "note": "; ".join(notes)}
     checks = operand_checks(plan, *weight_operands(m.weight, plan, state=state), state=state)
     for check in checks:
         eqs[f"eq{check.eq}"] += f" [{check.label()}]"

@@ -90,8 +90,11 @@ def test_unknown_schedule_parameter_names_the_valid_ones():
 
 def test_forgetting_the_sparsifier_fails_with_the_fix():
     net = fst.sparsify(_net(), "dpf")
+    assert "sparsifier 'dpf': not attached yet" in str(fst.summary(net))
     with pytest.raises(RuntimeError, match="build the strategy's sparsifier"):
         net(torch.randn(1, 16, 4, 4))
+    fst.build_sparsifier(net, total_steps=4)
+    assert "M(W) X [unstructured, 0% zero" in str(fst.summary(net))
 
 
 def test_stateful_rule_without_sparsifier_is_refused():
