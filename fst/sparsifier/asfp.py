@@ -21,6 +21,12 @@ SFP release starts from a pretrained ImageNet model; Table 3 marks ASFP "not fro
 In this framework: strategy ``asfp``, Eq. 1 rule ``soft_filters`` (the forward multiplies W
 as it is), Eq. 2 and 3 dense. ``state["mask"]`` records the last epoch's kept filters
 (bool [Co]) for reports; no rule reads it.
+
+Observed (``results/README.md``, digits_hard, from scratch): a zeroed filter followed by
+BatchNorm has zero batch variance, so BatchNorm's backward pass scales its gradient by
+1/sqrt(eps); the regrowing filters swing widely and evaluation with the running statistics
+collapses while training goes on. The release behaves the same (it zeroes only the conv
+weights); no correction is added here.
 """
 
 from __future__ import annotations
