@@ -303,6 +303,17 @@ def test_nan_loss_skipped_and_counted_with_skip_option(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_skipped_nonfinite_step_does_not_step_the_sparsifier(tmp_path):
+    """Issue 12's hook: the sparsifier advances only after optimizer steps that were taken."""
+    summary = _train(
+        tmp_path, "sparsity=dpf", "sparsity.update_every=2", "trainer.debug_nan_at_step=3",
+        "trainer.skip_nonfinite=true",
+    )  # fmt: skip
+    assert (summary["steps"], summary["nonfinite_skipped"]) == (EPOCHS * STEPS_PER_EPOCH, 1)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["sparsifier"]["step_count"] == EPOCHS * STEPS_PER_EPOCH - 1
+
+
 @pytest.fixture(scope="module")
 def good_checkpoint(reference) -> Path:
     return reference / "checkpoints" / "last.pt"
@@ -403,7 +414,7 @@ BAD_INPUTS = [
     (["sparsity=fts"], "Could not find 'sparsity/fts'\n\nAvailable options in 'sparsity'"),
     (
         ["sparsity.strategy=fts"],
-        "unknown strategy 'fts' at sparsity.strategy; valid choices: dense, fst,",
+        "unknown strategy 'fts' at sparsity.strategy; valid choices: asfp, asp, dense,",
     ),
     (["backend.name=cutlass"], "unknown backend 'cutlass' at backend.name; valid choices: native,"),
     (["model.name=resnet19"], "unknown model 'resnet19' at model.name; valid choices:"),
