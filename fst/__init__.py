@@ -7,7 +7,18 @@
 
 from fst.convert import densify, sparsify, summary
 from fst.ops import BACKENDS
+from fst.sparsifier import SPARSIFIERS, Sparsifier, build_sparsifier
 from fst.strategies import STRATEGIES, Strategy
 
-__all__ = ["sparsify", "densify", "summary", "STRATEGIES", "BACKENDS", "Strategy"]
+__all__ = [
+    "sparsify",
+    "densify",
+    "summary",
+    "build_sparsifier",
+    "STRATEGIES",
+    "BACKENDS",
+    "SPARSIFIERS",
+    "Strategy",
+    "Sparsifier",
+]
 __version__ = "0.1.0"

@@ -95,7 +95,8 @@ def sparsify(
 
 def _to_dense(m: _SparseMixin) -> None:
     m.__class__ = DENSE_CLASSES[type(m)]
-    for attr in ("plan", "strategy", "backend", "_backend", "decay", "geom", "last_input_shape"):
+    attrs = ("plan", "strategy", "backend", "_backend", "decay", "geom", "last_input_shape")
+    for attr in (*attrs, "rule_state"):
         m.__dict__.pop(attr, None)
 
 
@@ -172,14 +173,30 @@ def summary(model: nn.Module) -> Summary:
 
 
 def _gemm_report(m: _SparseMixin) -> dict:
-    plan = m.plan
+    plan, state = m.plan, m.rule_state
     eqs = plan.describe()
     notes = [f"{m.strategy}/{m.backend}"]
-    for check in operand_checks(plan, *weight_operands(m.weight, plan)):
+    if state is None and any(r.state_keys for r in plan.rules):
+        notes.append(f"state held by sparsifier {plan.sparsifier!r}: not attached yet")
+        return {**eqs, "note": "; ".join(notes)}
+    checks = operand_checks(plan, *weight_operands(m.weight, plan, state=state), state=state)
+    for check in checks:
         eqs[f"eq{check.eq}"] += f" [{check.label()}]"
+    checked = {c.eq for c in checks}
+    for rule in plan.rules:
+        key = f"eq{rule.eq}"
+        if rule.eq in checked or not rule.prunes:
+            continue
+        why = rule.skips(plan, tuple(m.weight.shape))
+        if why:
+            eqs[key] += f" [left dense: {why}]"
+        elif rule.eq == 1 or getattr(rule, "prunes_weight", False):  # ASP's dense phase
+            eqs[key] += " [mask not set yet: dense until its sparsifier prunes]"
+        elif not rule.tensor_core(plan):  # a pruned dY or X^T, not 2:4 along the reduction dim
+            eqs[key] += f" [{rule.pattern(plan)}: not 2:4, no sparse tensor core]"
     shape = getattr(m, "last_input_shape", None)
     eq3 = plan.rules[2]
-    if eq3.prunes and not isinstance(m, SparseConv2d):
+    if eq3.prunes and eq3.positions_axis and not isinstance(m, SparseConv2d):
         if shape is not None and len(shape) < 3:
             eqs["eq3"] = "dY X^T (2-D input: no token axis, Eq. 3 dense)"
     if eq3.prunes and isinstance(m, SparseConv2d) and shape is not None:

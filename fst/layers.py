@@ -13,16 +13,23 @@ import torch
 from torch import nn
 
 from fst.ops import BACKENDS, ConvGeometry
+from fst.rules import with_state
 from fst.strategies import Strategy
 
 
 class _SparseMixin:
-    """Holds the plan (``.plan``), its key (``.strategy``), the backend and the SR-STE decay."""
+    """Holds the plan (``.plan``), its key (``.strategy``), the backend and the SR-STE decay.
+
+    ``rule_state``: the layer's per-layer state for plans whose rules keep some across steps
+    (a dict owned by the plan's :class:`fst.sparsifier.Sparsifier`, which sets it); None for
+    stateless plans, whose backends are then called exactly as before.
+    """
 
     plan: Strategy
     strategy: str
     backend: str
     decay: float
+    rule_state: dict | None = None
     # Multiplies ``decay`` in backward: the decay term is added to the gradient in every
     # backward pass, so a loop that accumulates k micro-batches or scales the loss (fp16
     # GradScaler, scale s) sets s / k here to keep Eq. 6's decay per optimizer step.
@@ -36,6 +43,7 @@ class _SparseMixin:
         self.backend = backend
         self._backend = BACKENDS.get(backend)
         self.decay = float(decay)
+        self.rule_state = None  # a new plan's sparsifier attaches its state
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, strategy={self.strategy}, backend={self.backend}"
@@ -51,7 +59,8 @@ class SparseConv2d(_SparseMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_input_shape = tuple(x.shape)  # for summary(): output width of F(X^T)
         decay = self.decay * self.decay_scale
-        return self._backend.conv2d(x, self.weight, self.bias, self.geom, self.plan, decay)
+        kw = with_state(self.rule_state)
+        return self._backend.conv2d(x, self.weight, self.bias, self.geom, self.plan, decay, **kw)
 
 
 class SparseLinear(_SparseMixin, nn.Linear):
@@ -60,7 +69,12 @@ class SparseLinear(_SparseMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_input_shape = tuple(x.shape)  # for summary(): 2-D inputs keep Eq. 3 dense
         return self._backend.linear(
-            x, self.weight, self.bias, self.plan, self.decay * self.decay_scale
+            x,
+            self.weight,
+            self.bias,
+            self.plan,
+            self.decay * self.decay_scale,
+            **with_state(self.rule_state),
         )
 
 

@@ -1,4 +1,5 @@
-"""N:M structured masks (2:4 by default), transposable masks and a validator.
+"""N:M structured masks (2:4 by default), transposable masks, a validator, and the unstructured
+and filter masks of the baselines (magnitude, per-example top-k, L2 filter norm).
 
 Convention: a mask is a ``torch.bool`` tensor of the same shape as the tensor it prunes,
 ``True`` = keep. "2:4 along ``dim``" means that every group of 4 consecutive entries along
@@ -15,7 +16,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nm_mask", "nm_mask_of_abs", "transposable_mask", "is_nm", "TRANSPOSABLE_PATTERNS"]
+__all__ = [
+    "nm_mask",
+    "nm_mask_of_abs",
+    "transposable_mask",
+    "is_nm",
+    "TRANSPOSABLE_PATTERNS",
+    "num_pruned",
+    "magnitude_mask",
+    "topk_mask",
+    "filter_mask",
+]
 
 
 def _groups(t: torch.Tensor, dim: int, m: int) -> torch.Tensor:
@@ -155,3 +166,49 @@ def transposable_mask(w2d: torch.Tensor) -> torch.Tensor:
         best = (blocks @ pats.T).argmax(dim=1)  # [B]
     mask = pats[best].reshape(rb, cb, 4, 4).permute(0, 2, 1, 3).reshape(rb * 4, cb * 4)
     return mask[:r, :c].bool()
+
+
+def num_pruned(n: int, ratio: float) -> int:
+    """How many of ``n`` entries a pruning ``ratio`` in [0, 1] removes: ``floor(ratio * n)``
+    (a hair of slack so that e.g. ``0.3 * 10`` counts 3, not 2, in floating point)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1], got {ratio}")
+    return min(n, math.floor(ratio * n + 1e-9))
+
+
+def _keep_largest(a: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask of the ``keep`` largest entries of each row of the 2-D ``a``."""
+    mask = torch.zeros_like(a, dtype=torch.bool)
+    if keep > 0:
+        mask.scatter_(1, a.topk(keep, dim=1, sorted=False).indices, True)
+    return mask
+
+
+def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Unstructured magnitude mask of one tensor: keep its ``n - floor(sparsity * n)`` largest
+    ``|w|`` (DPF, RigL's drop step: layer-wise). Bool, shaped like ``w``."""
+    a = w.detach().abs().reshape(1, -1)
+    return _keep_largest(a, a.shape[1] - num_pruned(a.shape[1], sparsity)).view(w.shape)
+
+
+def topk_mask(t: torch.Tensor, ratio: float, start_dim: int = 1) -> torch.Tensor:
+    """meProp's top-k: in each example (the dims before ``start_dim``; dim 0 = the batch) keep
+    the ``n - floor(ratio * n)`` largest ``|t|`` of its ``n`` entries (all dims from
+    ``start_dim`` on, flattened). Bool, shaped like ``t``.
+
+    Which of several equal magnitudes is kept is unspecified; it never changes ``t * mask``
+    unless ties sit exactly at the cut (zeros, the common tie, give the same product).
+    """
+    a = t.detach().abs().reshape(math.prod(t.shape[:start_dim]), -1)
+    return _keep_largest(a, a.shape[1] - num_pruned(a.shape[1], ratio)).view(t.shape)
+
+
+def filter_mask(w: torch.Tensor, rate: float) -> torch.Tensor:
+    """Soft filter pruning's selection: the ``floor(rate * Co)`` filters (dim 0 of ``w``) with
+    the smallest L2 norm are pruned. Bool ``[Co]``, True = filter kept."""
+    norms = w.detach().reshape(w.shape[0], -1).norm(p=2, dim=1)
+    keep = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+    n = num_pruned(w.shape[0], rate)
+    if n:
+        keep[norms.argsort(stable=True)[:n]] = False
+    return keep

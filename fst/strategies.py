@@ -18,6 +18,35 @@ key            Eq. 1 forward       Eq. 2 input gradient  Eq. 3 weight gradient
 ``gx``         S(W) X              W^T S(dY)             dY S(X^T)
 =============  ==================  ====================  ===============================
 
+Table 3's other baselines, each as its own paper describes it (their rule and sparsifier
+modules cite the sources and list every choice):
+
+=============  ==================  ====================  ===============================
+key            Eq. 1 forward       Eq. 2 input gradient  Eq. 3 weight gradient
+=============  ==================  ====================  ===============================
+``meprop``     W X                 W^T topk(dY)          topk(dY) X^T
+``resprop``    W X                 W^T R(dY)             R(dY) X^T
+``dpf``        M(W) X              M(W)^T dY             dY X^T  (applied to the dense W)
+``rigl``       M(W) X              M(W)^T dY             dY X^T  (pruned W kept at zero)
+``asfp``       SFP(W) X            W^T dY                dY X^T
+``asp``        S_fix(W) X          S_fix(W)^T dY         dY X^T
+=============  ==================  ====================  ===============================
+
+- ``topk(dY)`` (meProp, Sun et al. 2017): the largest-magnitude half of each example's dY.
+- ``R(dY) = P + topk(dY - P)`` (ReSprop, Goli & Aamodt 2020): P is one example's dY of the
+  previous step, the top half of the difference is kept.
+- ``M(W)``: an unstructured mask held by the strategy's sparsifier: DPF's (Lin et al. 2020)
+  magnitude mask recomputed every 16 steps on a gradual schedule, the dense W trained with
+  the pruned model's gradient; RigL's (Evci et al. 2020) drop-by-magnitude /
+  grow-by-gradient mask.
+- ``SFP(W)``: ASFP (He et al. 2019) zeroes the lowest-L2 30% of filters of W at every epoch
+  end (asymptotically rising rate) and keeps training them.
+- ``S_fix(W)``: ASP (Mishra et al. 2021): dense training, a one-shot 2:4 magnitude prune
+  (along Ci, ``mask_layout="cin"``, as NVIDIA's ASP), then training with that fixed mask.
+
+None of these operands but ASP's is 2:4 along its GEMM's reduction dimension, so Figure 2's
+MAC count treats their GEMMs as dense (``fst.summary`` says so per layer).
+
 Group directions (always the reduction dimension of the GEMM the pruned operand feeds):
 
 - ``S(W)``: 4 consecutive entries of the flattened (Ci, kh, kw) of each output channel
@@ -48,13 +77,16 @@ along ``out``, and the "width" axis of Eq. 3 is the token axis (dim -2) of input
 more dims. For 2-D inputs [batch, in] there is no spatial axis, so Eq. 3 masks are not
 applied (dense dW).
 
-SR-STE decay (Eq. 6): every strategy but ``dense`` adds ``decay * (W - S(W))`` to
-``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``).
+SR-STE decay (Eq. 6): every strategy that prunes W in Eq. 1 adds ``decay * (W - S(W))`` to
+``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``); Table 3's other
+baselines do not (``sr_ste_decay=False``: it is no part of their methods).
 
 Each mode key names a GEMM rule of :mod:`fst.rules` (``forward`` -> ``FORWARD_RULES``,
 ``input_grad`` -> ``INPUT_GRAD_RULES``, ``weight_grad`` -> ``WEIGHT_GRAD_RULES``); the rules
-hold the arithmetic, their 2:4 checks and MAC shares. A strategy is one registry entry here
-plus ``configs/sparsity/<key>.yaml``.
+hold the arithmetic, their 2:4 checks and MAC shares. A strategy whose rules keep per-layer
+state across steps names the sparsifier that holds it (``sparsifier``, a key of
+:data:`fst.sparsifier.SPARSIFIERS`: its schedule). A strategy is one registry entry here plus
+``configs/sparsity/<key>.yaml`` (which also lists its sparsifier's schedule parameters).
 """
 
 from __future__ import annotations
@@ -78,6 +110,8 @@ OPTIONS = {
     "x_patterns": "with x_pattern=random4: the release's patterns drawn from (default 'abcd'; "
     "one letter forces that pattern)",
     "im2col_step": "with x_pattern=random4: samples per im2col chunk (release: 256)",
+    "dy_ratio": "meprop/resprop: share of dY entries zeroed (meProp: of each example's dY; "
+    "ReSprop: of the difference to the reused gradient); Table 3: 0.5",
 }
 # Options that choose between two rules of one GEMM: option -> (field, {value: rule key}).
 _RULE_SWITCHES = {
@@ -104,7 +138,11 @@ class Strategy:
             (:data:`OPTIONS`); ``x_pattern`` and ``wt_source`` mirror the rule choice
             (``random4``, ``regrouped``) they switch.
         dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
-        dense_linear: Linear layers stay dense (release).
+        dense_linear: Linear layers stay dense (the FST release; SFP's and ReSprop's too).
+        dy_ratio: option of the ``topk_dy`` and ``resprop`` rules (:data:`OPTIONS`).
+        sparsifier: key of :data:`fst.sparsifier.SPARSIFIERS` holding the per-layer state its
+            rules read (``""``: stateless). Required when a rule has ``state_keys``.
+        sr_ste_decay: whether SR-STE's decay (Eq. 6) belongs to the method.
     """
 
     name: str
@@ -119,6 +157,9 @@ class Strategy:
     im2col_step: int = 256
     dense_first_conv_weight: bool = False
     dense_linear: bool = False
+    dy_ratio: float = 0.5
+    sparsifier: str = ""
+    sr_ste_decay: bool = True
 
     def __post_init__(self):
         for field, reg in (
@@ -144,6 +185,21 @@ class Strategy:
             raise ValueError(f"x_patterns={self.x_patterns!r}: letters of 'abcd', at least one")
         if int(self.im2col_step) < 1:
             raise ValueError(f"im2col_step={self.im2col_step} must be >= 1")
+        if not 0.0 <= float(self.dy_ratio) < 1.0:
+            raise ValueError(f"dy_ratio={self.dy_ratio} must be in [0, 1)")
+        self._check_state()
+
+    def _check_state(self) -> None:
+        """A rule that reads per-layer state needs a sparsifier that provides it (which state a
+        sparsifier provides is checked when it is built, ``fst.sparsifier.build_sparsifier``)."""
+        needed = {k for r in self.rules for k in r.state_keys}
+        if needed and not self.sparsifier:
+            stateful = [f"Eq. {r.eq} {r.key!r}" for r in self.rules if r.state_keys]
+            raise ValueError(
+                f"strategy {self.name!r}: rule(s) {', '.join(stateful)} read per-layer state "
+                f"{sorted(needed)}; name the sparsifier that holds it (sparsifier=..., a key of "
+                "fst.sparsifier.SPARSIFIERS)"
+            )
 
     @cached_property
     def rules(self):
@@ -160,8 +216,13 @@ class Strategy:
 
     @property
     def uses_decay(self) -> bool:
-        """SR-STE decay applies wherever the forward weight is pruned."""
-        return self.rules[0].prunes
+        """SR-STE decay applies wherever the forward weight is pruned (and it is the method's)."""
+        return self.sr_ste_decay and self.rules[0].prunes
+
+    @property
+    def stateful(self) -> bool:
+        """Its rules keep per-layer state across steps (held by :attr:`sparsifier`)."""
+        return bool(self.sparsifier)
 
     def options_used(self) -> set[str]:
         """The :data:`OPTIONS` some rule of this plan reads (or whose rule choice they switch)."""
@@ -234,6 +295,29 @@ for _s in (
         ir_coef=0.03,
         dense_first_conv_weight=True,
         dense_linear=True,
+    ),
+    # Table 3's other baselines (fst/rules/meprop.py, resprop.py, forward.py; fst/sparsifier/).
+    Strategy("meprop", input_grad="topk_dy", weight_grad="topk_dy", sr_ste_decay=False),
+    Strategy(
+        "resprop",
+        input_grad="resprop",
+        weight_grad="resprop",
+        dense_linear=True,
+        sparsifier="resprop",
+        sr_ste_decay=False,
+    ),
+    Strategy("dpf", forward="held", input_grad="fwd", sparsifier="dpf", sr_ste_decay=False),
+    Strategy("rigl", forward="held", input_grad="fwd", sparsifier="rigl", sr_ste_decay=False),
+    Strategy(
+        "asfp", forward="soft_filters", dense_linear=True, sparsifier="asfp", sr_ste_decay=False
+    ),
+    Strategy(
+        "asp",
+        forward="held_nm",
+        input_grad="fwd",
+        mask_layout="cin",
+        sparsifier="asp",
+        sr_ste_decay=False,
     ),
 ):
     STRATEGIES.register(_s.name, _s)

@@ -36,10 +36,21 @@ def _modules() -> list[str]:
 
 
 def _imports(path: Path, module: str) -> set[str]:
-    """Every ``fst`` module ``path`` imports, at any depth of the file (lazy imports included)."""
+    """Every ``fst`` module ``path`` imports, at any depth of the file (lazy imports included;
+    imports under ``if TYPE_CHECKING:`` are for annotations only and never run)."""
     found = set()
     is_pkg = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".")

@@ -150,6 +150,11 @@ def macs_by_strategy(
         eqs = strategy_sparse_eqs(s)
         pruned = tuple(rule.prunes for rule in STRATEGIES.get(s).rules)
         rows = effective_macs(layers, eqs, exclude, first_input_grad)
+        plan = STRATEGIES.get(s)
+        for row, g in zip(rows, dense_macs(layers, first_input_grad)):
+            for eq, rule in zip(EQUATIONS, plan.rules):  # shape rules (ASP: apex's 8x16)
+                if rule.skips(plan, (g["cout"], g["cin"] // g["groups"])):
+                    row[eq] = g[eq]
         if getattr(STRATEGIES.get(s), "dense_first_conv_weight", False):
             first = dense_macs(layers[:1], first_input_grad)[0]
             rows[0]["eq1"], rows[0]["eq2"] = first["eq1"], first["eq2"]  # X is still masked (Eq. 3)

@@ -31,6 +31,9 @@ class TableSpec:
     metric_label: str
     models: tuple[str, ...] | None = None  # restrict to these summary["model"] values
     extra: dict = field(default_factory=dict)
+    # rows the paper lists that no strategy implements: row -> ((Eq. 1, 2, 3 objects), why)
+    not_implemented: dict = field(default_factory=dict)
+    paper_label: str | None = None  # header of the paper column (default: "paper <metric>")
 
 
 TABLES = {
@@ -44,12 +47,34 @@ TABLES = {
     ),
     "table3": TableSpec(
         "table3",
-        "Table 3: ResNet-18 2:4 rows (from scratch)",
+        "Table 3: ResNet-18/50 from scratch, every row",
         "classification",
-        ["dense", "srste", "tsm", "fst2", "fst"],
+        [
+            "dense",
+            "meprop",
+            "resprop",
+            "dpf",
+            "rigl",
+            "asfp",
+            "prunet",
+            "clickt",
+            "sparset",
+            "asp",
+            "srste",
+            "tsm",
+            "fst2",
+            "fst",
+        ],
         paper.TABLE3_R18_TOP1,
         "top-1 %",
-        extra={"speedup (paper)": paper.TABLE3_R18_SPEEDUP},
+        extra={
+            "pattern (paper)": paper.TABLE3_PATTERN,
+            "speedup R18 (paper)": paper.TABLE3_R18_SPEEDUP,
+            "paper R50 top-1 %": paper.TABLE3_R50_TOP1,
+            "speedup R50 (paper)": paper.TABLE3_R50_SPEEDUP,
+        },
+        not_implemented=paper.TABLE3_NOT_IMPLEMENTED,
+        paper_label="paper R18 top-1 % (ImageNet)",
     ),
     "table4": TableSpec(
         "table4",
@@ -176,10 +201,14 @@ def build(spec: TableSpec, summaries: list[dict]) -> tuple[list[dict], str] | No
         rows += sorted({k for sc in agg.values() for k in sc} - set(rows), key=str)
     csv_rows, md_rows = [], []
     for key in rows:
-        if not any(key in agg[sc] for sc in scales) and key not in spec.paper:
+        missing = key in spec.not_implemented
+        listed = key in spec.paper or missing or any(key in v for v in spec.extra.values())
+        if not any(key in agg[sc] for sc in scales) and not listed:
             continue
         label = " / ".join(key) if isinstance(key, tuple) else key
         desc = _describe(key)
+        if missing:  # the objects the paper says it prunes
+            desc = dict(zip(("eq1", "eq2", "eq3"), spec.not_implemented[key][0]))
         md = {"row": label, "eq1": desc["eq1"], "eq2": desc["eq2"], "eq3": desc["eq3"]}
         if spec.key == "table5":
             flags = paper.TABLE5_FLAGS[key]
@@ -190,7 +219,7 @@ def build(spec: TableSpec, summaries: list[dict]) -> tuple[list[dict], str] | No
             md[extra_name] = values.get(key, "—")
         for i, sc in enumerate(scales):
             cell = agg[sc].get(key)
-            md[f"ours{i}"] = _fmt(cell)
+            md[f"ours{i}"] = "not implemented (see below)" if missing else _fmt(cell)
             if cell:
                 csv_rows.append(
                     {
@@ -215,7 +244,7 @@ def build(spec: TableSpec, summaries: list[dict]) -> tuple[list[dict], str] | No
     if spec.key == "table5":
         cols += ["S(W)", "S(W^T)", "S(X^T)", "IR"]
         heads += ["S(W)", "S(W^T)", "S(X^T)", "IR"]
-    paper_head = (
+    paper_head = spec.paper_label or (
         "paper "
         + spec.metric_label
         + (" (VOC/COCO)" if spec.task == "detection" else " (ImageNet)")
@@ -231,4 +260,8 @@ def build(spec: TableSpec, summaries: list[dict]) -> tuple[list[dict], str] | No
         + "\n\n"
         + markdown_table(md_rows, cols, heads)
     )
+    if spec.not_implemented:
+        body += "\n\nNot implemented:\n\n" + "\n".join(
+            f"- {key}: {why}." for key, (_, why) in spec.not_implemented.items()
+        )
     return csv_rows, body

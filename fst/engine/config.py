@@ -401,7 +401,8 @@ def _check_sparsity(cfg: DictConfig) -> None:
         raise ConfigError(
             f"sparsity.exclude must be a list of fnmatch patterns (e.g. [conv1, fc]), got {exclude!r}"
         )
-    # Extra keys are strategy options, passed on as keyword arguments of fst.sparsify.
+    # Extra keys are strategy options, passed on as keyword arguments of fst.sparsify, and
+    # the schedule parameters of the strategy's sparsifier (issue 12).
     valid, open_ = builder_params(fst.sparsify, skip=1)
     valid -= {"strategy", "backend", "decay", "exclude"}
     if open_:  # fst.sparsify(..., **options): the strategies declare their options
@@ -409,6 +410,7 @@ def _check_sparsity(cfg: DictConfig) -> None:
 
         valid |= set(getattr(strategies, "OPTIONS", {}))
         open_ = not hasattr(strategies, "OPTIONS")
+    valid |= _schedule_keys(cfg)
     _check_keys("sparsity", keys, valid | set(SPARSITY_KEYS), open_)
     _check_options_used(cfg)
 
@@ -426,10 +428,27 @@ def _check_options_used(cfg: DictConfig) -> None:
         raise ConfigError(f"sparsity: {e}") from None
 
 
+def _schedule_keys(cfg: DictConfig) -> set[str]:
+    """Schedule parameters of the configured strategy's sparsifier (none if stateless)."""
+    from fst.sparsifier import schedule_params
+    from fst.strategies import STRATEGIES
+
+    key = STRATEGIES.get(cfg.sparsity.strategy).sparsifier
+    return schedule_params(key) if key else set()
+
+
 def sparsity_options(cfg: DictConfig) -> dict[str, Any]:
-    """The sparsity group's extra keys (strategy options) as plain keyword arguments."""
+    """The sparsity group's strategy options (extra keys that are not schedule parameters) as
+    plain keyword arguments of ``fst.sparsify``."""
+    skip = set(SPARSITY_KEYS) | _schedule_keys(cfg)
     return {
         str(k): OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
         for k, v in cfg.sparsity.items()
-        if k not in SPARSITY_KEYS
+        if k not in skip
     }
+
+
+def sparsifier_params(cfg: DictConfig) -> dict[str, Any]:
+    """The sparsity group's schedule parameters of the strategy's sparsifier (issue 12)."""
+    keys = _schedule_keys(cfg)
+    return {str(k): v for k, v in cfg.sparsity.items() if k in keys}

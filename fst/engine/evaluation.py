@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 def check_stored_nm(model: nn.Module, stored: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     """For every sparse layer of ``model`` whose Eq. 1 weight is pruned: is its weight *as
     stored* in ``stored`` (``{"<layer>.weight": tensor}``) 2:4 along the reduction dims of the
-    GEMMs it feeds? No mask is applied here. One row per layer: ``layer``, ``along``, ``nm_ok``.
+    GEMMs it feeds? No mask is applied here. Only weights whose rule promises 2:4 are checked
+    (unstructured or filter pruning, e.g. DPF's or ASFP's, promises none). One row per layer:
+    ``layer``, ``along``, ``nm_ok``, ``failed_along``.
     """
     from fst.layers import sparse_layers
     from fst.rules import operand_checks
@@ -58,7 +60,10 @@ def check_stored_nm(model: nn.Module, stored: Mapping[str, torch.Tensor]) -> lis
         w = stored[f"{name}.weight"]
         # a stored weight also serves Eq. 2 when that GEMM reuses it (tsm: T(W)^T, 2:4 along Co)
         w_bwd = w if eq2.shares_forward_weight and eq2.tensor_core(m.plan) else None
-        checks = operand_checks(m.plan, w, w_bwd)
+        checks = operand_checks(m.plan, w, w_bwd, state=m.rule_state)
+        checks = [c for c in checks if c.tensor_core]
+        if not checks:
+            continue
         bad = [c.along for c in checks if not c.ok()]
         rows.append(
             {
@@ -84,7 +89,8 @@ def export_nm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, m in sparse_layers(model):
         if m.plan.rules[0].prunes:
-            sd[f"{name}.weight"] = weight_operands(m.weight, m.plan)[0].detach().clone()
+            w_fwd = weight_operands(m.weight, m.plan, need_bwd=False, state=m.rule_state)[0]
+            sd[f"{name}.weight"] = w_fwd.detach().clone()
     return sd
 
 
@@ -123,6 +129,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     from fst.engine.trainer import autocast, val_loader
     from fst.engine.training import build_sparse_model
     from fst.engine.validate import check_data, resolve_device
+    from fst.sparsifier import restore_sparsifier
     from fst.tasks import TASKS
 
     ckpt_path = resolve_checkpoint(cfg.checkpoint)
@@ -153,6 +160,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     model = build_sparse_model(task, run)
     check_state_dict_compatible(model, state["model"], source=str(ckpt_path))
     model.load_state_dict(state["model"])
+    # Issue 12: masks a sparsifier holds (DPF, RigL, ASP) come from the checkpoint too.
+    restore_sparsifier(model, state.get("sparsifier"), source=str(ckpt_path))
     weights_path = Path(str(cfg.weights)).expanduser() if cfg.get("weights") else None
     if weights_path is not None:
         stored = load_checkpoint(weights_path)

@@ -112,6 +112,7 @@ class RunParts:
     sampler: ResumableSampler
     logger: Any  # fst.logging.RunLogger
     mask_tracker: Any = None  # fst.logging.MaskTracker
+    sparsifier: Any = None  # fst.sparsifier: masks a strategy keeps across steps, or None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -199,6 +200,7 @@ class Trainer:
             parts.logger,
             parts.mask_tracker,
         )
+        self.sparsifier = parts.sparsifier
         self.device, self.dist, self.seed = env.device, env.dist, env.seed
         self.run_dir = Path(env.run_dir)
         self.ckpt_dir = self.run_dir / CHECKPOINT_DIRNAME
@@ -241,6 +243,9 @@ class Trainer:
         if self.mask_tracker is not None:
             # Previous forward masks: the first flip rate after a resume compares against them.
             items["mask_tracker"] = self.mask_tracker
+        if self.sparsifier is not None:
+            # Masks / gradients the strategy keeps across steps (issue 12's sparsifier).
+            items["sparsifier"] = self.sparsifier
         return items
 
     # ---------------------------------------------------------------- data
@@ -375,8 +380,13 @@ class Trainer:
         if ok:
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # The sparsifier steps only after a step that was taken (fp16: the scaler skips
+            # steps with inf gradients and then lowers its scale), while the gradients exist.
+            if self.sparsifier is not None and (scale is None or self.scaler.get_scale() >= scale):
+                self.sparsifier.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -564,6 +574,13 @@ class Trainer:
         self.guard.load_state_dict(state.get("nonfinite", {}))
         if self.mask_tracker is not None:
             self.mask_tracker.load_state_dict(state.get("mask_tracker", {}))
+        if self.sparsifier is not None:
+            if not state.get("sparsifier"):
+                raise ValueError(
+                    f"checkpoint {source} has no sparsifier state, but this strategy keeps its "
+                    "masks there: it cannot be resumed exactly"
+                )
+            self.sparsifier.load_state_dict(state["sparsifier"])
         self.last_val = dict(state.get("last_val", {}))
         self.progress = p
         if source and Path(source) == self.ckpt_dir / LAST:  # continued in place

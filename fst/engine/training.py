@@ -31,6 +31,7 @@ from fst.engine import dist as fdist
 from fst.engine.config import (
     group_kwargs,
     missing_keys,
+    sparsifier_params,
     sparsity_options,
     trainer_settings,
     validate_config,
@@ -281,6 +282,18 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
     scaler = torch.amp.GradScaler(
         device.type, enabled=device.type == "cuda" and str(tc.precision) == "16"
     )
+    # The sparsifier of strategies whose masks/gradients live across steps (None for stateless
+    # ones), built beside the optimizer; the trainer steps it and checkpoints it.
+    from fst.sparsifier import build_sparsifier
+
+    sparsifier = build_sparsifier(
+        model,
+        optimizer,
+        total_steps=int(tc.epochs) * steps,
+        steps_per_epoch=steps,
+        seed=int(cfg.seed),
+        **sparsifier_params(cfg),
+    )
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -308,6 +321,7 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
         sampler=sampler,
         logger=logger,
         mask_tracker=MaskTracker(),
+        sparsifier=sparsifier,
     )
     env = RunEnv(
         device=device,

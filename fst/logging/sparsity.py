@@ -35,7 +35,7 @@ class MaskTracker:
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
         from fst.layers import sparse_layers
-        from fst.rules import operand_checks, weight_operands
+        from fst.rules import operand_checks, weight_operands, with_state
 
         out: dict[str, float] = {}
         agg: dict[str, list[float]] = {"valid_fwd": [], "valid_bwd": [], "flip_rate": []}
@@ -43,15 +43,17 @@ class MaskTracker:
         layers = list(sparse_layers(model))
         masks, operands = {}, {}
         for name, m in layers:  # what one forward computes: Eq. 1 and Eq. 2 weights
-            operands[name] = weight_operands(m.weight, m.plan)
+            operands[name] = weight_operands(m.weight, m.plan, state=m.rule_state)
         if layers and layers[0][1].weight.is_cuda:
             torch.cuda.synchronize()
         mask_ms = (time.perf_counter() - t0) * 1e3
         for name, m in layers:
-            masks[name] = m.plan.rules[0].mask(m.weight.detach(), m.plan)
+            masks[name] = m.plan.rules[0].mask(
+                m.weight.detach(), m.plan, **with_state(m.rule_state)
+            )
         for name, m in layers:
             mask = masks[name]
-            for check in operand_checks(m.plan, *operands[name]):
+            for check in operand_checks(m.plan, *operands[name], state=m.rule_state):
                 key = "valid_fwd" if check.eq == 1 else "valid_bwd"
                 v = check.valid_share()
                 out[f"sparsity/{name}/{key}"] = v

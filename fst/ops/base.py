@@ -35,15 +35,18 @@ class Backend:
     """Executes the three GEMMs of a plan. Subclasses implement :meth:`conv2d` and :meth:`linear`.
 
     ``needs_cuda``: the backend only runs on CUDA devices (used by config validation).
+    ``state``: the layer's per-layer state, given only for plans that keep some (a dict the
+    backend hands to the plan's rule hooks as ``**with_state(state)`` without reading it;
+    see :mod:`fst.rules.base`, "Per-layer state").
     """
 
     name = "base"
     needs_cuda = False
 
-    def conv2d(self, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
+    def conv2d(self, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float, state=None):
         raise NotImplementedError
 
-    def linear(self, x, weight, bias, plan: Strategy, decay: float):
+    def linear(self, x, weight, bias, plan: Strategy, decay: float, state=None):
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
-from fst.rules import weight_operands
+from fst.rules import weight_operands, with_state
 from fst.strategies import Strategy
 
 _conv_bwd = torch.ops.aten.convolution_backward.default
@@ -55,8 +55,8 @@ def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
-        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
+    def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float, state):
+        w_fwd, w_bwd = weight_operands(weight, plan, ctx.needs_input_grad[0], state)
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         if wb is None:  # Eq. 2 is never run; convolution_backward still needs a weight shape
@@ -64,7 +64,7 @@ class _Conv(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             y = F.conv2d(xc, wf, b, geom.stride, geom.padding, geom.dilation)
         ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.geom, ctx.plan, ctx.decay = geom, plan, decay
+        ctx.geom, ctx.plan, ctx.decay, ctx.kw = geom, plan, decay, with_state(state)
         ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
         return y
 
@@ -72,7 +72,7 @@ class _Conv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         xc, wb, weight, w_fwd = ctx.saved_tensors
-        g, plan = ctx.geom, ctx.plan
+        g, plan, kw = ctx.geom, ctx.plan, ctx.kw
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dy = dy.to(xc.dtype)
         args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
@@ -84,22 +84,24 @@ class _Conv(torch.autograd.Function):
             dx, dw, db = _conv_bwd(dy, xc, wb, bias_sizes, *args, [need_x, need_w, need_b])
         else:
             if need_x:
-                dx = _conv_bwd(eq2.prune_dy(dy, 1), xc, wb, None, *args, [True, False, False])[0]
+                dyi = eq2.prune_dy(dy, 1, plan, **kw)
+                dx = _conv_bwd(dyi, xc, wb, None, *args, [True, False, False])[0]
             if need_b:
                 db = dy.sum((0, 2, 3))
             if need_w:
-                dw = _conv_weight_grad(dy, xc, wb, g, plan)
+                dw = _conv_weight_grad(dy, xc, wb, g, plan, kw)
         if dw is not None:
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if dx is not None:
             dx = dx.to(ctx.x_dtype)
         if db is not None:
             db = db.to(weight.dtype)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
-def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tensor:
-    """Eq. 3 for a conv: ``dW = dY' X'^T`` with the plan's Eq. 3 rule."""
+def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy, kw: dict) -> torch.Tensor:
+    """Eq. 3 for a conv: ``dW = dY' X'^T`` with the plan's Eq. 3 rule (``kw``: the layer's
+    state for stateful plans, :func:`fst.rules.with_state`)."""
     rule = plan.rules[2]
     if rule.key == "fixed":
         dy_half = ir_half(dy, plan.ir_coef, dim=3)
@@ -109,23 +111,23 @@ def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tens
     wo = dy.shape[3]
     if rule.prunes_x:  # X itself is masked: im2col [N, K, L], one column per output position
         cols = F.unfold(xc, wb.shape[2:], g.dilation, g.padding, g.stride)
-        dyf, cols = rule.operands(dy.flatten(2), cols, plan, dim=-1, width=wo)
+        dyf, cols = rule.operands(dy.flatten(2), cols, plan, dim=-1, width=wo, **kw)
         return torch.einsum("nol,nkl->ok", dyf, cols).reshape(wb.shape)
-    dyf, _ = rule.operands(dy.flatten(2), None, plan, dim=-1, width=wo)
+    dyf, _ = rule.operands(dy.flatten(2), None, plan, dim=-1, width=wo, **kw)
     args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
     return _conv_bwd(dyf.view_as(dy), xc, wb, None, *args, [False, True, False])[1]
 
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan: Strategy, decay: float):
-        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
+    def forward(ctx, x, weight, bias, plan: Strategy, decay: float, state):
+        w_fwd, w_bwd = weight_operands(weight, plan, ctx.needs_input_grad[0], state)
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
             y = F.linear(xc, wf, b)
         ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.plan, ctx.decay = plan, decay
+        ctx.plan, ctx.decay, ctx.kw = plan, decay, with_state(state)
         ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
         return y
 
@@ -133,28 +135,29 @@ class _Linear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         xc, wb, weight, w_fwd = ctx.saved_tensors
-        plan = ctx.plan
+        plan, kw = ctx.plan, ctx.kw
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dy = dy.to(xc.dtype)
         dx = dw = db = None
         if need_x:
-            dx = (plan.rules[1].prune_dy(dy, -1) @ wb).to(ctx.x_dtype)
+            dx = (plan.rules[1].prune_dy(dy, -1, plan, **kw) @ wb).to(ctx.x_dtype)
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
-            dw = _linear_weight_grad(dy, xc, plan)
+            dw = _linear_weight_grad(dy, xc, plan, kw)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
-def _linear_weight_grad(dy, xc, plan: Strategy) -> torch.Tensor:
-    """Eq. 3 for a Linear; the token axis (dim -2) plays the conv's width (dense for 2-D x)."""
+def _linear_weight_grad(dy, xc, plan: Strategy, kw: dict) -> torch.Tensor:
+    """Eq. 3 for a Linear; the token axis (dim -2) plays the conv's width (dense for 2-D x,
+    unless the rule works per example: ``positions_axis`` false)."""
     rule = plan.rules[2]
     if xc.dim() >= 3 and rule.key == "fixed":  # the kept half only: even tokens
         dy = ir_half(dy, plan.ir_coef, dim=-2)
         xc = _every_other(xc, xc.dim() - 2, 0)
-    elif xc.dim() >= 3:
-        dy, xc = rule.operands(dy, xc, plan, dim=-2)
+    elif xc.dim() >= 3 or not rule.positions_axis:
+        dy, xc = rule.operands(dy, xc, plan, dim=-2, **kw)
     return dy.reshape(-1, dy.shape[-1]).T @ xc.reshape(-1, xc.shape[-1])
 
 
@@ -163,11 +166,11 @@ class NativeBackend(Backend):
 
     name = "native"
 
-    def conv2d(self, x, weight, bias, geom, plan, decay):
-        return _Conv.apply(x, weight, bias, geom, plan, decay)
+    def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
+        return _Conv.apply(x, weight, bias, geom, plan, decay, state)
 
-    def linear(self, x, weight, bias, plan, decay):
-        return _Linear.apply(x, weight, bias, plan, decay)
+    def linear(self, x, weight, bias, plan, decay, state=None):
+        return _Linear.apply(x, weight, bias, plan, decay, state)
 
 
 BACKENDS.register("native", NativeBackend())

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fst.ops.base import BACKENDS, Backend, add_decay, autocast_dtype, cast
-from fst.rules import weight_operands
+from fst.rules import weight_operands, with_state
 
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, geom, plan, decay):
-        w_fwd, w_bwd = weight_operands(weight, plan)
+    def forward(ctx, x, weight, bias, geom, plan, decay, state):
+        w_fwd, w_bwd = weight_operands(weight, plan, state=state)
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         k = weight.shape[2:]
         cols = F.unfold(xc, k, geom.dilation, geom.padding, geom.stride)  # [N, K, L]
@@ -32,6 +32,7 @@ class _Conv(torch.autograd.Function):
             y = y + b[None, :, None]
         ctx.save_for_backward(cols, wb, weight, w_fwd)
         ctx.geom, ctx.plan, ctx.decay, ctx.hw, ctx.wo = geom, plan, decay, (h, w), wo
+        ctx.kw = with_state(state)
         ctx.x_dtype = x.dtype
         return y.reshape(x.shape[0], -1, ho, wo)
 
@@ -43,29 +44,29 @@ class _Conv(torch.autograd.Function):
         dy = dy.to(cols.dtype).flatten(2)  # [N, Co, L]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dyi = plan.rules[1].prune_dy(dy, 1)
+            dyi = plan.rules[1].prune_dy(dy, 1, plan, **ctx.kw)
             dcols = torch.einsum("ok,nol->nkl", wb.flatten(1), dyi)
             k = weight.shape[2:]
             dx = F.fold(dcols, ctx.hw, k, g.dilation, g.padding, g.stride).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            dyw, xw = plan.rules[2].operands(dy, cols, plan, dim=-1, width=ctx.wo)
+            dyw, xw = plan.rules[2].operands(dy, cols, plan, dim=-1, width=ctx.wo, **ctx.kw)
             dw = torch.einsum("nol,nkl->ok", dyw, xw).reshape(weight.shape)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if ctx.needs_input_grad[2]:
             db = dy.sum((0, 2)).to(weight.dtype)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan, decay):
-        w_fwd, w_bwd = weight_operands(weight, plan)
+    def forward(ctx, x, weight, bias, plan, decay, state):
+        w_fwd, w_bwd = weight_operands(weight, plan, state=state)
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         y = torch.einsum("oi,...i->...o", wf, xc)
         if b is not None:
             y = y + b
         ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.plan, ctx.decay, ctx.x_dtype = plan, decay, x.dtype
+        ctx.plan, ctx.decay, ctx.x_dtype, ctx.kw = plan, decay, x.dtype, with_state(state)
         return y
 
     @staticmethod
@@ -76,18 +77,20 @@ class _Linear(torch.autograd.Function):
         dy = dy.to(xc.dtype)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dyi = plan.rules[1].prune_dy(dy, -1)
+            dyi = plan.rules[1].prune_dy(dy, -1, plan, **ctx.kw)
             dx = torch.einsum("oi,...o->...i", wb, dyi).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            if xc.dim() >= 3:  # tokens (dim -2) are the positions axis of Eq. 3
-                dyt, xt = plan.rules[2].operands(dy, xc, plan, dim=-2)
+            eq3 = plan.rules[2]
+            # tokens (dim -2) are the positions axis of Eq. 3; per-example rules need none
+            if xc.dim() >= 3 or not eq3.positions_axis:
+                dyt, xt = eq3.operands(dy, xc, plan, dim=-2, **ctx.kw)
                 dw = torch.einsum("...to,...ti->oi", dyt, xt)
             else:  # no positions axis: Eq. 3 stays dense
                 dw = torch.einsum("bo,bi->oi", dy, xc)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if ctx.needs_input_grad[2]:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
 class ReferenceBackend(Backend):
@@ -95,11 +98,11 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
-    def conv2d(self, x, weight, bias, geom, plan, decay):
-        return _Conv.apply(x, weight, bias, geom, plan, decay)
+    def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
+        return _Conv.apply(x, weight, bias, geom, plan, decay, state)
 
-    def linear(self, x, weight, bias, plan, decay):
-        return _Linear.apply(x, weight, bias, plan, decay)
+    def linear(self, x, weight, bias, plan, decay, state=None):
+        return _Linear.apply(x, weight, bias, plan, decay, state)
 
 
 BACKENDS.register("reference", ReferenceBackend())

@@ -4,7 +4,14 @@
 one rule object per key; a :class:`fst.strategies.Strategy` names one key of each.
 """
 
-from fst.rules import forward, input_grad, released, weight_grad  # noqa: F401  (fill registries)
+from fst.rules import (  # noqa: F401  (fill registries)
+    forward,
+    input_grad,
+    meprop,
+    released,
+    resprop,
+    weight_grad,
+)
 from fst.rules.base import (
     FORWARD_RULES,
     INPUT_GRAD_RULES,
@@ -14,6 +21,7 @@ from fst.rules.base import (
     Rule,
     operand_checks,
     weight_operands,
+    with_state,
 )
 
 __all__ = [
@@ -25,4 +33,5 @@ __all__ = [
     "OperandCheck",
     "operand_checks",
     "weight_operands",
+    "with_state",
 ]

@@ -18,8 +18,17 @@ semantics: the ``reference`` backend calls nothing else, and faster backends eit
 same methods or are tested against them.
 
 Adding a GEMM mode: one rule class in the module of its equation (``forward.py``,
-``input_grad.py``, ``weight_grad.py``), registered under its key, plus its test (see README,
-"Adding a strategy").
+``input_grad.py``, ``weight_grad.py``) or of its method (``released.py``, ``meprop.py``,
+``resprop.py``), registered under its key, plus its test (see README, "Adding a strategy").
+
+Per-layer state (masks and gradients that live across steps). A rule that reads or writes
+state a layer keeps between steps (the mask a sparsifier holds for DPF, RigL, ASP; the previous
+step's gradient for ReSprop) lists those keys in ``state_keys``. Each sparse layer of such a
+plan holds one plain ``dict`` of tensors and Python numbers, owned and checkpointed by the
+plan's sparsifier (:mod:`fst.sparsifier`); backends hand it to the rule hooks as the keyword
+``state``. Layers of stateless plans have no state and their rules are called exactly as
+before (no ``state`` keyword), so stateless rules need not accept one and cost nothing extra.
+Backends never look inside the mapping: only rules and sparsifiers know its keys.
 """
 
 from __future__ import annotations
@@ -46,16 +55,29 @@ class Rule:
             ``"X^T"``), or ``""`` when the GEMM is dense.
         options: the :data:`fst.strategies.OPTIONS` this rule reads (an option no rule of a
             plan reads is refused).
+        state_keys: keys of the layer's per-layer state this rule reads or writes (see the
+            module docstring); a plan with such a rule must name a sparsifier providing them.
     """
 
     key: ClassVar[str] = ""
     eq: ClassVar[int] = 0
     operand: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()
+    state_keys: ClassVar[tuple[str, ...]] = ()
 
     @property
     def prunes(self) -> bool:
         return bool(self.operand)
+
+    def pattern(self, plan: Strategy) -> str:
+        """How the pruned operand's zeros are arranged, for reports (``"2:4"``,
+        ``"unstructured"``, ``"filters"``, ...)."""
+        return "2:4"
+
+    def skips(self, plan: Strategy, weight_shape: tuple[int, ...]) -> str:
+        """Why this rule leaves a layer with this weight shape unpruned, or ``""`` if it
+        prunes it (ASP's shape rule; asked by the MAC count, the summary, the sparsifier)."""
+        return ""
 
     def formula(self, plan: Strategy) -> str:
         """The GEMM as written in the README's strategy table, e.g. ``"S(W^T) dY"``."""
@@ -86,24 +108,32 @@ def register(cls):
     return cls
 
 
+def with_state(state) -> dict:
+    """The keyword arguments that hand a layer's per-layer ``state`` to rule hooks: ``{}``
+    for layers of stateless plans (their rules are called as before), else ``{"state": ...}``."""
+    return {} if state is None else {"state": state}
+
+
 def weight_operands(
-    weight: torch.Tensor, plan: Strategy, need_bwd: bool = True
+    weight: torch.Tensor, plan: Strategy, need_bwd: bool = True, state=None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weights of Eq. 1 and Eq. 2, both shaped like ``weight``, computed once per forward.
 
     Returns ``(w_fwd, w_bwd)``: ``w_fwd`` = W, S(W) or T(W) (the Eq. 1 rule); ``w_bwd`` = the
     matrix whose transpose multiplies dY in Eq. 2 (the Eq. 2 rule). ``w_bwd`` is None when
-    ``need_bwd`` is False (no input gradient will be asked for). Detached.
+    ``need_bwd`` is False (no input gradient will be asked for). Detached. ``state``: the
+    layer's per-layer state (None for stateless plans), for rules that hold their mask there.
     """
     w = weight.detach()
     eq1, eq2 = plan.rules[0], plan.rules[1]
+    kw = with_state(state)
     # |W| is shared when both masks rank magnitudes of the same dense W (fst: S(W), S(W^T)).
     a = w.abs() if (eq1.uses_abs and eq2.uses_abs) else None
-    mask = eq1.mask(w, plan, a)
+    mask = eq1.mask(w, plan, a, **kw)
     w_fwd = w if mask is None else w * mask
     if not need_bwd:
         return w_fwd, None
-    return w_fwd, eq2.weight(w, w_fwd, plan, a)
+    return w_fwd, eq2.weight(w, w_fwd, plan, a, **kw)
 
 
 @dataclass
@@ -112,7 +142,8 @@ class OperandCheck:
 
     ``tensor`` viewed so that 2:4 groups run along ``dim``; ``along`` names that dimension
     (``Ci*kh*kw``, ``Ci``, ``in``, ``Co``, ``out``); ``tensor_core``: the rule promises 2:4
-    (a failure is then a bug or a tampered weight), otherwise the check only reports.
+    (a failure is then a bug or a tampered weight), otherwise the check only reports;
+    ``pattern``: how the rule arranges the zeros (:meth:`Rule.pattern`).
     """
 
     eq: int
@@ -121,6 +152,7 @@ class OperandCheck:
     tensor: torch.Tensor
     dim: int
     tensor_core: bool
+    pattern: str = "2:4"
 
     def ok(self) -> bool:
         return is_nm(self.tensor, self.dim)
@@ -134,24 +166,37 @@ class OperandCheck:
         nz = (x.reshape(*x.shape[:-1], -1, 4) != 0).sum(-1)
         return float((nz <= 2).float().mean())
 
+    def zero_share(self) -> float:
+        """Share of the operand's entries that are zero."""
+        return float((self.tensor == 0).float().mean()) if self.tensor.numel() else 0.0
+
     def label(self) -> str:
-        return f"2:4 along {self.along}: {'ok' if self.ok() else 'NOT 2:4'}"
+        if self.tensor_core:
+            return f"2:4 along {self.along}: {'ok' if self.ok() else 'NOT 2:4'}"
+        # Sparse, but not 2:4 along the reduction dim by construction: no sparse tensor core.
+        nm = "2:4" if self.ok() else "NOT 2:4"
+        return f"{self.pattern}, {self.zero_share():.0%} zero: {nm} along {self.along}"
 
 
 def operand_checks(
-    plan: Strategy, w_fwd: torch.Tensor, w_bwd: torch.Tensor | None
+    plan: Strategy, w_fwd: torch.Tensor, w_bwd: torch.Tensor | None, state=None
 ) -> list[OperandCheck]:
     """The pruned weight operands of Eq. 1 and Eq. 2, each along its GEMM's reduction dim.
 
-    Shared by :func:`fst.summary`, ``eval.py`` and the per-layer diagnostics.
+    Shared by :func:`fst.summary`, ``eval.py`` and the per-layer diagnostics. An Eq. 1 rule
+    whose mask is not set yet (``pruning_now`` false: ASP's dense phase) is not checked.
     """
     out = []
     eq1, eq2 = plan.rules[0], plan.rules[1]
-    if eq1.prunes:
+    if eq1.prunes and eq1.pruning_now(state):
         t, dim, along = eq1.reduction_view(w_fwd, plan)
-        out.append(OperandCheck(1, eq1.operand, along, t, dim, eq1.tensor_core(plan)))
-    if eq2.prunes_weight and w_bwd is not None:
+        tc = eq1.tensor_core(plan)
+        out.append(OperandCheck(1, eq1.operand, along, t, dim, tc, eq1.pattern(plan)))
+    # The forward weight reused by Eq. 2 (chain rule) is not pruned while Eq. 1 is not.
+    eq2_live = w_bwd is not w_fwd or eq1.pruning_now(state)
+    if eq2.prunes_weight and w_bwd is not None and eq2_live:
         t = w_bwd.reshape(w_bwd.shape[0], -1)
         along = "Co" if w_bwd.dim() == 4 else "out"
-        out.append(OperandCheck(2, eq2.operand, along, t, 0, eq2.tensor_core(plan)))
+        tc = eq2.tensor_core(plan)
+        out.append(OperandCheck(2, eq2.operand, along, t, 0, tc, eq2.pattern(plan)))
     return out

@@ -22,9 +22,15 @@ class ForwardRule(Rule):
     uses_abs = False  # ranks |W| (lets Eq. 2 share one |W| pass)
     transposable = False  # the pruned W is 2:4 along Co too, so its transpose serves Eq. 2
 
-    def mask(self, w: torch.Tensor, plan, abs_w: torch.Tensor | None = None):
-        """Bool keep-mask shaped like ``w``, or None for a dense forward weight."""
+    def mask(self, w: torch.Tensor, plan, abs_w: torch.Tensor | None = None, state=None):
+        """Bool keep-mask shaped like ``w``, or None for a dense forward weight. ``state``: the
+        layer's per-layer state (only for layers of stateful plans)."""
         return None
+
+    def pruning_now(self, state) -> bool:
+        """Whether the forward weight is pruned at this point of training (False: a mask that
+        a sparsifier has not set yet, as in ASP's dense phase)."""
+        return True
 
     def reduction_view(self, w_fwd: torch.Tensor, plan) -> tuple[torch.Tensor, int, str]:
         """``(tensor, dim, name)``: ``w_fwd`` viewed so 2:4 groups run along ``dim``."""
@@ -56,7 +62,7 @@ class NM(ForwardRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def mask(self, w, plan, abs_w=None):
+    def mask(self, w, plan, abs_w=None, state=None):
         a = w.abs() if abs_w is None else abs_w
         if plan.mask_layout == "cin" and w.dim() == 4:
             return nm_mask_of_abs(a, dim=1)
@@ -83,5 +89,86 @@ class TSM(ForwardRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def mask(self, w, plan, abs_w=None):
+    def mask(self, w, plan, abs_w=None, state=None):
         return transposable_mask(w.reshape(w.shape[0], -1)).view(w.shape)
+
+
+def held_mask(state, rule: str):
+    """The keep-mask a sparsifier holds in a layer's state (``state["mask"]``; None: not set)."""
+    if state is None or "mask" not in state:
+        raise RuntimeError(
+            f"the Eq. 1 rule {rule!r} multiplies W by the mask its sparsifier holds, but this "
+            "layer has none: build the strategy's sparsifier once the model is sparsified "
+            "(fst.build_sparsifier(model, optimizer, total_steps=..., steps_per_epoch=...)) and "
+            "call its step() after every optimizer.step() (train.py does both)"
+        )
+    return state["mask"]
+
+
+@register
+class Held(ForwardRule):
+    """``M(W)``: an unstructured keep-mask of W held in the layer's state by the plan's
+    sparsifier (DPF's magnitude mask, RigL's drop/grow mask; :mod:`fst.sparsifier`).
+
+    Unstructured, so not 2:4 along K: no sparse tensor core runs it and Figure 2 counts the
+    GEMM dense.
+    """
+
+    key = "held"
+    operand = "W"
+    state_keys = ("mask",)
+
+    def formula(self, plan) -> str:
+        return "M(W) X"
+
+    def pattern(self, plan) -> str:
+        return "unstructured"
+
+    def mask(self, w, plan, abs_w=None, state=None):
+        return held_mask(state, self.key)
+
+
+@register
+class HeldNM(NM):
+    """``S_fix(W)``: a 2:4 mask computed once (ASP's one-shot magnitude prune, by the ``nm``
+    rule's arithmetic and ``mask_layout``) and then held in the layer's state. Until its
+    sparsifier sets it (``state["mask"]`` None: ASP's dense phase) the forward weight is W.
+    """
+
+    key = "held_nm"
+    uses_abs = False
+    state_keys = ("mask",)
+
+    def formula(self, plan) -> str:
+        return "S_fix(W) X"
+
+    def skips(self, plan, weight_shape) -> str:
+        # apex ASP's eligible_modules: dims 0 and 1 of the weight (Co x Ci, out x in) must be
+        # multiples of 8 and 16 for a sparse tensor core; other layers stay dense.
+        if weight_shape[0] % 8 or weight_shape[1] % 16:
+            return f"{weight_shape[0]}x{weight_shape[1]} is not a multiple of 8x16 (apex ASP)"
+        return ""
+
+    def mask(self, w, plan, abs_w=None, state=None):
+        return held_mask(state, self.key)
+
+    def pruning_now(self, state) -> bool:
+        return state is not None and state.get("mask") is not None
+
+
+@register
+class SoftFilters(ForwardRule):
+    """Soft filter pruning (SFP / ASFP, He et al.): the plan's sparsifier zeroes the filters of
+    W with the smallest L2 norm *in W itself* at the end of every epoch, and they keep training
+    in between, so the forward multiplies W as it is (no mask here). The pruned operand is W
+    with whole filters (output channels) zero: channel sparsity, not 2:4.
+    """
+
+    key = "soft_filters"
+    operand = "W"
+
+    def formula(self, plan) -> str:
+        return "SFP(W) X"
+
+    def pattern(self, plan) -> str:
+        return "filters (L2), zeroed each epoch"

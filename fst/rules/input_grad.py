@@ -22,12 +22,14 @@ class InputGradRule(Rule):
     prunes_dy = False  # dY is pruned before Eq. 2
     shares_forward_weight = False  # the Eq. 2 weight is the Eq. 1 weight itself
 
-    def weight(self, w, w_fwd, plan, abs_w=None) -> torch.Tensor:
+    def weight(self, w, w_fwd, plan, abs_w=None, state=None) -> torch.Tensor:
         """The matrix whose transpose multiplies dY, shaped like ``w`` (default: dense W)."""
         return w
 
-    def prune_dy(self, dy: torch.Tensor, dim: int) -> torch.Tensor:
-        """dY as Eq. 2 sees it; ``dim`` is its channel (Co / out) axis."""
+    def prune_dy(self, dy: torch.Tensor, dim: int, plan=None, state=None) -> torch.Tensor:
+        """dY as Eq. 2 sees it; ``dim`` is its channel (Co / out) axis, dim 0 the batch.
+        ``plan``: the strategy (for rules reading options); ``state``: the layer's per-layer
+        state (only for layers of stateful plans)."""
         return dy
 
 
@@ -61,7 +63,10 @@ class Forward(InputGradRule):
     def tensor_core(self, plan) -> bool:
         return plan.rules[0].transposable
 
-    def weight(self, w, w_fwd, plan, abs_w=None):
+    def pattern(self, plan) -> str:
+        return f"Eq. 1's {plan.rules[0].pattern(plan)} mask, transposed"
+
+    def weight(self, w, w_fwd, plan, abs_w=None, state=None):
         return w_fwd
 
 
@@ -80,7 +85,7 @@ class NMWT(InputGradRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def weight(self, w, w_fwd, plan, abs_w=None):
+    def weight(self, w, w_fwd, plan, abs_w=None, state=None):
         a = w.abs() if abs_w is None else abs_w
         return w * nm_mask_of_abs(a.reshape(w.shape[0], -1), dim=0).view(w.shape)
 
@@ -99,5 +104,5 @@ class NMdY(InputGradRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def prune_dy(self, dy, dim):
+    def prune_dy(self, dy, dim, plan=None, state=None):
         return dy * nm_mask(dy, dim=dim)

@@ -85,7 +85,7 @@ class Random4(WeightGradRule):
         # columns, as ImageNet-size maps do)
         return True
 
-    def operands(self, dy, x, plan, dim=-1, width=None):
+    def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         # to the release's layout: [B, features, positions], samples B = the leading dims
         dyt = dy.movedim(dim, -1)
         if plan.ir_coef:
@@ -120,7 +120,10 @@ class Regrouped(InputGradRule):
     def formula(self, plan) -> str:
         return "R(S(W))^T dY"
 
-    def weight(self, w, w_fwd, plan, abs_w=None):
+    def pattern(self, plan) -> str:
+        return "2:4 in fours regrouped inside one filter"
+
+    def weight(self, w, w_fwd, plan, abs_w=None, state=None):
         flat = w_fwd.reshape(-1)
         pad = (-flat.numel()) % 16
         blocks = F.pad(flat, (0, pad)).view(-1, 4, 4)

@@ -27,14 +27,19 @@ def _along(v: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
 
 
 class WeightGradRule(Rule):
-    """Prunes dY and/or X^T of Eq. 3 along the positions axis."""
+    """Prunes dY and/or X^T of Eq. 3 along the positions axis (or, with ``positions_axis``
+    false, per example: meProp, ReSprop)."""
 
     eq = 3
     prunes_x = False  # needs X itself (a conv backend must build the im2col matrix)
+    # Prunes along the positions axis: a 2-D Linear input has none, so Eq. 3 stays dense there.
+    # False: the rule works per example (dim 0), 2-D Linear inputs (an MLP's) included.
+    positions_axis = True
 
-    def operands(self, dy, x, plan, dim: int = -1, width: int | None = None):
+    def operands(self, dy, x, plan, dim: int = -1, width: int | None = None, state=None):
         """``(dY', X')``: the operands of Eq. 3 (``x`` may be None for rules with
-        ``prunes_x=False``). The reference semantics every backend is tested against."""
+        ``prunes_x=False``). The reference semantics every backend is tested against.
+        ``state``: the layer's per-layer state (only for layers of stateful plans)."""
         return dy, x
 
     def note(self, plan, width: int) -> str:
@@ -73,7 +78,7 @@ class Fixed(WeightGradRule):
     def tensor_core(self, plan) -> bool:
         return True  # 2:4 along the flattened positions when Wo is even (see note())
 
-    def operands(self, dy, x, plan, dim=-1, width=None):
+    def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         dim = dim % dy.dim()
         n = dy.shape[dim]
         w = width or n
@@ -107,7 +112,7 @@ class NMdY(WeightGradRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def operands(self, dy, x, plan, dim=-1, width=None):
+    def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         return dy * nm_mask(dy, dim=dim), x
 
 
@@ -125,5 +130,5 @@ class NMX(WeightGradRule):
     def tensor_core(self, plan) -> bool:
         return True
 
-    def operands(self, dy, x, plan, dim=-1, width=None):
+    def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         return dy, x * nm_mask(x, dim=dim)

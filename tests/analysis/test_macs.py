@@ -47,6 +47,14 @@ EXPECTED = {
     "wx": (True, True, True),
     "gg": (True, True, True),
     "gx": (True, True, True),
+    # Table 3's other baselines: unstructured / channel sparsity is not 2:4 (counts dense);
+    # ASP's one-shot mask is 2:4 along Ci, its S_fix(W)^T is not 2:4 along Co.
+    "meprop": (False, False, False),
+    "resprop": (False, False, False),
+    "dpf": (False, False, False),
+    "rigl": (False, False, False),
+    "asfp": (False, False, False),
+    "asp": (True, False, False),
 }
 
 
@@ -70,6 +78,13 @@ def test_every_registered_strategy_is_counted():
     # 80%); its Eq. 2 uses S(W)^T, pruned but not 2:4 along Cout, so it counts dense.
     assert rows["srste"]["backward_share"] > 0.75
     assert (rows["srste"]["pruned_eqs"], rows["srste"]["sparse_eqs"]) == ("12", "1")
+    # pruned, but nothing a sparse tensor core runs: the dense count
+    for key, pruned in (("meprop", "23"), ("resprop", "23"), ("dpf", "12"), ("asfp", "1")):
+        assert (rows[key]["pruned_eqs"], rows[key]["sparse_eqs"]) == (pruned, "-"), key
+        assert rows[key]["total"] == rows["dense"]["total"]
+    # ASP halves Eq. 1 except in the 3-channel stem, which apex leaves dense
+    dense = macs.dense_macs(layers)
+    assert rows["asp"]["eq1"] == dense[0]["eq1"] + sum(r["eq1"] for r in dense[1:]) / 2
 
 
 def test_exclude_keeps_layers_dense():

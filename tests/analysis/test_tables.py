@@ -67,3 +67,17 @@ def test_detection_runs_on_other_data_keep_their_row(tmp_path):
 def test_missing_run_dir_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         tables.find_summaries([tmp_path / "nope"])
+
+
+def test_table3_lists_every_row_and_the_unimplemented_ones(tmp_path):
+    for strategy, v in (("dense", 70.0), ("meprop", 40.0), ("rigl", 65.0), ("asp", 68.0)):
+        _run(tmp_path, strategy, 0, v)
+    csv_rows, body = tables.build(tables.TABLES["table3"], tables.find_summaries([tmp_path]))
+    assert {r["row"] for r in csv_rows} == {"dense", "meprop", "rigl", "asp"}
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in body.splitlines()}
+    assert "| 32.5 |" in lines["meprop"] and "40.00 ± 0.00 (n=1)" in lines["meprop"]
+    assert "| 76.2 |" in lines["rigl"]  # the paper's row is ResNet-50 only
+    for row in ("prunet", "clickt", "sparset"):
+        assert "not implemented" in lines[row]
+    assert "| NA |" in lines["sparset"] and "- sparset: SparseTrain" in body
+    assert "not run" in lines["resprop"]  # implemented, no run here

@@ -54,25 +54,37 @@ def test_paper_recipe(name):
     assert cfg.model.small_stem is False and cfg.data.image_size == 224
 
 
+TABLE3_BASELINES = {"resnet18": ["meprop", "resprop", "asfp", "asp"],
+                    "resnet50": ["dpf", "rigl", "asfp", "asp"]}  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "table, models, strategies",
+    "table, rows",
     [
-        ("table1", ["resnet18"], ["dense", "wg", "wx", "gg", "gx"]),
-        ("table3", ["resnet18", "resnet50"], ["dense", "srste", "tsm", "fst2", "fst"]),
-        ("table5", ["resnet18"], ["dense", "srste", "fst2", "fst_noir", "fst"]),
+        ("table1", {"resnet18": ["dense", "wg", "wx", "gg", "gx"]}),
+        (
+            "table3",
+            {
+                m: ["dense", "srste", "tsm", "fst2", "fst", *TABLE3_BASELINES[m]]
+                for m in ("resnet18", "resnet50")
+            },
+        ),
+        ("table5", {"resnet18": ["dense", "srste", "fst2", "fst_noir", "fst"]}),
     ],
 )
-def test_table_rows_and_sweeps(table, models, strategies):
-    for m in models:
+def test_table_rows_and_sweeps(table, rows):
+    for m, strategies in rows.items():
         for s in strategies:
             cfg = compose([f"+experiment={table}_{m}_{s}"])
             assert (cfg.model.name, cfg.sparsity.strategy) == (m, s)
             assert cfg.optim.weight_decay == 7e-5 and cfg.trainer.epochs == 120
+            if s in TABLE3_BASELINES.get(m, []):  # SR-STE's decay is no part of them
+                assert cfg.sparsity.decay == 0.0
     sweep = compose([f"+sweep={table}"], config_name="config")
     hydra_cfg = _hydra_cfg([f"+sweep={table}"])
     params = hydra_cfg.hydra.sweeper.params
     swept = params["experiment"].split(",")
-    assert sorted(swept) == sorted(f"{table}_{m}_{s}" for m in models for s in strategies)
+    assert sorted(swept) == sorted(f"{table}_{m}_{s}" for m, ss in rows.items() for s in ss)
     assert len(params["seed"].split(",")) >= 2  # seeds are part of the sweep
     assert sweep.name  # the sweep file itself composes
 
@@ -180,6 +192,21 @@ def test_wrong_type_fails():
     OmegaConf.set_struct(cfg, False)
     cfg.trainer.epochs = "many"
     with pytest.raises(ConfigError, match="epochs"):
+        validate_config(cfg)
+
+
+def test_schedule_parameters_belong_to_the_strategy_sparsifier():
+    from fst.engine.config import sparsifier_params, sparsity_options
+
+    cfg = compose(["sparsity=asp", "sparsity.dense_epochs=1"])
+    validate_config(cfg)
+    assert sparsifier_params(cfg) == {"dense_epochs": 1}
+    assert sparsity_options(cfg) == {}  # not a strategy option of fst.sparsify
+    cfg = compose(["sparsity=dpf", "+sparsity.dense_epochs=1"])  # ASP's, not DPF's
+    with pytest.raises(ConfigError, match="dense_epochs.*ramp_end"):
+        validate_config(cfg)
+    cfg = compose(["+sparsity.update_every=3"])  # fst keeps no state: no schedule
+    with pytest.raises(ConfigError, match="update_every"):
         validate_config(cfg)
 
 

@@ -57,6 +57,7 @@ STATE_KEYS = (
     "nonfinite",
     "last_val",
     "mask_tracker",
+    "sparsifier",
 )
 VOLATILE_METRICS = ("time", "train/img_per_s", "sparsity/mask_ms")
 
@@ -250,3 +251,76 @@ def test_changed_lr_schedule_and_epochs_take_effect_after_resume(tmp_path):
     assert {g["initial_lr"] for g in groups} == {0.01}
     assert state["scheduler"]["base_lrs"] == [0.01] * len(groups)
     assert state["config"]["optim"]["lr"] == 0.01
+
+
+# Table 3's other baselines, each with its schedule shrunk so that its state changes within
+# the 2 x 3 steps (masks recomputed, grown, pruned; ReSprop's reused gradient every step).
+BASELINES = {
+    "meprop": [],
+    "resprop": [],
+    "dpf": ["sparsity.update_every=2", "sparsity.ramp_end=0.5"],
+    "rigl": ["sparsity.update_every=2", "sparsity.end=1.0"],
+    "asfp": [],
+    "asp": ["sparsity.dense_epochs=0.5"],
+}
+
+
+def _held_state(state: dict) -> dict:
+    return state["sparsifier"].get("state", {}) if state.get("sparsifier") else {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", sorted(BASELINES))
+def test_baseline_state_survives_sigterm_and_resume_auto(strategy, tmp_path):
+    """SIGTERM after step 4 of 6, then ``resume=auto``: the sparsifier's masks / gradients,
+    the weights and every metric end bit-identical to an uninterrupted run."""
+    extra = [f"sparsity={strategy}", *BASELINES[strategy]]
+    ref, run = tmp_path / "reference", tmp_path / "run"
+    procs = [  # the uninterrupted and the interrupted run side by side (2 cores in CI)
+        subprocess.Popen(
+            _train_cmd(d, *extra, *more),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for d, more in ((ref, ()), (run, ("trainer.debug_signal_at_step=4",)))
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert procs[0].returncode == 0, outs[0][-3000:]
+    assert procs[1].returncode == PREEMPTED_EXIT_CODE, outs[1][-3000:]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["global_step"] == 4
+    held = _held_state(state)
+    if strategy == "meprop":
+        assert not state.get("sparsifier")  # stateless
+    elif strategy == "resprop":
+        assert all("prev" in s for s in held.values())
+    elif strategy == "asp":
+        assert any(s["mask"] is not None for s in held.values())  # pruned after step 2
+    else:  # dpf, rigl, asfp: some mask prunes something by step 4
+        assert any(not bool(s["mask"].all()) for s in held.values())
+
+    proc = _run(run, *extra, "resume=auto")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    _assert_reproduces(ref, run)
+
+
+def test_skipped_nonfinite_step_does_not_step_the_sparsifier(tmp_path):
+    """The sparsifier advances only after optimizer steps that were taken."""
+    from fst.engine.training import train
+
+    torch.set_num_threads(1)
+    summary = train(
+        _compose(
+            "sparsity=dpf",
+            "sparsity.update_every=2",
+            "trainer.debug_nan_at_step=3",
+            "trainer.skip_nonfinite=true",
+        ),
+        run_dir=tmp_path,
+    )
+    assert (summary["steps"], summary["nonfinite_skipped"]) == (EPOCHS * STEPS_PER_EPOCH, 1)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["sparsifier"]["step_count"] == EPOCHS * STEPS_PER_EPOCH - 1

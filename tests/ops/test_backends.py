@@ -327,3 +327,99 @@ def test_decay_scale_multiplies_the_decay_term():
         grads.append(conv.weight.grad)
     torch.testing.assert_close(grads[1], 0.25 * grads[0])
     assert grads[0].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 3's other baselines: the backends hand the layer's per-layer state to the rules.
+# The masks / reused gradient are set by hand here (the sparsifiers that keep them are tested in
+# tests/sparsifier and tests/rules/test_baselines.py); the expected values are the im2col
+# equations of each method written out.
+# ----------------------------------------------------------------------------------------------
+BASELINE_KEYS = ["meprop", "resprop", "dpf", "rigl", "asfp", "asp"]
+
+
+def _top(a: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Keep-mask of the n - floor(ratio n) largest entries of each row of the 2-D ``a``."""
+    keep = a.shape[1] - int(ratio * a.shape[1])
+    mask = torch.zeros_like(a, dtype=torch.bool)
+    mask.scatter_(1, a.sort(dim=1, descending=True).indices[:, :keep], True)
+    return mask
+
+
+def _baseline_state(key, w, dy_sample):
+    g = torch.Generator().manual_seed(7)
+    if key in ("dpf", "rigl"):
+        return {"mask": torch.rand(w.shape, generator=g) < 0.5}
+    if key == "asp":  # 2:4 along Ci of each (co, kh, kw) (2-D: along in)
+        return {"mask": nm_mask(w, dim=1)}
+    if key == "resprop":
+        return {"pick": 0.6, "prev": torch.randn(dy_sample.numel(), generator=g).double()}
+    return None
+
+
+def _baseline_dy(key, dy, state):
+    """dY as Eq. 2 and Eq. 3 see it (the same for both in these methods)."""
+    n = dy.shape[0]
+    if key == "meprop":  # top half of each example
+        return dy * _top(dy.reshape(n, -1).abs(), 0.5).view_as(dy)
+    if key == "resprop":  # P + top half of the difference over the whole tensor
+        prev = state["prev"].view(dy.shape[1:])
+        diff = dy - prev
+        return prev + diff * _top(diff.reshape(1, -1).abs(), 0.5).view_as(dy)
+    return dy
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", BASELINE_KEYS)
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_baseline_conv_matches_im2col_equations(case, key, backend):
+    ci, co, k, s, p, d, h, w, bias = CONV_CASES[case]
+    torch.manual_seed(0)
+    conv = nn.Conv2d(ci, co, k, s, p, d, bias=bias).double()
+    x = torch.randn(2, ci, h, w, dtype=torch.float64)
+    with torch.no_grad():
+        ho, wo = conv(x).shape[2:]
+    dy = torch.randn(2, co, ho, wo, dtype=torch.float64)
+    wt = conv.weight.detach()
+    state = _baseline_state(key, wt, dy[0])
+    fst.sparsify(conv, key, backend, decay=DECAY)  # none of them uses SR-STE's decay
+    conv.rule_state = None if state is None else dict(state)
+    X = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    W1 = (wt * state["mask"] if key in ("dpf", "rigl", "asp") else wt).reshape(co, -1)
+    y = torch.einsum("ok,nkl->nol", W1, X)
+    if bias:
+        y = y + conv.bias.detach()[None, :, None]
+    G = _baseline_dy(key, dy, state).reshape(2, co, -1)
+    dx = F.fold(
+        torch.einsum("ok,nol->nkl", W1, G), (h, w), conv.kernel_size, conv.dilation,
+        conv.padding, conv.stride,
+    )  # fmt: skip
+    dW = torch.einsum("nol,nkl->ok", G, X).reshape(wt.shape)
+    db = dy.sum((0, 2, 3)) if bias else None
+    want = (y.reshape(dy.shape), dx, dW, db)
+    assert_all_close(run_layer(conv, x, dy), want, atol=1e-10)
+    if key == "resprop":  # the example kept for the next step: floor(0.6 * 2) = 1
+        assert torch.equal(conv.rule_state["next"], dy[1].reshape(-1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", ["meprop", "dpf", "rigl", "asp"])  # resprop, asfp: convs only
+@pytest.mark.parametrize("shape", [(5, 16), (2, 7, 16)], ids=["2d", "3d"])
+def test_baseline_linear_matches_equations(shape, key, backend):
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 8).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    dy = torch.randn(*shape[:-1], 8, dtype=torch.float64)
+    wt = lin.weight.detach()
+    state = _baseline_state(key, wt, dy[0])
+    fst.sparsify(lin, key, backend, decay=DECAY)
+    lin.rule_state = None if state is None else dict(state)
+    W1 = wt * state["mask"] if state else wt
+    G = _baseline_dy(key, dy, state)  # meProp prunes Eq. 3 of a 2-D input too (an MLP)
+    want = (
+        x @ W1.T + lin.bias.detach(),
+        G @ W1,
+        G.reshape(-1, 8).T @ x.reshape(-1, 16),
+        dy.reshape(-1, 8).sum(0),
+    )
+    assert_all_close(run_layer(lin, x, dy), want, atol=1e-10)
