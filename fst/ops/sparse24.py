@@ -68,7 +68,7 @@ from torch.autograd.function import once_differentiable
 from fst.ops import native
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
 from fst.ops.cslt import CusparseltGemm, EmulatedGemm, SparseGemm, SparseGemmError
-from fst.rules import weight_operands
+from fst.rules import weight_operands, with_state
 from fst.strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def conv_eq1_taps(gemm: SparseGemm, x, w, b, g):
 
 
 def conv_eq2_dense(gemm, dy, x_shape, wb, g, plan):
-    dyi = plan.rules[1].prune_dy(dy, 1)
+    dyi = plan.rules[1].prune_dy(dy, 1, plan)
     x = torch.empty(x_shape, dtype=dy.dtype, device=dy.device)  # only its shape is read
     args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
     return _conv_bwd(dyi, x, wb, None, *args, [True, False, False])[0]
@@ -306,7 +306,7 @@ def linear_eq1_gemm(gemm: SparseGemm, x, w, b):
 
 
 def linear_eq2_dense(gemm, dy, wb, plan):
-    return plan.rules[1].prune_dy(dy, -1) @ wb
+    return plan.rules[1].prune_dy(dy, -1, plan) @ wb
 
 
 def linear_eq2_gemm(gemm: SparseGemm, dy, wb, plan):
@@ -505,18 +505,20 @@ class Sparse24Backend(Backend):
 
     # ---- public entry points (fst.ops.base.Backend) ---------------------------------------
 
-    def conv2d(self, x, weight, bias, geom, plan, decay):
-        if plan.is_dense:
-            return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay)
+    def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
+        if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
+            kw = with_state(state)
+            return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay, **kw)
         rec = self._record(weight, "conv", plan, geom)
         route = self._route(rec, "conv", x, weight, bias, geom, plan)
         if route is None:
             return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay)
         return _Conv.apply(x, weight, bias, geom, plan, decay, route, self.gemm)
 
-    def linear(self, x, weight, bias, plan, decay):
-        if plan.is_dense:
-            return BACKENDS.get("native").linear(x, weight, bias, plan, decay)
+    def linear(self, x, weight, bias, plan, decay, state=None):
+        if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
+            kw = with_state(state)
+            return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **kw)
         rec = self._record(weight, "linear", plan, None)
         route = self._route(rec, "linear", x, weight, bias, None, plan)
         if route is None:
@@ -525,6 +527,8 @@ class Sparse24Backend(Backend):
 
     def describe_layer(self, m) -> str:
         """One line for ``fst.summary``: the kernel of Eq. 1 and 2, why, and the check."""
+        if getattr(m, "rule_state", None) is not None:
+            return "sparse24: runs as native (its masks are held by the strategy's sparsifier)"
         rec = self.layers.get(m.weight)
         if rec is None:
             return "sparse24: not run yet (kernels are timed and checked at the first forward)"
