@@ -363,7 +363,7 @@ class _Conv(torch.autograd.Function):
         if need_b:
             db = dy.sum((0, 2, 3)).to(weight.dtype)
         if need_w:  # Eq. 3 exactly as native (halved for fst / fst_noir)
-            dw = native._conv_weight_grad(dy, xc, wb, g, plan)
+            dw = native._conv_weight_grad(dy, xc, wb, g, plan, {})
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         return dx, dw, db, None, None, None, None, None
 
@@ -393,7 +393,7 @@ class _Linear(torch.autograd.Function):
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
-            dw = native._linear_weight_grad(dy, xc, plan)
+            dw = native._linear_weight_grad(dy, xc, plan, {})
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         return dx, dw, db, None, None, None, None
 

@@ -597,7 +597,7 @@ FAULTS: list[Fault] = [
           nothing_written, slow=True),
     Fault("config-unknown-strategy", "config", "an unknown strategy name",
           train("sparsity.strategy=fts"), FAILED, ("unknown strategy 'fts' at sparsity.strategy",),
-          ("valid choices: dense, fst",), nothing_written),
+          ("valid choices: asfp, asp, dense",), nothing_written),
     Fault("config-unknown-backend", "config", "an unknown backend", train("backend.name=cutlass"),
           FAILED, ("unknown backend 'cutlass'",), ("valid choices: native, reference",),
           nothing_written),
