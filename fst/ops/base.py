@@ -43,7 +43,10 @@ class Backend:
     def conv2d(self, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
         raise NotImplementedError
 
-    def linear(self, x, weight, bias, plan: Strategy, decay: float):
+    def linear(self, x, weight, bias, plan: Strategy, decay: float, tokens=None):
+        """``tokens``: the :class:`fst.tokens.TokenLayout` of ``x``'s dim -2 (None: one flat
+        row), which Eq. 3 follows (:meth:`fst.rules.weight_grad.WeightGradRule.token_operands`).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
