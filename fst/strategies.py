@@ -16,6 +16,7 @@ key            Eq. 1 forward       Eq. 2 input gradient  Eq. 3 weight gradient
 ``wx``         S(W) X              S(W^T) dY             dY S(X^T)
 ``gg``         S(W) X              W^T S(dY)             S(dY) X^T
 ``gx``         S(W) X              W^T S(dY)             dY S(X^T)
+``mvue``       T(W) X              T(W)^T dY             MVUE(dY) X^T
 =============  ==================  ====================  ===============================
 
 Group directions (always the reduction dimension of the GEMM the pruned operand feeds):
@@ -39,6 +40,10 @@ Group directions (always the reduction dimension of the GEMM the pruned operand 
   right neighbour (Eq. 10; ``ir_coef`` 1.0 in the paper, 0 = no IR). ``x_pattern="random4"``
   replaces F and the shift by the released code's (:mod:`fst.rules.released`).
 
+- ``MVUE(dY)`` (``mvue``): 2 of every 4 consecutive output positions sampled with
+  probabilities from their magnitudes and rescaled so that the estimate is unbiased
+  (Chmiel et al., ICLR 2023; with T(W) in Eq. 1 and 2 it is the recipe of Hu et al., ICML 2024;
+  see :mod:`fst.rules.mvue`).
 
 ``fst_released`` is the authors' released code: ``ir_coef=0.03``, ``x_pattern="random4"``,
 ``wt_source="pruned"``, the first convolution's weight dense (its X still masked) and every
@@ -106,7 +111,7 @@ class Strategy:
             ``regrouped`` the release's twice-pruned weight.
         weight_grad: Eq. 3 rule key (:data:`fst.rules.WEIGHT_GRAD_RULES`): ``dense`` dY X^T,
             ``fixed`` (dY + ir_coef shift(dY)) F(X^T), ``random4`` the release's, ``nm_dy``
-            S(dY) X^T, ``nm_x`` dY S(X^T).
+            S(dY) X^T, ``nm_x`` dY S(X^T), ``mvue`` MVUE(dY) X^T.
         ir_coef, x_pattern, wt_source, mask_layout, x_patterns, im2col_step, prefix_tokens:
             options
             (:data:`OPTIONS`); ``x_pattern`` and ``wt_source`` mirror the rule choice
@@ -231,6 +236,8 @@ for _s in (
     Strategy("wx", forward="nm", input_grad="nm_wt", weight_grad="nm_x"),
     Strategy("gg", forward="nm", input_grad="nm_dy", weight_grad="nm_dy"),
     Strategy("gx", forward="nm", input_grad="nm_dy", weight_grad="nm_x"),
+    # Hu et al. (ICML 2024): transposable T(W) for Eq. 1 and 2, MVUE 2:4 of dY for Eq. 3
+    Strategy("mvue", forward="tsm", input_grad="fwd", weight_grad="mvue"),
     Strategy(
         "fst_released",
         forward="nm",

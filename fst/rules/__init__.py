@@ -4,7 +4,7 @@
 one rule object per key; a :class:`fst.strategies.Strategy` names one key of each.
 """
 
-from fst.rules import forward, input_grad, released, weight_grad  # noqa: F401  (fill registries)
+from fst.rules import forward, input_grad, mvue, released, weight_grad  # noqa: F401  (fill registries)
 from fst.rules.base import (
     FORWARD_RULES,
     INPUT_GRAD_RULES,
