@@ -94,8 +94,10 @@ def test_deit_recipe_experiments(name, arch):
 
 
 def test_embedded_vit_experiment_follows_the_swept_strategy():
+    from fst.engine.config import validate_config
     from tests.conftest import compose
 
     cfg = compose(["+experiment=vit_digits_fst", "sparsity=gx"])
     assert (cfg.name, cfg.sparsity.strategy, cfg.data.name) == ("vit_digits_gx", "gx", "digits")
     assert (cfg.model.img_size, cfg.model.patch_size) == (32, 4)  # an 8x8 patch grid
+    validate_config(compose(["+experiment=vit_digits_fst", "+sparsity.prefix_tokens=include"]))
