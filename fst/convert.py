@@ -12,6 +12,7 @@ from fst.layers import DENSE_CLASSES, SPARSE_CLASSES, SparseConv2d, _SparseMixin
 from fst.ops import BACKENDS
 from fst.rules import operand_checks, weight_operands
 from fst.strategies import Strategy, get_strategy
+from fst.tokens import set_vit_token_layout, token_layout_of
 
 __all__ = ["sparsify", "densify", "summary", "Summary", "why_dense"]
 
@@ -57,7 +58,9 @@ def sparsify(
     Parameters keep their names and identity (the optimizer's references stay valid), so
     dense and sparse state_dicts load into each other. Grouped/depthwise convs and subclasses
     with their own ``forward`` stay dense; :func:`summary` says why. Calling it again
-    reconfigures the model.
+    reconfigures the model. The Linear layers of a timm vision transformer's blocks get the
+    model's token layout (:func:`fst.tokens.set_vit_token_layout`: class / register /
+    distillation tokens, then the patch grid), which Eq. 3 follows.
     """
     plan = get_strategy(strategy, **options)
     BACKENDS.get(backend)  # fail early, listing the valid backends
@@ -70,6 +73,7 @@ def sparsify(
             f"exclude pattern(s) {unused} match no Conv2d/Linear of the model; "
             f"layer names look like: {names}"
         )
+    set_vit_token_layout(model)
     skipped: dict[str, str] = {}
     first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
     for name, m in layers:
@@ -118,8 +122,9 @@ class Summary:
 
     columns = ("name", "type", "weight", "status", "eq1", "eq2", "eq3", "pad_W", "pad_WT", "note")
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], notes: list[str] | None = None):
         self.rows = rows
+        self.notes = list(notes or [])  # model-level remarks (e.g. dense attention GEMMs)
 
     @property
     def num_sparse(self) -> int:
@@ -134,6 +139,7 @@ class Summary:
         out = [line, "-" * len(line)]
         out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
         out.append(f"{self.num_sparse}/{len(self.rows)} layers sparse")
+        out += [f"note: {n}" for n in self.notes]
         return "\n".join(out)
 
     __repr__ = __str__
@@ -169,7 +175,27 @@ def summary(model: nn.Module) -> Summary:
             row.update(pad_W="-", pad_WT="-")
         row.setdefault("note", "")
         rows.append(row)
-    return Summary(rows)
+    return Summary(rows, _attention_notes(model))
+
+
+def _attention_notes(model: nn.Module) -> list[str]:
+    """Attention's activation x activation GEMMs (Q K^T, A V) have no weight: fst leaves them
+    dense and prunes only the Linear layers around them (qkv, proj)."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        or (hasattr(m, "num_heads") and any(isinstance(c, nn.Linear) for c in m.children()))
+    ]
+    if not names:
+        return []
+    shown = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+    return [
+        f"attention GEMMs Q K^T and A V stay dense in all {len(names)} attention modules "
+        f"({shown}): activation x activation products (timm's Attention runs "
+        "F.scaled_dot_product_attention on q, k, v from its qkv Linear); only their Linear "
+        "layers (qkv, proj) follow the strategy"
+    ]
 
 
 def _gemm_report(m: _SparseMixin) -> dict:
@@ -197,8 +223,15 @@ def _gemm_report(m: _SparseMixin) -> dict:
     shape = getattr(m, "last_input_shape", None)
     eq3 = plan.rules[2]
     if eq3.prunes and eq3.positions_axis and not isinstance(m, SparseConv2d):
+        tokens = token_layout_of(m)
         if shape is not None and len(shape) < 3:
             eqs["eq3"] = "dY X^T (2-D input: no token axis, Eq. 3 dense)"
+        elif tokens is not None:
+            prefix = "dense" if plan.prefix_tokens == "dense" else "pruned as one row"
+            notes.append(f"tokens: {tokens.describe()}, prefix {prefix} in Eq. 3")
+            note = eq3.note(plan, tokens.width)
+            if note:
+                notes.append(note.replace("Wo=", "grid width ").replace("H*W", "patches"))
     if eq3.prunes and isinstance(m, SparseConv2d) and shape is not None:
         note = eq3.note(plan, _out_width(m, shape[-1]))
         if note:

@@ -15,6 +15,7 @@ from torch import nn
 from fst.ops import BACKENDS, ConvGeometry
 from fst.rules import with_state
 from fst.strategies import Strategy
+from fst.tokens import TokenLayout
 
 
 class _SparseMixin:
@@ -64,18 +65,23 @@ class SparseConv2d(_SparseMixin, nn.Conv2d):
 
 
 class SparseLinear(_SparseMixin, nn.Linear):
-    """``nn.Linear`` running ``plan``'s Eq. 1-3 on ``backend`` (tokens: dim -2 of the input)."""
+    """``nn.Linear`` running ``plan``'s Eq. 1-3 on ``backend`` (tokens: dim -2 of the input).
+
+    ``token_layout`` (:class:`fst.tokens.TokenLayout`, set by :func:`fst.sparsify` on a vision
+    transformer's blocks): prefix tokens and the patch grid on the token axis, for Eq. 3.
+    """
+
+    token_layout: TokenLayout | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_input_shape = tuple(x.shape)  # for summary(): 2-D inputs keep Eq. 3 dense
-        return self._backend.linear(
-            x,
-            self.weight,
-            self.bias,
-            self.plan,
-            self.decay * self.decay_scale,
-            **with_state(self.rule_state),
-        )
+        decay = self.decay * self.decay_scale
+        kw = with_state(self.rule_state)
+        tokens = self.token_layout
+        if tokens is not None:
+            tokens.check(self.last_input_shape)
+            kw["tokens"] = tokens
+        return self._backend.linear(x, self.weight, self.bias, self.plan, decay, **kw)
 
 
 SPARSE_CLASSES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}

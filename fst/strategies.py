@@ -16,6 +16,7 @@ key            Eq. 1 forward       Eq. 2 input gradient  Eq. 3 weight gradient
 ``wx``         S(W) X              S(W^T) dY             dY S(X^T)
 ``gg``         S(W) X              W^T S(dY)             S(dY) X^T
 ``gx``         S(W) X              W^T S(dY)             dY S(X^T)
+``mvue``       T(W) X              T(W)^T dY             MVUE(dY) X^T
 =============  ==================  ====================  ===============================
 
 Table 3's other baselines, each as its own paper describes it (their rule and sparsifier
@@ -68,6 +69,11 @@ Group directions (always the reduction dimension of the GEMM the pruned operand 
   right neighbour (Eq. 10; ``ir_coef`` 1.0 in the paper, 0 = no IR). ``x_pattern="random4"``
   replaces F and the shift by the released code's (:mod:`fst.rules.released`).
 
+- ``MVUE(dY)`` (``mvue``): 2 of every 4 consecutive output positions sampled with
+  probabilities from their magnitudes and rescaled so that the estimate is unbiased
+  (Chmiel et al., ICLR 2023; with T(W) in Eq. 1 and 2 it is the recipe of Hu et al., ICML 2024;
+  see :mod:`fst.rules.mvue`).
+
 ``fst_released`` is the authors' released code: ``ir_coef=0.03``, ``x_pattern="random4"``,
 ``wt_source="pruned"``, the first convolution's weight dense (its X still masked) and every
 Linear layer dense.
@@ -75,7 +81,10 @@ Linear layer dense.
 For ``nn.Linear`` (W: out x in, input [..., tokens, in]) S(W) runs along ``in``, S(W^T)
 along ``out``, and the "width" axis of Eq. 3 is the token axis (dim -2) of inputs with 3 or
 more dims. For 2-D inputs [batch, in] there is no spatial axis, so Eq. 3 masks are not
-applied (dense dW).
+applied (dense dW). Inside a vision transformer (a :class:`fst.tokens.TokenLayout` on the
+layer) the patch tokens form the rows of the patch grid and the class / register /
+distillation tokens before them stay dense in Eq. 3 (option ``prefix_tokens="include"``: they
+form one more row, pruned by the Eq. 3 rule).
 
 SR-STE decay (Eq. 6): every strategy that prunes W in Eq. 1 adds ``decay * (W - S(W))`` to
 ``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``); Table 3's other
@@ -112,13 +121,16 @@ OPTIONS = {
     "im2col_step": "with x_pattern=random4: samples per im2col chunk (release: 256)",
     "dy_ratio": "meprop/resprop: share of dY entries zeroed (meProp: of each example's dY; "
     "ReSprop: of the difference to the reused gradient); Table 3: 0.5",
+    "prefix_tokens": "Eq. 3 of a vision transformer's Linear layers: 'dense' (class, register "
+    "and distillation tokens' dY X^T unpruned) or 'include' (they form one more row, pruned by "
+    "the Eq. 3 rule)",
 }
 # Options that choose between two rules of one GEMM: option -> (field, {value: rule key}).
 _RULE_SWITCHES = {
     "x_pattern": ("weight_grad", {"fixed": "fixed", "random4": "random4"}),
     "wt_source": ("input_grad", {"dense": "nm_wt", "pruned": "regrouped"}),
 }
-_CHOICES = {"mask_layout": ("im2col", "cin")}
+_CHOICES = {"mask_layout": ("im2col", "cin"), "prefix_tokens": ("dense", "include")}
 
 
 @dataclass(frozen=True)
@@ -133,8 +145,9 @@ class Strategy:
             ``regrouped`` the release's twice-pruned weight.
         weight_grad: Eq. 3 rule key (:data:`fst.rules.WEIGHT_GRAD_RULES`): ``dense`` dY X^T,
             ``fixed`` (dY + ir_coef shift(dY)) F(X^T), ``random4`` the release's, ``nm_dy``
-            S(dY) X^T, ``nm_x`` dY S(X^T).
-        ir_coef, x_pattern, wt_source, mask_layout, x_patterns, im2col_step: options
+            S(dY) X^T, ``nm_x`` dY S(X^T), ``mvue`` MVUE(dY) X^T.
+        ir_coef, x_pattern, wt_source, mask_layout, x_patterns, im2col_step, prefix_tokens:
+            options
             (:data:`OPTIONS`); ``x_pattern`` and ``wt_source`` mirror the rule choice
             (``random4``, ``regrouped``) they switch.
         dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
@@ -155,6 +168,7 @@ class Strategy:
     mask_layout: str = "im2col"
     x_patterns: str = "abcd"
     im2col_step: int = 256
+    prefix_tokens: str = "dense"
     dense_first_conv_weight: bool = False
     dense_linear: bool = False
     dy_ratio: float = 0.5
@@ -227,6 +241,9 @@ class Strategy:
     def options_used(self) -> set[str]:
         """The :data:`OPTIONS` some rule of this plan reads (or whose rule choice they switch)."""
         used = {o for r in self.rules for o in r.options}
+        eq3 = self.rules[2]
+        if eq3.prunes and eq3.positions_axis:  # Eq. 3 split by token layout (ViT layers)
+            used.add("prefix_tokens")
         for option, (field, to_rule) in _RULE_SWITCHES.items():
             if getattr(self, field) in to_rule.values():
                 used.add(option)
@@ -287,6 +304,8 @@ for _s in (
     Strategy("wx", forward="nm", input_grad="nm_wt", weight_grad="nm_x"),
     Strategy("gg", forward="nm", input_grad="nm_dy", weight_grad="nm_dy"),
     Strategy("gx", forward="nm", input_grad="nm_dy", weight_grad="nm_x"),
+    # Hu et al. (ICML 2024): transposable T(W) for Eq. 1 and 2, MVUE 2:4 of dY for Eq. 3
+    Strategy("mvue", forward="tsm", input_grad="fwd", weight_grad="mvue"),
     Strategy(
         "fst_released",
         forward="nm",

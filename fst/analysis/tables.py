@@ -134,6 +134,9 @@ def scale_label(s: dict) -> str:
     kwargs = model.get("kwargs") or {}
     if kwargs.get("channels"):
         m += " channels " + "-".join(map(str, kwargs["channels"]))
+    dims = [f"{k} {model[k]}" for k in ("patch_size", "embed_dim", "depth") if model.get(k)]
+    if dims:  # a ViT resized from its named architecture
+        m += " (" + ", ".join(dims) + ")"
     parts.append(m)
     parts.append(f"{s.get('epochs', '?')} ep")
     parts.append(f"batch {s.get('global_batch_size', '?')}")

@@ -1,4 +1,5 @@
-"""Classification models: torchvision ResNet-18/50 (optional 32 px stem) and any timm model.
+"""Classification models: torchvision ResNet-18/50 (optional 32 px stem), timm vision
+transformers (ViT / DeiT, any image and patch size) and any timm model.
 
 Every builder takes ``num_classes`` and ``pretrained`` (a *local* state_dict path or ``None``);
 nothing is ever downloaded. Builders return dense ``nn.Module``s; the engine sparsifies them.
@@ -156,4 +157,70 @@ def timm_model(
     if num_classes is None:
         raise ConfigError("model.num_classes is unknown; set it or data.num_classes")
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **(kwargs or {}))
+    return load_pretrained(model, pretrained)
+
+
+_VIT_OVERRIDES = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+@MODELS.register("vit")
+def vit(
+    arch: str = "deit_tiny_patch16_224",
+    num_classes: int | None = 1000,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    mlp_ratio: float | None = None,
+    drop_path_rate: float = 0.0,
+    pretrained: str | None = None,
+    kwargs: dict | None = None,
+) -> nn.Module:
+    """A timm vision transformer (``deit_tiny_patch16_224``, ``deit_small_patch16_224``,
+    ``vit_base_patch16_224``, ...) built from scratch; input ``[B, 3, img_size, img_size]``,
+    output logits ``[B, num_classes]``.
+
+    ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio`` override the
+    architecture's (None: keep them), e.g. ``img_size=32, patch_size=4`` for 32 px images
+    (an 8 x 8 patch grid). Tokens: the class token (and any register / distillation tokens),
+    then the patch grid in raster order; :func:`fst.sparsify` gives the blocks' Linear layers
+    this layout (:mod:`fst.tokens`) so that Eq. 3 pairs each patch with its right neighbour in
+    the same grid row. Weights only from ``pretrained`` (a local file).
+    """
+    import timm
+    from timm.models import is_model_in_modules
+
+    if not timm.is_model(arch) or not is_model_in_modules(arch, ["vision_transformer", "deit"]):
+        names = timm.list_models(module=["vision_transformer", "deit"])
+        close = difflib.get_close_matches(arch, names, n=5)
+        raise ValueError(
+            f"model.arch={arch!r} is not a timm ViT / DeiT"
+            + (f"; did you mean: {', '.join(close)}" if close else "")
+            + " (other timm models: model=timm model.arch=NAME)"
+        )
+    if num_classes is None:
+        raise ValueError("model.num_classes is unknown; set it or data.num_classes")
+    args = dict(kwargs or {})
+    if args.get("dynamic_img_size"):
+        raise ValueError(
+            "model.kwargs.dynamic_img_size=true: the patch grid would follow each input, but "
+            "Eq. 3's token pairing needs a fixed grid; build the model at the size it runs at"
+        )
+    overrides = dict(zip(_VIT_OVERRIDES, (patch_size, embed_dim, depth, num_heads, mlp_ratio)))
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    model = timm.create_model(
+        arch,
+        pretrained=False,
+        num_classes=num_classes,
+        img_size=img_size,
+        drop_path_rate=drop_path_rate,
+        **args,
+    )
+    patch = model.patch_embed.patch_size
+    if img_size % patch[0] or img_size % patch[1]:
+        raise ValueError(
+            f"model.img_size={img_size} is not a multiple of the patch size {tuple(patch)}: "
+            "the last pixels would be dropped; pick data.image_size / model.patch_size to fit"
+        )
     return load_pretrained(model, pretrained)

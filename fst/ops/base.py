@@ -46,7 +46,11 @@ class Backend:
     def conv2d(self, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float, state=None):
         raise NotImplementedError
 
-    def linear(self, x, weight, bias, plan: Strategy, decay: float, state=None):
+    def linear(self, x, weight, bias, plan: Strategy, decay: float, state=None, tokens=None):
+        """``state``: the layer's per-layer rule state (stateful plans only). ``tokens``: the
+        :class:`fst.tokens.TokenLayout` of ``x``'s dim -2 (None: one flat row), which Eq. 3
+        follows (:meth:`fst.rules.weight_grad.WeightGradRule.token_operands`).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -10,7 +10,8 @@
   With F(X^T) keeping even output columns, ``sum_{w even} dY'(h, w) X(h, w)^T`` is exactly
   the dense weight gradient of the same conv with width stride ``2 * s_w`` over the
   IR-combined half ``dY'(h, w) = dY(h, w) + ir_coef * dY(h, w + 1)`` (w even): half of Eq. 3's
-  work on every device. For Linear the kept half is every even token.
+  work on every device. For Linear the kept half is every even token of each row: the whole
+  token axis, or the rows of a vision transformer's patch grid (:mod:`fst.tokens`).
 - Masks of W and W^T are computed once per forward and saved for backward.
 """
 
@@ -120,14 +121,14 @@ def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy, kw: dict) -> 
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan: Strategy, decay: float, state):
+    def forward(ctx, x, weight, bias, plan: Strategy, decay: float, state, tokens=None):
         w_fwd, w_bwd = weight_operands(weight, plan, ctx.needs_input_grad[0], state)
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
             y = F.linear(xc, wf, b)
         ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.plan, ctx.decay, ctx.kw = plan, decay, with_state(state)
+        ctx.plan, ctx.decay, ctx.kw, ctx.tokens = plan, decay, with_state(state), tokens
         ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
         return y
 
@@ -144,21 +145,48 @@ class _Linear(torch.autograd.Function):
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
-            dw = _linear_weight_grad(dy, xc, plan, kw)
+            dw = _linear_weight_grad(dy, xc, plan, kw, ctx.tokens)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
-def _linear_weight_grad(dy, xc, plan: Strategy, kw: dict) -> torch.Tensor:
-    """Eq. 3 for a Linear; the token axis (dim -2) plays the conv's width (dense for 2-D x,
-    unless the rule works per example: ``positions_axis`` false)."""
+def _linear_weight_grad(dy, xc, plan: Strategy, kw: dict, tokens=None) -> torch.Tensor:
+    """Eq. 3 for a Linear: tokens (dim -2) play the conv's positions, split into the prefix and
+    patch-grid segments of ``tokens`` (a :class:`fst.tokens.TokenLayout`). Dense for 2-D x,
+    unless the rule works per example (``positions_axis`` false: meProp, ReSprop)."""
     rule = plan.rules[2]
-    if xc.dim() >= 3 and rule.key == "fixed":  # the kept half only: even tokens
-        dy = ir_half(dy, plan.ir_coef, dim=-2)
-        xc = _every_other(xc, xc.dim() - 2, 0)
-    elif xc.dim() >= 3 or not rule.positions_axis:
-        dy, xc = rule.operands(dy, xc, plan, dim=-2, **kw)
-    return dy.reshape(-1, dy.shape[-1]).T @ xc.reshape(-1, xc.shape[-1])
+    if not rule.prunes or (xc.dim() < 3 and rule.positions_axis):
+        segments = [(dy, xc)]
+    elif xc.dim() >= 3 and rule.key == "fixed":  # the kept half only: even tokens per row
+        segments = _fixed_halves(dy, xc, plan, tokens)
+    else:
+        segments = rule.token_operands(dy, xc, plan, tokens, **kw)
+    return sum(d.reshape(-1, d.shape[-1]).T @ t.reshape(-1, t.shape[-1]) for d, t in segments)
+
+
+def _fixed_halves(dy, xc, plan: Strategy, tokens) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eq. 3 of the ``fixed`` rule on the kept half only, segment by segment (the same split
+    as :meth:`fst.rules.weight_grad.WeightGradRule.token_operands`): per row of the grid, the
+    IR-combined dY at even columns against X at even columns."""
+    if tokens is None:
+        return [_fixed_half(dy, xc, plan.ir_coef, dy.shape[-2])]
+    tokens.check(tuple(xc.shape))
+    p = tokens.prefix
+    segments = [_fixed_half(dy[..., p:, :], xc[..., p:, :], plan.ir_coef, tokens.width)]
+    if p:
+        dyp, xp = dy[..., :p, :], xc[..., :p, :]
+        if plan.prefix_tokens == "include":
+            dyp, xp = _fixed_half(dyp, xp, plan.ir_coef, p)
+        segments.insert(0, (dyp, xp))
+    return segments
+
+
+def _fixed_half(dy, xc, coef: float, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [..., T, C] viewed as rows [..., T / width, width, C]: the kept half of each row."""
+    rows = (dy.shape[-2] // width, width)
+    dy = dy.reshape(*dy.shape[:-2], *rows, dy.shape[-1])
+    xc = xc.reshape(*xc.shape[:-2], *rows, xc.shape[-1])
+    return ir_half(dy, coef, dim=-2), _every_other(xc, xc.dim() - 2, 0)
 
 
 class NativeBackend(Backend):
@@ -169,8 +197,8 @@ class NativeBackend(Backend):
     def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
         return _Conv.apply(x, weight, bias, geom, plan, decay, state)
 
-    def linear(self, x, weight, bias, plan, decay, state=None):
-        return _Linear.apply(x, weight, bias, plan, decay, state)
+    def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
+        return _Linear.apply(x, weight, bias, plan, decay, state, tokens)
 
 
 BACKENDS.register("native", NativeBackend())

@@ -2,7 +2,8 @@
 
 Per sample ``n``: ``X_n = unfold(x_n)`` is (K = Ci*kh*kw, L = Ho*Wo), ``W`` is (Co, K),
 ``dY_n`` is (Co, L). Eq. 1 ``Y = W' X``; Eq. 2 ``dX = W''^T dY'`` folded back to the input;
-Eq. 3 ``dW = sum_n dY_n' X_n'^T`` with the masks of the plan's Eq. 3 rule on full matrices.
+Eq. 3 ``dW = sum_n dY_n' X_n'^T`` with the masks of the plan's Eq. 3 rule on full matrices
+(Linear: over tokens, split by the layer's token layout into prefix and patch-grid segments).
 Every mask is the plan's rules' own (:mod:`fst.rules`), applied to whole matrices. Slow and
 memory-hungry by design: it is the oracle the fast backends are tested against.
 """
@@ -59,14 +60,15 @@ class _Conv(torch.autograd.Function):
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan, decay, state):
+    def forward(ctx, x, weight, bias, plan, decay, state, tokens=None):
         w_fwd, w_bwd = weight_operands(weight, plan, state=state)
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         y = torch.einsum("oi,...i->...o", wf, xc)
         if b is not None:
             y = y + b
         ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.plan, ctx.decay, ctx.x_dtype, ctx.kw = plan, decay, x.dtype, with_state(state)
+        ctx.plan, ctx.decay, ctx.x_dtype = plan, decay, x.dtype
+        ctx.kw, ctx.tokens = with_state(state), tokens
         return y
 
     @staticmethod
@@ -83,14 +85,14 @@ class _Linear(torch.autograd.Function):
             eq3 = plan.rules[2]
             # tokens (dim -2) are the positions axis of Eq. 3; per-example rules need none
             if xc.dim() >= 3 or not eq3.positions_axis:
-                dyt, xt = eq3.operands(dy, xc, plan, dim=-2, **ctx.kw)
-                dw = torch.einsum("...to,...ti->oi", dyt, xt)
+                segments = eq3.token_operands(dy, xc, plan, ctx.tokens, **ctx.kw)
+                dw = sum(torch.einsum("...to,...ti->oi", d, t) for d, t in segments)
             else:  # no positions axis: Eq. 3 stays dense
                 dw = torch.einsum("bo,bi->oi", dy, xc)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if ctx.needs_input_grad[2]:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 class ReferenceBackend(Backend):
@@ -101,8 +103,8 @@ class ReferenceBackend(Backend):
     def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
         return _Conv.apply(x, weight, bias, geom, plan, decay, state)
 
-    def linear(self, x, weight, bias, plan, decay, state=None):
-        return _Linear.apply(x, weight, bias, plan, decay, state)
+    def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
+        return _Linear.apply(x, weight, bias, plan, decay, state, tokens)
 
 
 BACKENDS.register("reference", ReferenceBackend())

@@ -370,13 +370,14 @@ class _Conv(torch.autograd.Function):
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan, decay, route: Route, gemm: SparseGemm):
+    def forward(ctx, x, weight, bias, plan, decay, route: Route, gemm: SparseGemm, tokens=None):
         w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
             y = LINEAR_EQ1[route.eq1](gemm, xc, wf, b)
         ctx.save_for_backward(xc, wb, weight, w_fwd)
         ctx.plan, ctx.decay, ctx.route, ctx.gemm = plan, decay, route, gemm
+        ctx.tokens = tokens  # a ViT layer's token layout: Eq. 3 follows its grid rows
         ctx.x_dtype = x.dtype
         return y
 
@@ -393,9 +394,9 @@ class _Linear(torch.autograd.Function):
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
-            dw = native._linear_weight_grad(dy, xc, plan, {})
+            dw = native._linear_weight_grad(dy, xc, plan, {}, ctx.tokens)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,15 +516,15 @@ class Sparse24Backend(Backend):
             return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay)
         return _Conv.apply(x, weight, bias, geom, plan, decay, route, self.gemm)
 
-    def linear(self, x, weight, bias, plan, decay, state=None):
+    def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
+        native_kw = {**with_state(state), **({} if tokens is None else {"tokens": tokens})}
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
-            kw = with_state(state)
-            return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **kw)
+            return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
         rec = self._record(weight, "linear", plan, None)
         route = self._route(rec, "linear", x, weight, bias, None, plan)
         if route is None:
-            return BACKENDS.get("native").linear(x, weight, bias, plan, decay)
-        return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm)
+            return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
+        return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm, tokens)
 
     def describe_layer(self, m) -> str:
         """One line for ``fst.summary``: the kernel of Eq. 1 and 2, why, and the check."""

@@ -8,6 +8,7 @@ from fst.rules import (  # noqa: F401  (fill registries)
     forward,
     input_grad,
     meprop,
+    mvue,
     released,
     resprop,
     weight_grad,

@@ -9,6 +9,11 @@ dense there (the backends decide that, not the rules).
 ``x`` share the positions axis ``dim`` (conv: ``dy`` [N, Co, L], ``x`` the im2col matrix
 [N, K, L], ``dim=-1``; Linear: ``dy`` [..., T, out], ``x`` [..., T, in], ``dim=-2``) and
 ``width`` is the row length along it (conv: Wo; None: the whole axis is one row).
+
+A Linear inside a vision transformer has a :class:`fst.tokens.TokenLayout` (prefix tokens,
+then a patch grid in raster order): :meth:`WeightGradRule.token_operands` splits its token
+axis into the prefix segment and the patch segment (rows of the grid's width), so no rule
+pairs a class token with a patch or a patch with the next grid row.
 """
 
 from __future__ import annotations
@@ -41,6 +46,32 @@ class WeightGradRule(Rule):
         ``prunes_x=False``). The reference semantics every backend is tested against.
         ``state``: the layer's per-layer state (only for layers of stateful plans)."""
         return dy, x
+
+    def token_operands(
+        self, dy, x, plan, tokens=None, **kw
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Eq. 3 of a Linear over its token axis (dim -2), as segments ``[(dY', X'), ...]``.
+
+        ``dy`` [..., T, out], ``x`` [..., T, in]; ``dW = sum_seg dY'^T X'`` over the flattened
+        leading dims and tokens. ``tokens`` None: one segment, the whole axis one row. With a
+        :class:`fst.tokens.TokenLayout`: the patch tokens ``[prefix:]`` with rows of the
+        grid's width, and before them the prefix tokens ``[:prefix]``, unpruned
+        (``plan.prefix_tokens="dense"``) or pruned by this rule as one more row of their own
+        (``"include"``). ``kw``: the layer's ``state`` for stateful plans.
+        """
+        if tokens is None or not self.positions_axis:  # per-example rules see all tokens
+            return [self.operands(dy, x, plan, dim=-2, **kw)]
+        tokens.check(tuple(x.shape))
+        p = tokens.prefix
+        patches = self.operands(
+            dy[..., p:, :], x[..., p:, :], plan, dim=-2, width=tokens.width, **kw
+        )
+        if not p:
+            return [patches]
+        dyp, xp = dy[..., :p, :], x[..., :p, :]
+        if plan.prefix_tokens == "include":
+            dyp, xp = self.operands(dyp, xp, plan, dim=-2, **kw)
+        return [(dyp, xp), patches]
 
     def note(self, plan, width: int) -> str:
         """Per-layer remark for :func:`fst.summary`, given the row length (conv: Wo)."""

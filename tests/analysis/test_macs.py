@@ -61,6 +61,9 @@ EXPECTED = {
 if "fst_released" in STRATEGIES:
     # Its Eq. 2 weight is S(W) regrouped inside one filter: not 2:4 along Cout.
     EXPECTED["fst_released"] = (True, False, True)
+if "mvue" in STRATEGIES:
+    # T(W) for Eq. 1 and 2, MVUE(dY): at most 2 of 4 consecutive positions for Eq. 3.
+    EXPECTED["mvue"] = (True, True, True)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

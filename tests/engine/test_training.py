@@ -156,6 +156,8 @@ def test_every_experiment_runs_shrunk(name, tiny_imagefolder, tmp_path):
         shrink += [f"data.root={tiny_imagefolder}", "data.image_size=8", "data.resize_size=9"]
     elif "image_size" in data:
         shrink += ["data.image_size=8"]
+    if compose([f"+experiment={name}"]).model.name == "vit":  # a 2x2 patch grid, one thin block
+        shrink += ["model.patch_size=4", "model.embed_dim=16", "model.depth=1", "model.num_heads=2"]
     cfg = compose([f"+experiment={name}", *shrink])
     summary = train(cfg, run_dir=tmp_path)
     assert summary["name"] == cfg.name and summary["steps"] == 1
