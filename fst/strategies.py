@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import cached_property
 
 from fst.registry import Registry
 from fst.rules import FORWARD_RULES, INPUT_GRAD_RULES, WEIGHT_GRAD_RULES
@@ -119,6 +118,10 @@ class Strategy:
     im2col_step: int = 256
     dense_first_conv_weight: bool = False
     dense_linear: bool = False
+    # The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`), looked up once. A plain attribute
+    # set in __post_init__, not a cached_property: torch.compile cannot trace the lock
+    # functools.cached_property takes on Python < 3.12.
+    rules: tuple = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for field, reg in (
@@ -144,15 +147,12 @@ class Strategy:
             raise ValueError(f"x_patterns={self.x_patterns!r}: letters of 'abcd', at least one")
         if int(self.im2col_step) < 1:
             raise ValueError(f"im2col_step={self.im2col_step} must be >= 1")
-
-    @cached_property
-    def rules(self):
-        """The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`)."""
-        return (
+        rules = (
             FORWARD_RULES.get(self.forward),
             INPUT_GRAD_RULES.get(self.input_grad),
             WEIGHT_GRAD_RULES.get(self.weight_grad),
         )
+        object.__setattr__(self, "rules", rules)
 
     @property
     def is_dense(self) -> bool:

@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
 from fst.rules import weight_operands
 from fst.strategies import Strategy
+from fst.threads import single_thread
 
 _conv_bwd = torch.ops.aten.convolution_backward.default
 
@@ -36,7 +37,9 @@ def _every_other(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
 def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
     """The IR-combined kept half along ``dim``: ``dy[2i] + coef * dy[2i + 1]`` (0 past the end).
 
-    One fused pass over ``dy`` (Eq. 10's shift and add restricted to the columns F keeps).
+    One fused pass over ``dy`` (Eq. 10's shift and add restricted to the columns F keeps). An
+    odd length's last kept column has no right neighbour: the odd columns get one zero column
+    (plain ops, no ``out=`` into a strided view, so ``torch.compile`` traces it whole).
     """
     dim = dim % dy.dim()
     n = dy.shape[dim]
@@ -44,19 +47,24 @@ def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
     if not coef or n < 2:
         return even.contiguous()
     odd = _every_other(dy, dim, 1)
-    half = n // 2
-    if n % 2 == 0:
-        return torch.add(even, odd, alpha=coef)
-    out = torch.empty(even.shape, dtype=dy.dtype, device=dy.device)
-    torch.add(even.narrow(dim, 0, half), odd, alpha=coef, out=out.narrow(dim, 0, half))
-    out.narrow(dim, half, 1).copy_(even.narrow(dim, half, 1))
-    return out
+    if n % 2:
+        odd = F.pad(odd, [0, 0] * (dy.dim() - 1 - dim) + [0, 1])
+    return torch.add(even, odd, alpha=coef)
+
+
+def masked_weights(weight: torch.Tensor, plan: Strategy, need_bwd: bool = True):
+    """:func:`fst.rules.weight_operands`, on one thread in eager CPU mode (see
+    :mod:`fst.threads`: a few small ops that would each pay a thread barrier)."""
+    if torch.compiler.is_compiling() or weight.device.type != "cpu":
+        return weight_operands(weight, plan, need_bwd)
+    with single_thread(weight.numel()):
+        return weight_operands(weight, plan, need_bwd)
 
 
 class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float):
-        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
+        w_fwd, w_bwd = masked_weights(weight, plan, need_bwd=ctx.needs_input_grad[0])
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         if wb is None:  # Eq. 2 is never run; convolution_backward still needs a weight shape
@@ -119,7 +127,7 @@ def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy) -> torch.Tens
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, plan: Strategy, decay: float):
-        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
+        w_fwd, w_bwd = masked_weights(weight, plan, need_bwd=ctx.needs_input_grad[0])
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):

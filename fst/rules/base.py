@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from fst.masks import is_nm
+from fst.masks import apply_mask, is_nm
 from fst.registry import Registry
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ class Rule:
         """
         return False
 
+    def draws_random(self, plan: Strategy) -> bool:
+        """Does this rule draw from the global RNG? (``fst.compile`` keeps such draws eager's.)"""
+        return False
+
     def __repr__(self) -> str:
         return f"<Eq. {self.eq} rule {self.key!r}>"
 
@@ -100,7 +104,7 @@ def weight_operands(
     # |W| is shared when both masks rank magnitudes of the same dense W (fst: S(W), S(W^T)).
     a = w.abs() if (eq1.uses_abs and eq2.uses_abs) else None
     mask = eq1.mask(w, plan, a)
-    w_fwd = w if mask is None else w * mask
+    w_fwd = w if mask is None else apply_mask(w, mask)
     if not need_bwd:
         return w_fwd, None
     return w_fwd, eq2.weight(w, w_fwd, plan, a)
