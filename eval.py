@@ -15,6 +15,9 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from fst.engine.evaluation import evaluate_checkpoint
+    from fst.threads import configure_threads
+
+    configure_threads(cfg.get("num_threads"))
 
     result = evaluate_checkpoint(cfg, out_dir=HydraConfig.get().runtime.output_dir)
     for k, v in result.items():

@@ -17,6 +17,9 @@ sys.argv = normalize_overrides(sys.argv)  # `+experiment=X` and `experiment=X` b
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from fst.engine.training import train
+    from fst.threads import configure_threads
+
+    configure_threads(cfg.trainer.get("num_threads"))
 
     summary = train(cfg)
     pm = summary["primary_metric"]

@@ -56,6 +56,8 @@ class TrainerConfig:
     max_nonfinite_skips: int | None = None
     debug_signal_at_step: int | None = None
     debug_nan_at_step: int | None = None
+    compile: Any = False  # false | default | max-autotune (fst.compile)
+    num_threads: int | None = None  # torch CPU threads; null: automatic (fst.threads)
 
 
 @dataclass
@@ -214,6 +216,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.precision={cfg.trainer.precision!r}; valid choices: {', '.join(PRECISIONS)}"
         )
+    _check_compile(cfg.trainer.get("compile", False))
     if cfg.logger.get("wandb") is not None and cfg.logger.wandb.mode not in WANDB_MODES:
         raise ConfigError(
             f"logger.wandb.mode={cfg.logger.wandb.mode!r}; valid choices: {', '.join(WANDB_MODES)}"
@@ -242,6 +245,15 @@ def validate_config(cfg: DictConfig) -> None:
     _check_keys("sched", _group_keys(cfg, "sched"), valid | {"name"}, open_)
 
     _check_sparsity(cfg)
+
+
+def _check_compile(value: Any) -> None:
+    from fst.compile import compile_mode
+
+    try:
+        compile_mode(value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_sparsity(cfg: DictConfig) -> None:

@@ -237,6 +237,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         del state
     else:
         seed_everything(int(cfg.seed) + dist.rank)
+    # [issue 15 hook] torch.compile after fst.sparsify, in place: parameter and state_dict
+    # names stay the eager model's (checkpoints, resume, eval.py); before the DDP wrapper.
+    from fst.compile import compile_model
+
+    compile_model(model, tc.get("compile", False))
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
         trainer.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
