@@ -107,7 +107,7 @@ def test_compiled_matches_eager(model, key):
 
 
 class TwoStrategies(nn.Module):
-    """fst layers (fixed mask, IR, odd width) then fst_released layers (random draws)."""
+    """fst layers (fixed mask, IR, odd width), fst_released layers (random draws), a Linear."""
 
     def __init__(self):
         super().__init__()
@@ -127,6 +127,7 @@ def test_inductor_matches_eager_including_random_draws():
     m = TwoStrategies()
     fst.sparsify(m.fst, "fst", decay=0.05)
     fst.sparsify(m.released, "fst_released", im2col_step=2)  # batch 5: chunks of 2, 2, 1
+    fst.sparsify(m.head, "srste", decay=0.5)  # 2-D Linear: dW = mm, then the decay term
     x = torch.randn(5, 3, 5, 9)
     mc = compile_model(copy.deepcopy(m), "default")
     assert is_compiled(mc) and draws_random(mc)
@@ -162,3 +163,23 @@ def test_only_random_rules_ask_for_eager_random():
     forced = fst.sparsify(small_resnet18(), "fst_released", x_patterns="c")  # draws nothing
     assert not draws_random(forced)
     assert compile_options(m, "max-autotune")["max_autotune"] is True
+
+
+@pytest.mark.slow
+def test_bf16_autocast_channels_last_compiles_whole():
+    """The GPU set-up (bf16 autocast, channels_last), on the CPU: one graph, backward runs."""
+    m, x = sparse_model("resnet18", "fst", "native")
+    m = m.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch._dynamo.explain(m)(x)
+    assert out.graph_break_count == 0, [b.reason for b in out.break_reasons]
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    mc = torch.compile(m, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mc(x)
+    y.float().square().sum().backward()
+    assert not counters["graph_break"]
+    assert y.dtype == torch.bfloat16 and all(p.grad.dtype == torch.float32 for p in m.parameters())

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -52,12 +54,17 @@ def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
     return torch.add(even, odd, alpha=coef)
 
 
-def masked_weights(weight: torch.Tensor, plan: Strategy, need_bwd: bool = True):
-    """:func:`fst.rules.weight_operands`, on one thread in eager CPU mode (see
-    :mod:`fst.threads`: a few small ops that would each pay a thread barrier)."""
+def _weight_sized(weight: torch.Tensor):
+    """Eager CPU work on weight-sized tensors runs on one thread (:mod:`fst.threads`: a few
+    small ops that would each pay a thread barrier); compiled or on a GPU: no change."""
     if torch.compiler.is_compiling() or weight.device.type != "cpu":
-        return weight_operands(weight, plan, need_bwd)
-    with single_thread(weight.numel()):
+        return contextlib.nullcontext()
+    return single_thread(weight.numel())
+
+
+def masked_weights(weight: torch.Tensor, plan: Strategy, need_bwd: bool = True):
+    """:func:`fst.rules.weight_operands` as the layers run it (one thread in eager CPU mode)."""
+    with _weight_sized(weight):
         return weight_operands(weight, plan, need_bwd)
 
 
@@ -98,7 +105,8 @@ class _Conv(torch.autograd.Function):
             if need_w:
                 dw = _conv_weight_grad(dy, xc, wb, g, plan)
         if dw is not None:
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
+            with _weight_sized(weight):
+                dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if dx is not None:
             dx = dx.to(ctx.x_dtype)
         if db is not None:
@@ -151,7 +159,8 @@ class _Linear(torch.autograd.Function):
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
             dw = _linear_weight_grad(dy, xc, plan)
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
+            with _weight_sized(weight):
+                dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         return dx, dw, db, None, None
 
 
