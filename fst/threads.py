@@ -18,12 +18,12 @@ barrier for threads that have no core to run on.
 
 :func:`configure_threads` applies it (train.py, eval.py and the scripts call it at start-up).
 
-:func:`single_thread` runs a block on one thread. fst's mask work (S(W), S(W^T) of a weight)
-is a handful of element-wise ops over tensors of at most a few million entries: each op is
-split across all threads, so each pays one barrier, and while another process holds one of
-the cores a barrier costs about a millisecond instead of microseconds (``bench_step.py`` saw
-the mask share of a ResNet-18 step swing between 2% and 79%). On one thread the same work
-costs what it costs, whatever the load.
+:func:`work_threads` runs a block on as few threads as its size merits. fst's mask work (S(W),
+S(W^T) of a weight) is a handful of element-wise ops over tensors of at most a few million
+entries: split across all threads, each op pays one barrier, and while another process holds
+one of the cores a barrier costs milliseconds instead of microseconds (``bench_step.py`` saw the
+mask share of a ResNet-18 step swing between 2% and 79%). On one thread the same work costs
+what it costs, whatever the load.
 """
 
 from __future__ import annotations
@@ -159,24 +159,32 @@ def configure_threads(requested=None) -> int:
     return n
 
 
-# Mask work on tensors up to this many entries runs on one thread (see the module docstring):
-# about a millisecond of work per op on one core, the cost of one barrier on a busy machine.
-SMALL_NUMEL = 1 << 22
+# Element-wise work gets one thread per this many entries (at least one, at most all): a few
+# milliseconds of work per thread, which a barrier stall on a busy core cannot dominate.
+WORK_PER_THREAD = 1 << 22
+
+
+def threads_for(numel: int) -> int:
+    """Threads for element-wise work over ``numel`` entries (see :data:`WORK_PER_THREAD`)."""
+    return max(1, min(torch.get_num_threads(), numel // WORK_PER_THREAD))
 
 
 @contextmanager
-def single_thread(numel: int = 0):
-    """Run the block with one torch thread when ``numel <= SMALL_NUMEL`` (eager CPU work).
+def work_threads(numel: int):
+    """Run the block with :func:`threads_for` ``(numel)`` torch threads, then restore the count.
 
-    Not for code that ``torch.compile`` traces (dynamo cannot trace ``torch.set_num_threads``;
-    compiled mask work is fused into a few kernels anyway): callers skip it when
+    For fst's eager CPU element-wise work: the masks of a weight (a few million entries: one
+    thread), the SR-STE decay, the IR half of dY (one thread up to about 8M entries). Not for
+    code that ``torch.compile`` traces (dynamo cannot trace ``torch.set_num_threads``, and the
+    compiled work is fused into a few kernels anyway): callers skip it when
     ``torch.compiler.is_compiling()``.
     """
     n = torch.get_num_threads()
-    if n == 1 or numel > SMALL_NUMEL:
+    k = threads_for(numel)
+    if k == n:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(k)
     try:
         yield
     finally:

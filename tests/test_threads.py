@@ -91,17 +91,21 @@ def test_configure_threads_applies_it(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_single_thread_scope_restores_the_count():
+def test_work_threads_scope_by_size_and_restores_the_count(monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with threads.single_thread(1000):
+        with threads.work_threads(1000):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with threads.single_thread(threads.SMALL_NUMEL + 1):  # large work keeps all threads
+        with threads.work_threads(2 * threads.WORK_PER_THREAD):  # large work: all threads
             assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), threads.single_thread(10):
+        with pytest.raises(RuntimeError), threads.work_threads(10):
             raise RuntimeError
         assert torch.get_num_threads() == 2
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+        assert threads.threads_for(3 * threads.WORK_PER_THREAD + 5) == 3
+        assert threads.threads_for(10**12) == 16 and threads.threads_for(0) == 1
     finally:
+        monkeypatch.undo()
         torch.set_num_threads(before)

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
 from fst.rules import weight_operands
 from fst.strategies import Strategy
-from fst.threads import single_thread
+from fst.threads import work_threads
 
 _conv_bwd = torch.ops.aten.convolution_backward.default
 
@@ -41,30 +41,33 @@ def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
 
     One fused pass over ``dy`` (Eq. 10's shift and add restricted to the columns F keeps). An
     odd length's last kept column has no right neighbour: the odd columns get one zero column
-    (plain ops, no ``out=`` into a strided view, so ``torch.compile`` traces it whole).
+    (plain ops, no ``out=`` into a strided view, so ``torch.compile`` traces it whole). Eager
+    CPU: on as few threads as its size merits (:func:`_elementwise`).
     """
     dim = dim % dy.dim()
     n = dy.shape[dim]
     even = _every_other(dy, dim, 0)
-    if not coef or n < 2:
-        return even.contiguous()
-    odd = _every_other(dy, dim, 1)
-    if n % 2:
-        odd = F.pad(odd, [0, 0] * (dy.dim() - 1 - dim) + [0, 1])
-    return torch.add(even, odd, alpha=coef)
+    with _elementwise(dy):
+        if not coef or n < 2:
+            return even.contiguous()
+        odd = _every_other(dy, dim, 1)
+        if n % 2:
+            odd = F.pad(odd, [0, 0] * (dy.dim() - 1 - dim) + [0, 1])
+        return torch.add(even, odd, alpha=coef)
 
 
-def _weight_sized(weight: torch.Tensor):
-    """Eager CPU work on weight-sized tensors runs on one thread (:mod:`fst.threads`: a few
-    small ops that would each pay a thread barrier); compiled or on a GPU: no change."""
-    if torch.compiler.is_compiling() or weight.device.type != "cpu":
+def _elementwise(t: torch.Tensor):
+    """Eager CPU element-wise work over ``t`` runs on as few threads as its size merits
+    (:func:`fst.threads.work_threads`: each small op would pay a thread barrier, which costs
+    milliseconds while another process holds a core); compiled or on a GPU: no change."""
+    if torch.compiler.is_compiling() or t.device.type != "cpu":
         return contextlib.nullcontext()
-    return single_thread(weight.numel())
+    return work_threads(t.numel())
 
 
 def masked_weights(weight: torch.Tensor, plan: Strategy, need_bwd: bool = True):
-    """:func:`fst.rules.weight_operands` as the layers run it (one thread in eager CPU mode)."""
-    with _weight_sized(weight):
+    """:func:`fst.rules.weight_operands` as the layers run it (see :func:`_elementwise`)."""
+    with _elementwise(weight):
         return weight_operands(weight, plan, need_bwd)
 
 
@@ -105,7 +108,7 @@ class _Conv(torch.autograd.Function):
             if need_w:
                 dw = _conv_weight_grad(dy, xc, wb, g, plan)
         if dw is not None:
-            with _weight_sized(weight):
+            with _elementwise(weight):
                 dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if dx is not None:
             dx = dx.to(ctx.x_dtype)
@@ -159,7 +162,7 @@ class _Linear(torch.autograd.Function):
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
             dw = _linear_weight_grad(dy, xc, plan)
-            with _weight_sized(weight):
+            with _elementwise(weight):
                 dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         return dx, dw, db, None, None
 
