@@ -73,7 +73,10 @@ def nm_mask_of_abs(a: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> to
     """:func:`nm_mask` of a tensor that already holds magnitudes (saves a pass when shared)."""
     dim = dim % a.dim()
     g = _groups(a, dim, m)  # [pre, G, m, post]
-    keep = _keep_2of4(g) if (n, m) == (2, 4) else _keep_rank(g, n)
+    if torch.compiler.is_compiling():
+        keep = _keep_ranked(g, n)
+    else:
+        keep = _keep_2of4(g) if (n, m) == (2, 4) else _keep_rank(g, n)
     return _ungroup(keep, a.shape, dim)
 
 
@@ -91,6 +94,22 @@ def _keep_rank(g: torch.Tensor, n: int) -> torch.Tensor:
             rank[j] += i_wins
             rank[i] += ~i_wins
     return torch.stack(rank, dim=2) < n
+
+
+def _keep_ranked(g: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`_keep_rank` as one reduction per entry: the formulation for ``torch.compile``.
+
+    Same keep-set (the same ties), written so that inductor emits a single loop computing each
+    entry's rank from its group (the comparisons of the eager versions would each be stored
+    and re-read, interleaved through a stack: several times slower compiled). In eager mode
+    its ``[.., m, m, ..]`` intermediate makes it the slowest, hence the dispatch.
+    """
+    m = g.shape[2]
+    i = torch.arange(m, device=g.device)
+    lower = (i[None, :] < i[:, None]).view(1, 1, m, m, 1)  # [i, j]: j < i
+    gi, gj = g.unsqueeze(3), g.unsqueeze(2)  # entry i at dim 2, rival j at dim 3
+    beaten = (gj > gi) | ((gj == gi) & lower)
+    return beaten.sum(3) < n
 
 
 def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
@@ -116,11 +135,17 @@ def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
 
 
 def apply_mask(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``t * mask`` for a bool ``mask`` without converting the mask to ``t``'s dtype first.
+    """``t * mask`` for a bool ``mask`` shaped like ``t``, bit-identical either way.
 
-    Multiplying by the mask viewed as uint8 gives bit-identical results (``x * 1`` and
-    ``x * 0``) in one pass; ``t * mask`` would first copy the mask to a float tensor.
+    Eager: multiplied by the mask viewed as uint8, which converts faster than bool. Compiled:
+    ``t * mask`` (inductor fuses the conversion; a bool->uint8 view would be a slow bitcast).
     """
+    if t.dim() > 2 and t.is_contiguous() and mask.is_contiguous():
+        # as a 2-D product: inductor vectorizes its one long inner loop, while over a conv
+        # weight's (Co, Ci, kh, kw) it loops over kh*kw = 9 entries at a time, unvectorized
+        return apply_mask(t.view(t.shape[0], -1), mask.view(t.shape[0], -1)).view(t.shape)
+    if torch.compiler.is_compiling():
+        return t * mask
     return t * mask.view(torch.uint8)
 
 

@@ -12,6 +12,10 @@
   IR-combined half ``dY'(h, w) = dY(h, w) + ir_coef * dY(h, w + 1)`` (w even): half of Eq. 3's
   work on every device. For Linear the kept half is every even token.
 - Masks of W and W^T are computed once per forward and saved for backward.
+- Eager CPU: the element-wise work (masks, SR-STE decay, IR half) runs on as few threads as its
+  size merits (:mod:`fst.threads`), so its cost does not depend on the machine's load. Under
+  ``torch.compile`` both Functions are traced whole (forward and backward, no graph break) and
+  inductor fuses that work into a few kernels (:mod:`fst.compile`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ def _every_other(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
     return t[tuple(idx)]
 
 
+def _elementwise(t: torch.Tensor):
+    """Eager CPU element-wise work over ``t`` runs on as few threads as its size merits
+    (:func:`fst.threads.work_threads`: each small op would pay a thread barrier, which costs
+    milliseconds while another process holds a core); compiled or on a GPU: no change."""
+    if torch.compiler.is_compiling() or t.device.type != "cpu":
+        return contextlib.nullcontext()
+    return work_threads(t.numel())
+
+
 def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
     """The IR-combined kept half along ``dim``: ``dy[2i] + coef * dy[2i + 1]`` (0 past the end).
 
@@ -54,15 +67,6 @@ def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
         if n % 2:
             odd = F.pad(odd, [0, 0] * (dy.dim() - 1 - dim) + [0, 1])
         return torch.add(even, odd, alpha=coef)
-
-
-def _elementwise(t: torch.Tensor):
-    """Eager CPU element-wise work over ``t`` runs on as few threads as its size merits
-    (:func:`fst.threads.work_threads`: each small op would pay a thread barrier, which costs
-    milliseconds while another process holds a core); compiled or on a GPU: no change."""
-    if torch.compiler.is_compiling() or t.device.type != "cpu":
-        return contextlib.nullcontext()
-    return work_threads(t.numel())
 
 
 def masked_weights(weight: torch.Tensor, plan: Strategy, need_bwd: bool = True):
