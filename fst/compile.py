@@ -19,8 +19,10 @@ What torch 2.14's dynamo traces (checked by ``tests/test_compile.py`` with
   ``out=`` into a strided view, and ``fst_released`` drew its X patterns with ``.tolist()``.
 
 The masks of W and W^T, the IR half of dY and the Eq. 3 inputs are element-wise work that
-inductor fuses into a few kernels around the convolutions (``scripts/bench_step.py --compile``
-reports their time).
+inductor fuses around the convolutions: per sparse conv, one kernel computes both masked
+weights (the masks trace as one rank reduction per entry, :func:`fst.masks._keep_ranked`),
+one the IR half of dY, one the decay term with the weight gradient (checked with
+``TORCH_LOGS=output_code`` on CPU). ``scripts/bench_step.py --compile`` reports their time.
 
 Random draws (``fst_released``'s X patterns, :meth:`fst.rules.base.Rule.draws_random`): inductor
 replaces random ops by its own generator unless ``fallback_random`` is set. For models whose

@@ -109,7 +109,7 @@ def _keep_ranked(g: torch.Tensor, n: int) -> torch.Tensor:
     lower = (i[None, :] < i[:, None]).view(1, 1, m, m, 1)  # [i, j]: j < i
     gi, gj = g.unsqueeze(3), g.unsqueeze(2)  # entry i at dim 2, rival j at dim 3
     beaten = (gj > gi) | ((gj == gi) & lower)
-    return beaten.sum(3) < n
+    return beaten.sum(3, dtype=torch.uint8) < n
 
 
 def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
