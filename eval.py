@@ -17,6 +17,9 @@ def main(cfg: DictConfig) -> float | None:
 
     from fst.engine.cli import run_cli
     from fst.engine.evaluation import run_eval
+    from fst.threads import configure_threads
+
+    configure_threads(cfg.get("num_threads"))
 
     result = run_cli(run_eval, cfg, out_dir=HydraConfig.get().runtime.output_dir)
     return next((v for k, v in result.items() if k.startswith("val/")), None)

@@ -23,6 +23,9 @@ run_cli(check_overrides, sys.argv[1:])
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from fst.engine.training import train
+    from fst.threads import configure_threads
+
+    configure_threads(cfg.trainer.get("num_threads"))
 
     summary = run_cli(train, cfg)
     pm = summary["primary_metric"]

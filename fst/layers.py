@@ -50,6 +50,15 @@ class _SparseMixin:
         return f"{super().extra_repr()}, strategy={self.strategy}, backend={self.backend}"
 
 
+def _call(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+# A plan whose rules write layer state in backward (Rule.backward_writes_state) runs its layers
+# eagerly under torch.compile: dynamo cannot trace that side effect (a graph break per layer).
+_eager_call = torch.compiler.disable(_call)
+
+
 class SparseConv2d(_SparseMixin, nn.Conv2d):
     """``nn.Conv2d`` (groups=1, zero padding) running ``plan``'s Eq. 1-3 on ``backend``."""
 
@@ -61,7 +70,10 @@ class SparseConv2d(_SparseMixin, nn.Conv2d):
         self.last_input_shape = tuple(x.shape)  # for summary(): output width of F(X^T)
         decay = self.decay * self.decay_scale
         kw = with_state(self.rule_state)
-        return self._backend.conv2d(x, self.weight, self.bias, self.geom, self.plan, decay, **kw)
+        call = _call if self.plan.traceable else _eager_call
+        return call(
+            self._backend.conv2d, x, self.weight, self.bias, self.geom, self.plan, decay, **kw
+        )
 
 
 class SparseLinear(_SparseMixin, nn.Linear):
@@ -81,7 +93,8 @@ class SparseLinear(_SparseMixin, nn.Linear):
         if tokens is not None:
             tokens.check(self.last_input_shape)
             kw["tokens"] = tokens
-        return self._backend.linear(x, self.weight, self.bias, self.plan, decay, **kw)
+        call = _call if self.plan.traceable else _eager_call
+        return call(self._backend.linear, x, self.weight, self.bias, self.plan, decay, **kw)
 
 
 SPARSE_CLASSES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 __all__ = [
     "nm_mask",
     "nm_mask_of_abs",
+    "apply_mask",
     "transposable_mask",
     "is_nm",
     "TRANSPOSABLE_PATTERNS",
@@ -77,7 +78,10 @@ def nm_mask_of_abs(a: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> to
     """:func:`nm_mask` of a tensor that already holds magnitudes (saves a pass when shared)."""
     dim = dim % a.dim()
     g = _groups(a, dim, m)  # [pre, G, m, post]
-    keep = _keep_2of4(g) if (n, m) == (2, 4) else _keep_rank(g, n)
+    if torch.compiler.is_compiling():
+        keep = _keep_ranked(g, n)
+    else:
+        keep = _keep_2of4(g) if (n, m) == (2, 4) else _keep_rank(g, n)
     return _ungroup(keep, a.shape, dim)
 
 
@@ -97,24 +101,57 @@ def _keep_rank(g: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack(rank, dim=2) < n
 
 
-def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
-    """The hot 2:4 case of :func:`_keep_rank` in pure boolean logic (about 1.4x faster).
+def _keep_ranked(g: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`_keep_rank` as one reduction per entry: the formulation for ``torch.compile``.
 
-    Each entry meets three rivals; it is kept iff it loses to at most one of them, i.e. iff
-    the majority of its three "lost" bits is false.
+    Same keep-set (the same ties), written so that inductor emits a single loop computing each
+    entry's rank from its group (the comparisons of the eager versions would each be stored
+    and re-read, interleaved through a stack: several times slower compiled). In eager mode
+    its ``[.., m, m, ..]`` intermediate makes it the slowest, hence the dispatch.
+    """
+    m = g.shape[2]
+    i = torch.arange(m, device=g.device)
+    lower = (i[None, :] < i[:, None]).view(1, 1, m, m, 1)  # [i, j]: j < i
+    gi, gj = g.unsqueeze(3), g.unsqueeze(2)  # entry i at dim 2, rival j at dim 3
+    beaten = (gj > gi) | ((gj == gi) & lower)
+    return beaten.sum(3, dtype=torch.uint8) < n
+
+
+def _keep_2of4(g: torch.Tensor) -> torch.Tensor:
+    """The hot 2:4 case of :func:`_keep_rank`: six comparisons, then counting in uint8.
+
+    ``w_ij`` (i < j) is 1 where entry i beats entry j (``g_i >= g_j``: the lower index wins
+    ties). An entry is kept iff it beats at least two of its three rivals:
+    ``k0 = w01 + w02 + w03 >= 2``; ``k1 = (1 - w01) + w12 + w13 >= 2``, i.e. ``w12 + w13 > w01``;
+    ``k2 = (1 - w02) + (1 - w12) + w23 >= 2``, i.e. ``w02 + w12 <= w23``; ``k3 = (1 - w03) +
+    (1 - w13) + (1 - w23) >= 2``, i.e. ``w03 + w13 + w23 <= 1``. Sixteen element-wise ops on
+    a quarter of the tensor each (bools reinterpreted as uint8, no copies): few ops matter
+    as much as few bytes, since every op is a separate (multi-threaded) loop in eager mode.
     """
     a, b, c, d = g.unbind(2)
-    w01, w02, w03 = a >= b, a >= c, a >= d
-    w12, w13, w23 = b >= c, b >= d, c >= d
-
-    def majority(x, y, z):
-        return (x & y) | (z & (x | y))
-
-    k0 = ~majority(~w01, ~w02, ~w03)
-    k1 = ~majority(w01, ~w12, ~w13)
-    k2 = ~majority(w02, w12, ~w23)
-    k3 = ~majority(w03, w13, w23)
+    u8 = torch.uint8
+    w01, w02, w03 = (a >= b).view(u8), (a >= c).view(u8), (a >= d).view(u8)
+    w12, w13, w23 = (b >= c).view(u8), (b >= d).view(u8), (c >= d).view(u8)
+    k0 = (w01 + w02 + w03) >= 2
+    k1 = (w12 + w13) > w01
+    k2 = (w02 + w12) <= w23
+    k3 = (w03 + w13 + w23) <= 1
     return torch.stack((k0, k1, k2, k3), dim=2)
+
+
+def apply_mask(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``t * mask`` for a bool ``mask`` shaped like ``t``, bit-identical either way.
+
+    Eager: multiplied by the mask viewed as uint8, which converts faster than bool. Compiled:
+    ``t * mask`` (inductor fuses the conversion; a bool->uint8 view would be a slow bitcast).
+    """
+    if t.dim() > 2 and t.is_contiguous() and mask.is_contiguous():
+        # as a 2-D product: inductor vectorizes its one long inner loop, while over a conv
+        # weight's (Co, Ci, kh, kw) it loops over kh*kw = 9 entries at a time, unvectorized
+        return apply_mask(t.view(t.shape[0], -1), mask.view(t.shape[0], -1)).view(t.shape)
+    if torch.compiler.is_compiling():
+        return t * mask
+    return t * mask.view(torch.uint8)
 
 
 def is_nm(mask: torch.Tensor, dim: int, n: int = 2, m: int = 4) -> bool:

@@ -102,7 +102,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import cached_property
 
 from fst.registry import Registry
 from fst.rules import FORWARD_RULES, INPUT_GRAD_RULES, WEIGHT_GRAD_RULES
@@ -174,6 +173,10 @@ class Strategy:
     dy_ratio: float = 0.5
     sparsifier: str = ""
     sr_ste_decay: bool = True
+    # The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`), looked up once. A plain attribute
+    # set in __post_init__, not a cached_property: torch.compile cannot trace the lock
+    # functools.cached_property takes on Python < 3.12.
+    rules: tuple = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for field, reg in (
@@ -201,6 +204,12 @@ class Strategy:
             raise ValueError(f"im2col_step={self.im2col_step} must be >= 1")
         if not 0.0 <= float(self.dy_ratio) < 1.0:
             raise ValueError(f"dy_ratio={self.dy_ratio} must be in [0, 1)")
+        rules = (
+            FORWARD_RULES.get(self.forward),
+            INPUT_GRAD_RULES.get(self.input_grad),
+            WEIGHT_GRAD_RULES.get(self.weight_grad),
+        )
+        object.__setattr__(self, "rules", rules)
         self._check_state()
 
     def _check_state(self) -> None:
@@ -215,15 +224,6 @@ class Strategy:
                 "fst.sparsifier.SPARSIFIERS)"
             )
 
-    @cached_property
-    def rules(self):
-        """The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`)."""
-        return (
-            FORWARD_RULES.get(self.forward),
-            INPUT_GRAD_RULES.get(self.input_grad),
-            WEIGHT_GRAD_RULES.get(self.weight_grad),
-        )
-
     @property
     def is_dense(self) -> bool:
         return not any(r.prunes for r in self.rules)
@@ -232,6 +232,11 @@ class Strategy:
     def uses_decay(self) -> bool:
         """SR-STE decay applies wherever the forward weight is pruned (and it is the method's)."""
         return self.sr_ste_decay and self.rules[0].prunes
+
+    @property
+    def traceable(self) -> bool:
+        """torch.compile can trace its layers whole (no rule writes state in its backward)."""
+        return not any(r.backward_writes_state for r in self.rules)
 
     @property
     def stateful(self) -> bool:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from fst.analysis import paper, report, timing  # noqa: E402
+from fst.threads import configure_threads  # noqa: E402
 
 NO_GPU = "not measured (no GPU lent)"
 
@@ -34,6 +35,7 @@ def main(argv=None):
     )
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
+    configure_threads()  # FST_NUM_THREADS / OMP_NUM_THREADS, else the usable cores
 
     rows = timing.table2(args.cpu_batch, "cpu", args.repeats)
     gpu = torch.cuda.is_available()

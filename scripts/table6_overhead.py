@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from fst.analysis import paper, report, timing  # noqa: E402
+from fst.threads import configure_threads  # noqa: E402
 
 KEYS = ["train_step_fst", "train_step_dense", "S(W)", "S(W^T)", "shift(dY)", "total"]
 NO_GPU = "not measured (no GPU lent)"
@@ -35,6 +36,7 @@ def main(argv=None):
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3, help="timed training steps (the paper: 1000)")
     args = p.parse_args(argv)
+    configure_threads()  # FST_NUM_THREADS / OMP_NUM_THREADS, else the usable cores
 
     results = {"cpu": timing.table6(args.cpu_batch, "cpu", args.repeats, res=args.res)}
     if torch.cuda.is_available():

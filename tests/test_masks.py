@@ -109,3 +109,19 @@ def test_transposable_mask_ignores_autocast():
     want = transposable_mask(w)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(transposable_mask(w), want)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8)])
+def test_compiled_formulation_keeps_the_same_entries(n, m):
+    """torch.compile traces masks._keep_ranked (one reduction per entry); eager runs the
+    comparison logic. Both keep exactly the brute-force set, ties included."""
+    from fst.masks import _groups, _keep_2of4, _keep_rank, _keep_ranked
+
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(-2, 3, (6, 4 * m + 3), generator=g).float().abs()
+    groups = _groups(t, 1, m)
+    eager = _keep_2of4(groups) if (n, m) == (2, 4) else _keep_rank(groups, n)
+    assert torch.equal(_keep_ranked(groups, n), eager)
+    compiled = torch.compile(lambda x: nm_mask(x, dim=0, n=n, m=m), backend="aot_eager")
+    t2 = torch.randint(-2, 3, (4 * m + 1, 5), generator=g).float()
+    assert torch.equal(compiled(t2), brute_nm(t2, 0, n, m))

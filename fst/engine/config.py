@@ -76,6 +76,8 @@ class TrainerConfig:
     debug_signal_at_step: int | None = None
     debug_signal: str = "SIGTERM"
     debug_nan_at_step: int | None = None
+    compile: Any = False  # false | default | max-autotune (fst.compile)
+    num_threads: int | None = None  # torch CPU threads; null: automatic (fst.threads)
 
 
 @dataclass
@@ -278,6 +280,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.precision={cfg.trainer.precision!r}; valid choices: {', '.join(PRECISIONS)}"
         )
+    _check_compile(cfg.trainer.get("compile", False))
     if cfg.logger.get("wandb") is not None and cfg.logger.wandb.mode not in WANDB_MODES:
         raise ConfigError(
             f"logger.wandb.mode={cfg.logger.wandb.mode!r}; valid choices: {', '.join(WANDB_MODES)}"
@@ -375,6 +378,15 @@ def trainer_settings(cfg: DictConfig) -> TrainerConfig:
     """The ``trainer`` group as a typed ``TrainerConfig`` (defaults filled in)."""
     merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
     return OmegaConf.to_object(merged)
+
+
+def _check_compile(value: Any) -> None:
+    from fst.compile import compile_mode
+
+    try:
+        compile_mode(value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_sparsity(cfg: DictConfig) -> None:

@@ -204,6 +204,11 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     model.to(device).eval()
     if run.trainer.get("channels_last"):
         model.to(memory_format=torch.channels_last)
+    # [issue 15 hook] eval.py's compile=, else the run's trainer.compile (in place, see fst.compile)
+    from fst.compile import compile_model
+
+    mode = cfg.get("compile")
+    compile_model(model, run.trainer.get("compile", False) if mode is None else mode)
 
     bs = int(cfg.get("val_batch_size") or run.data.get("val_batch_size") or run.data.batch_size)
     loader = val_loader(

@@ -65,6 +65,8 @@ MAY_CHANGE: dict[str, str] = {
     "trainer.checkpoint_every_n_steps": "checkpoint frequency",
     "trainer.save_checkpoints": "checkpoint writing",
     "trainer.progress_bar": "display",
+    "trainer.compile": "the same computation, compiled (torch.compile) or eager",
+    "trainer.num_threads": "CPU threads only",
     "trainer.skip_nonfinite": "non-finite policy from the next step on",
     "trainer.max_nonfinite_skips": "non-finite policy from the next step on",
     "trainer.debug_*": "fault injection (tests)",

@@ -294,6 +294,11 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
         seed=int(cfg.seed),
         **sparsifier_params(cfg),
     )
+    # torch.compile after fst.sparsify, in place: parameter and state_dict names stay the eager
+    # model's (checkpoints, resume, eval.py); before the DDP wrapper (fst.compile).
+    from fst.compile import compile_model
+
+    compile_model(model, tc.get("compile", False))
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)

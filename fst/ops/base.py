@@ -78,5 +78,10 @@ def cast(dtype: torch.dtype | None, *tensors):
 def add_decay(grad_w: torch.Tensor, weight: torch.Tensor, w_fwd: torch.Tensor, plan, decay):
     """SR-STE (Eq. 6): ``grad += decay * (W - S(W))`` with the forward-pruned weight."""
     if decay and plan.uses_decay:
-        grad_w = grad_w.add_(weight.detach() - w_fwd, alpha=decay)
+        # sub_ of (S(W) - W), not add_ of (W - S(W)): torch.compile (inductor, torch 2.14)
+        # rewrites `mm(...) + alpha * t` (a Linear's dW plus this term) into an addmm that
+        # silently drops alpha (the add+mm -> addmm pattern of
+        # torch/_inductor/fx_passes/post_grad.py; pytorch/pytorch#167313 is the reverse
+        # rewrite's twin bug). tests/test_compile.py checks a sparse Linear's decay compiled.
+        grad_w = grad_w.sub_(w_fwd - weight.detach(), alpha=decay)
     return grad_w

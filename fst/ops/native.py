@@ -13,9 +13,15 @@
   work on every device. For Linear the kept half is every even token of each row: the whole
   token axis, or the rows of a vision transformer's patch grid (:mod:`fst.tokens`).
 - Masks of W and W^T are computed once per forward and saved for backward.
+- Eager CPU: the element-wise work (masks, SR-STE decay, IR half) runs on as few threads as its
+  size merits (:mod:`fst.threads`), so its cost does not depend on the machine's load. Under
+  ``torch.compile`` both Functions are traced whole (forward and backward, no graph break) and
+  inductor fuses that work into a few kernels (:mod:`fst.compile`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +30,7 @@ from torch.autograd.function import once_differentiable
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
 from fst.rules import weight_operands, with_state
 from fst.strategies import Strategy
+from fst.threads import work_threads
 
 _conv_bwd = torch.ops.aten.convolution_backward.default
 
@@ -34,30 +41,45 @@ def _every_other(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
     return t[tuple(idx)]
 
 
+def _elementwise(t: torch.Tensor):
+    """Eager CPU element-wise work over ``t`` runs on as few threads as its size merits
+    (:func:`fst.threads.work_threads`: each small op would pay a thread barrier, which costs
+    milliseconds while another process holds a core); compiled or on a GPU: no change."""
+    if torch.compiler.is_compiling() or t.device.type != "cpu":
+        return contextlib.nullcontext()
+    return work_threads(t.numel())
+
+
 def ir_half(dy: torch.Tensor, coef: float, dim: int) -> torch.Tensor:
     """The IR-combined kept half along ``dim``: ``dy[2i] + coef * dy[2i + 1]`` (0 past the end).
 
-    One fused pass over ``dy`` (Eq. 10's shift and add restricted to the columns F keeps).
+    One fused pass over ``dy`` (Eq. 10's shift and add restricted to the columns F keeps). An
+    odd length's last kept column has no right neighbour: the odd columns get one zero column
+    (plain ops, no ``out=`` into a strided view, so ``torch.compile`` traces it whole). Eager
+    CPU: on as few threads as its size merits (:func:`_elementwise`).
     """
     dim = dim % dy.dim()
     n = dy.shape[dim]
     even = _every_other(dy, dim, 0)
-    if not coef or n < 2:
-        return even.contiguous()
-    odd = _every_other(dy, dim, 1)
-    half = n // 2
-    if n % 2 == 0:
+    with _elementwise(dy):
+        if not coef or n < 2:
+            return even.contiguous()
+        odd = _every_other(dy, dim, 1)
+        if n % 2:
+            odd = F.pad(odd, [0, 0] * (dy.dim() - 1 - dim) + [0, 1])
         return torch.add(even, odd, alpha=coef)
-    out = torch.empty(even.shape, dtype=dy.dtype, device=dy.device)
-    torch.add(even.narrow(dim, 0, half), odd, alpha=coef, out=out.narrow(dim, 0, half))
-    out.narrow(dim, half, 1).copy_(even.narrow(dim, half, 1))
-    return out
+
+
+def masked_weights(weight: torch.Tensor, plan: Strategy, need_bwd: bool = True, state=None):
+    """:func:`fst.rules.weight_operands` as the layers run it (see :func:`_elementwise`)."""
+    with _elementwise(weight):
+        return weight_operands(weight, plan, need_bwd, state)
 
 
 class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float, state):
-        w_fwd, w_bwd = weight_operands(weight, plan, ctx.needs_input_grad[0], state)
+        w_fwd, w_bwd = masked_weights(weight, plan, ctx.needs_input_grad[0], state)
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         if wb is None:  # Eq. 2 is never run; convolution_backward still needs a weight shape
@@ -92,7 +114,8 @@ class _Conv(torch.autograd.Function):
             if need_w:
                 dw = _conv_weight_grad(dy, xc, wb, g, plan, kw)
         if dw is not None:
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
+            with _elementwise(weight):
+                dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         if dx is not None:
             dx = dx.to(ctx.x_dtype)
         if db is not None:
@@ -122,7 +145,7 @@ def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy, kw: dict) -> 
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, plan: Strategy, decay: float, state, tokens=None):
-        w_fwd, w_bwd = weight_operands(weight, plan, ctx.needs_input_grad[0], state)
+        w_fwd, w_bwd = masked_weights(weight, plan, ctx.needs_input_grad[0], state)
         dt = autocast_dtype(x)
         xc, wf, wb, b = cast(dt, x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
@@ -146,7 +169,8 @@ class _Linear(torch.autograd.Function):
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
             dw = _linear_weight_grad(dy, xc, plan, kw, ctx.tokens)
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
+            with _elementwise(weight):
+                dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         return dx, dw, db, None, None, None, None
 
 

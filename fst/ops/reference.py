@@ -35,7 +35,9 @@ class _Conv(torch.autograd.Function):
         ctx.geom, ctx.plan, ctx.decay, ctx.hw, ctx.wo = geom, plan, decay, (h, w), wo
         ctx.kw = with_state(state)
         ctx.x_dtype = x.dtype
-        return y.reshape(x.shape[0], -1, ho, wo)
+        # einsum's output is channel-major; a contiguous output keeps the layers after it
+        # (batch norm) on the same strides in eager and under torch.compile's fake tensors
+        return y.reshape(x.shape[0], -1, ho, wo).contiguous()
 
     @staticmethod
     @once_differentiable

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from fst.masks import is_nm
+from fst.masks import apply_mask, is_nm
 from fst.registry import Registry
 
 if TYPE_CHECKING:
@@ -64,6 +64,11 @@ class Rule:
     operand: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()
     state_keys: ClassVar[tuple[str, ...]] = ()
+    # Its backward hook writes the layer's state (ReSprop records the gradient it reuses next
+    # step). Dynamo refuses such a side effect inside an autograd.Function's backward, so under
+    # torch.compile the layers of a plan with such a rule run eagerly (fst.layers; a graph
+    # break per layer, results unchanged).
+    backward_writes_state: ClassVar[bool] = False
 
     @property
     def prunes(self) -> bool:
@@ -90,6 +95,10 @@ class Rule:
         a pruned operand that is not (``S(W)^T`` along Co, the release's regrouped weight,
         a data-dependent width) counts as dense.
         """
+        return False
+
+    def draws_random(self, plan: Strategy) -> bool:
+        """Does this rule draw from the global RNG? (``fst.compile`` keeps such draws eager's.)"""
         return False
 
     def __repr__(self) -> str:
@@ -130,7 +139,7 @@ def weight_operands(
     # |W| is shared when both masks rank magnitudes of the same dense W (fst: S(W), S(W^T)).
     a = w.abs() if (eq1.uses_abs and eq2.uses_abs) else None
     mask = eq1.mask(w, plan, a, **kw)
-    w_fwd = w if mask is None else w * mask
+    w_fwd = w if mask is None else apply_mask(w, mask)
     if not need_bwd:
         return w_fwd, None
     return w_fwd, eq2.weight(w, w_fwd, plan, a, **kw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fst.masks import nm_mask, nm_mask_of_abs
+from fst.masks import apply_mask, nm_mask, nm_mask_of_abs
 from fst.rules.base import Rule, register
 
 
@@ -87,7 +87,7 @@ class NMWT(InputGradRule):
 
     def weight(self, w, w_fwd, plan, abs_w=None, state=None):
         a = w.abs() if abs_w is None else abs_w
-        return w * nm_mask_of_abs(a.reshape(w.shape[0], -1), dim=0).view(w.shape)
+        return apply_mask(w, nm_mask_of_abs(a.reshape(w.shape[0], -1), dim=0).view(w.shape))
 
 
 @register
@@ -105,4 +105,4 @@ class NMdY(InputGradRule):
         return True
 
     def prune_dy(self, dy, dim, plan=None, state=None):
-        return dy * nm_mask(dy, dim=dim)
+        return apply_mask(dy, nm_mask(dy, dim=dim))

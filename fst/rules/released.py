@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fst.masks import nm_mask
+from fst.masks import apply_mask, nm_mask
 from fst.rules.base import register
 from fst.rules.input_grad import InputGradRule
 from fst.rules.weight_grad import WeightGradRule
@@ -34,11 +34,22 @@ from fst.rules.weight_grad import WeightGradRule
 PATTERNS = "abcd"
 
 
-def draw_patterns(n_chunks: int, letters: str = PATTERNS) -> list[str]:
-    """One pattern per im2col chunk, uniform over ``letters`` (no draw for a single letter)."""
+def draw_pattern_ids(n_chunks: int, letters: str = PATTERNS) -> torch.Tensor:
+    """One pattern per im2col chunk as indices into :data:`PATTERNS` (int64 ``[n_chunks]``),
+    uniform over ``letters``; a single letter draws nothing.
+
+    Tensors only (no ``.tolist()``), so ``torch.compile`` traces the draw without a graph
+    break; it consumes the global generator exactly as :func:`draw_patterns`.
+    """
+    ids = torch.tensor([PATTERNS.index(letter) for letter in letters])
     if len(letters) == 1:
-        return [letters] * n_chunks
-    return [letters[i] for i in torch.randint(len(letters), (n_chunks,)).tolist()]
+        return ids.expand(n_chunks)
+    return ids[torch.randint(len(letters), (n_chunks,))]
+
+
+def draw_patterns(n_chunks: int, letters: str = PATTERNS) -> list[str]:
+    """:func:`draw_pattern_ids` as letters."""
+    return [PATTERNS[i] for i in draw_pattern_ids(n_chunks, letters).tolist()]
 
 
 def _pattern_rule(kind: str, r: torch.Tensor, c: torch.Tensor, cols: int) -> torch.Tensor:
@@ -54,17 +65,27 @@ def _pattern_rule(kind: str, r: torch.Tensor, c: torch.Tensor, cols: int) -> tor
     raise ValueError(f"unknown X pattern {kind!r}; valid: {', '.join(PATTERNS)}")
 
 
+def _tiles(cols: int, device=None) -> torch.Tensor:
+    """The 8x8 tile of every pattern for chunks of ``cols`` columns: bool ``[4, 8, 8]``."""
+    i = torch.arange(8, device=device)
+    return torch.stack([_pattern_rule(k, i[:, None], i[None, :], cols) for k in PATTERNS])
+
+
+def _expand_tile(tile: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    r = torch.arange(rows, device=tile.device) % 8
+    c = torch.arange(cols, device=tile.device) % 8
+    return tile[r[:, None], c[None, :]]
+
+
 def pattern_mask(kind: str, rows: int, cols: int, device=None) -> torch.Tensor:
     """Bool keep-mask ``[rows, cols]`` of pattern ``kind`` on one im2col chunk.
 
     Every pattern depends only on (row mod 8, col mod 8) (``a`` through ``(row*cols + col) mod
     8``), so it is read from an 8x8 tile instead of computed at full size.
     """
-    i = torch.arange(8, device=device)
-    tile = _pattern_rule(kind, i[:, None], i[None, :], cols)  # [8, 8]
-    r = torch.arange(rows, device=device) % 8
-    c = torch.arange(cols, device=device) % 8
-    return tile[r[:, None], c[None, :]]
+    if kind not in PATTERNS:
+        raise ValueError(f"unknown X pattern {kind!r}; valid: {', '.join(PATTERNS)}")
+    return _expand_tile(_tiles(cols, device)[PATTERNS.index(kind)], rows, cols)
 
 
 @register
@@ -79,6 +100,9 @@ class Random4(WeightGradRule):
     def formula(self, plan) -> str:
         g = f"(dY + {plan.ir_coef:g}*roll(dY))" if plan.ir_coef else "dY"
         return f"{g} P4(X^T)"
+
+    def draws_random(self, plan) -> bool:
+        return len(plan.x_patterns) > 1
 
     def tensor_core(self, plan) -> bool:
         # each pattern keeps 2 of every 4 consecutive columns (a: when the chunk has a multiple of 4
@@ -96,12 +120,14 @@ class Random4(WeightGradRule):
         n = xt.shape[0]
         step = min(int(plan.im2col_step), n)
         starts = range(0, n, step)
-        keep = torch.empty(n, k, length, dtype=torch.bool, device=x.device)
-        for s0, kind in zip(starts, draw_patterns(len(starts), plan.x_patterns)):
-            s1 = min(s0 + step, n)
-            m = pattern_mask(kind, k, (s1 - s0) * length, x.device)
-            keep[s0:s1] = m.view(k, s1 - s0, length).transpose(0, 1)  # sample-major columns
-        xt = (xt * keep).reshape(*lead, k, length)
+        ids = draw_pattern_ids(len(starts), plan.x_patterns).to(x.device)
+        keep = []
+        for j, s0 in enumerate(starts):
+            cols = (min(s0 + step, n) - s0) * length
+            tile = _tiles(cols, x.device).index_select(0, ids[j : j + 1])[0]  # no .item()
+            m = _expand_tile(tile, k, cols)
+            keep.append(m.view(k, -1, length).transpose(0, 1))  # sample-major columns
+        xt = apply_mask(xt, torch.cat(keep)).reshape(*lead, k, length)
         return dyt.movedim(-1, dim), xt.movedim(-1, dim)
 
 
@@ -127,5 +153,5 @@ class Regrouped(InputGradRule):
         flat = w_fwd.reshape(-1)
         pad = (-flat.numel()) % 16
         blocks = F.pad(flat, (0, pad)).view(-1, 4, 4)
-        kept = blocks * nm_mask(blocks, dim=1)
+        kept = apply_mask(blocks, nm_mask(blocks, dim=1))
         return kept.reshape(-1)[: flat.numel()].view(w_fwd.shape)

@@ -75,6 +75,7 @@ class _ReSprop:
     operand = "dY"
     options = ("dy_ratio",)
     state_keys = ("prev", "next", "pick")
+    backward_writes_state = True  # state["next"]: eager under torch.compile (fst.layers)
 
     def pattern(self, plan) -> str:
         return f"unstructured: previous dY + top-k of the difference ({plan.dy_ratio:.0%} reused)"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from fst.masks import nm_mask
+from fst.masks import apply_mask, nm_mask
 from fst.rules.base import Rule, register
 
 
@@ -144,7 +144,7 @@ class NMdY(WeightGradRule):
         return True
 
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
-        return dy * nm_mask(dy, dim=dim), x
+        return apply_mask(dy, nm_mask(dy, dim=dim)), x
 
 
 @register
@@ -162,4 +162,4 @@ class NMX(WeightGradRule):
         return True
 
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
-        return dy, x * nm_mask(x, dim=dim)
+        return dy, apply_mask(x, nm_mask(x, dim=dim))

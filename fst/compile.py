@@ -1,0 +1,99 @@
+"""``torch.compile`` for sparse models (``trainer.compile: false | default | max-autotune``).
+
+:func:`compile_model` compiles a model *in place* (``nn.Module.compile``) after
+:func:`fst.sparsify`: the module object, its parameter names and its ``state_dict`` keys stay
+those of the eager model (no ``_orig_mod.`` prefix), so checkpoints, resume, ``eval.py``,
+DDP wrapping, :func:`fst.summary` and the mask diagnostics all see the same model, and a
+checkpoint written by a compiled run loads into an eager one and back.
+
+What torch 2.14's dynamo traces (checked by ``tests/test_compile.py`` with
+``torch._dynamo.explain`` for every strategy x backend, on a ResNet-18 and a timm ViT):
+
+- the sparse layers' custom ``torch.autograd.Function``s (``fst.ops.native``,
+  ``fst.ops.reference``), forward and ``once_differentiable`` backward, traced whole: their
+  non-tensor arguments (the frozen :class:`fst.strategies.Strategy`, ``ConvGeometry``, the
+  decay) are constants of the graph; a changed decay scale (a GradScaler's loss scale)
+  recompiles once and is then a graph input;
+- what used to break graphs, now restructured: ``Strategy.rules`` was a ``cached_property``
+  (its lock cannot be traced on Python < 3.12), the IR half of an odd width wrote through
+  ``out=`` into a strided view, and ``fst_released`` drew its X patterns with ``.tolist()``.
+
+The masks of W and W^T, the IR half of dY and the Eq. 3 inputs are element-wise work that
+inductor fuses around the convolutions: per sparse conv, one kernel computes both masked
+weights (the masks trace as one rank reduction per entry, :func:`fst.masks._keep_ranked`),
+one the IR half of dY, one the decay term with the weight gradient (checked with
+``TORCH_LOGS=output_code`` on CPU). ``scripts/bench_step.py --compile`` reports their time.
+
+Random draws (``fst_released``'s X patterns, :meth:`fst.rules.base.Rule.draws_random`): inductor
+replaces random ops by its own generator unless ``fallback_random`` is set. For models whose
+rules draw, :func:`compile_model` sets it, so a compiled run draws exactly the patterns the
+eager run draws from the global generator (which the run seeds and exact resume restores).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+MODES = ("default", "max-autotune")
+
+
+def compile_mode(value: Any) -> str | None:
+    """The ``trainer.compile`` value as a torch.compile mode, or None for eager.
+
+    Accepts ``false``/``null`` (eager), ``"default"`` and ``"max-autotune"``; anything else
+    raises ``ValueError`` naming the valid values.
+    """
+    if value is None or value is False or (isinstance(value, str) and value.lower() == "false"):
+        return None
+    if isinstance(value, str) and value in MODES:
+        return value
+    raise ValueError(
+        f"trainer.compile={value!r}; valid values: false (eager), "
+        + ", ".join(MODES)
+        + " (torch.compile modes, e.g. trainer.compile=default)"
+    )
+
+
+def draws_random(model: nn.Module) -> bool:
+    """Does any sparse layer's plan draw random numbers (:meth:`Rule.draws_random`)?"""
+    from fst.layers import sparse_layers
+
+    return any(r.draws_random(m.plan) for _, m in sparse_layers(model) for r in m.plan.rules)
+
+
+def compile_options(model: nn.Module, mode: str) -> dict[str, Any]:
+    """Inductor options of ``mode``, plus ``fallback_random`` when the model draws."""
+    from torch._inductor import list_mode_options
+
+    options = dict(list_mode_options(mode))
+    if draws_random(model):
+        options["fallback_random"] = True
+    return options
+
+
+def compile_model(model: nn.Module, mode: Any) -> nn.Module:
+    """Compile ``model`` in place for ``mode`` (see :func:`compile_mode`); returns it.
+
+    A no-op for eager. Call it after :func:`fst.sparsify` and after moving the model to its
+    device, before wrapping it in DDP.
+    """
+    mode = compile_mode(mode)
+    if mode is None:
+        return model
+    options = compile_options(model, mode)
+    if options:
+        model.compile(options=options)
+    else:
+        model.compile(mode=mode)
+    return model
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """True if ``model`` (or the module inside a DDP wrapper) was compiled in place."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_compiled_call_impl", None) is not None or isinstance(
+        model, torch._dynamo.eval_frame.OptimizedModule
+    )
