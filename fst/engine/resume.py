@@ -76,6 +76,7 @@ MAY_CHANGE: dict[str, str] = {
     "backend.*": "backends compute the same function",
     "logger.*": "logging only",
     "name": "label only",
+    "model.label": "label only (the model's part of the default run name)",
     "output_root": "where new runs go",
     "resume": "",
 }

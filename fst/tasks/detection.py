@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fst.registry import group_kwargs
-from fst.types import DATA_LOADER_KEYS, ConfigError
+from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -65,7 +65,7 @@ class DetectionTask(Task):
     def build_model(self) -> nn.Module:
         from fst.models import MODELS
 
-        kwargs = group_kwargs(self.cfg.model)
+        kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
         if kwargs.get("num_classes") is None:
             if self.num_classes is None:
                 raise ValueError("model.num_classes is null: call build_data() first or set it")
