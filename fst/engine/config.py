@@ -71,6 +71,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 0
     save_checkpoints: bool = True
     progress_bar: bool = True
+    print_summary: bool = False
     skip_nonfinite: bool = False
     max_nonfinite_skips: int | None = None
     debug_signal_at_step: int | None = None

@@ -65,6 +65,7 @@ MAY_CHANGE: dict[str, str] = {
     "trainer.checkpoint_every_n_steps": "checkpoint frequency",
     "trainer.save_checkpoints": "checkpoint writing",
     "trainer.progress_bar": "display",
+    "trainer.print_summary": "display",
     "trainer.skip_nonfinite": "non-finite policy from the next step on",
     "trainer.max_nonfinite_skips": "non-finite policy from the next step on",
     "trainer.debug_*": "fault injection (tests)",
