@@ -34,7 +34,10 @@ def main(argv=None):
     p.add_argument("--tables", nargs="+", default=list(tables.TABLES), choices=list(tables.TABLES))
     args = p.parse_args(argv)
 
-    summaries = tables.find_summaries(args.runs)
+    try:
+        summaries = tables.find_summaries(args.runs)
+    except FileNotFoundError as e:  # a user's typo: one line, no traceback
+        raise SystemExit(f"error: {e}; pass the output_root of train.py runs") from None
     if not summaries:
         raise SystemExit(
             f"no summary.json under {args.runs}; pass the output_root of train.py runs"

@@ -68,6 +68,8 @@ def test_make_tables(tmp_path):
     assert written == ["table1"]
     md = (tmp_path / "table1_x.md").read_text()
     assert "| 10.00 (n=1) |" in md and "± 0.00" not in md  # one seed: no fake spread
+    with pytest.raises(SystemExit, match="error: run directory .* does not exist; pass"):
+        _load("make_tables").main([str(tmp_path / "no_such_runs")])  # no traceback
 
 
 def test_table5_paper_vs_release_rows_per_scale(tmp_path):
