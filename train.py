@@ -6,7 +6,6 @@ Exit status: 0 finished, 1 failed (the message names the cause and the fix), 75 
 (``last.pt`` written; continue with ``resume=auto``), 130 interrupted by Ctrl-C (likewise).
 """
 
-import os
 import sys
 
 import hydra
@@ -27,19 +26,8 @@ def main(cfg: DictConfig) -> float | None:
 
     configure_threads(cfg.trainer.get("num_threads"))
 
-    summary = run_cli(train, cfg)
-    pm = summary["primary_metric"]
-    value, best = summary.get(f"val/{pm}"), summary.get(f"best/val/{pm}")
-    if os.environ.get("RANK", "0") != "0":
-        return value  # rank 0 reports
-    if value is None:
-        print(f"no validation metrics; run dir: {summary['run_dir']}")
-    else:
-        print(
-            f"final val/{pm}: {value:.2f} (best {best:.2f} at epoch {summary['best_epoch']}); "
-            f"run dir: {summary['run_dir']}"
-        )
-    return value
+    summary = run_cli(train, cfg)  # rank 0 logs the result line ("final val/top1: ...")
+    return summary.get(f"val/{summary['primary_metric']}")
 
 
 if __name__ == "__main__":

@@ -122,13 +122,31 @@ class Summary:
 
     columns = ("name", "type", "weight", "status", "eq1", "eq2", "eq3", "pad_W", "pad_WT", "note")
 
-    def __init__(self, rows: list[dict], notes: list[str] | None = None):
+    def __init__(
+        self, rows: list[dict], notes: list[str] | None = None, plans: list[str] | None = None
+    ):
         self.rows = rows
         self.notes = list(notes or [])  # model-level remarks (e.g. dense attention GEMMs)
+        self.plans = list(plans or [])  # "strategy/backend" of the converted layers
 
     @property
     def num_sparse(self) -> int:
         return sum(r["status"] == "sparse" for r in self.rows)
+
+    def headline(self) -> str:
+        """One line for logs: ``21/21 layers sparse (fst/native)``, plus how many sparse layers
+        have a pruned operand that is not 2:4 along its GEMM's reduction dimension."""
+        out = f"{self.num_sparse}/{len(self.rows)} layers sparse"
+        if self.plans:
+            out += f" ({', '.join(self.plans)})"
+        not_nm = sum(
+            r["status"] == "sparse"
+            and any("not 2:4" in str(r[k]).lower() for k in ("eq1", "eq2", "eq3"))
+            for r in self.rows
+        )
+        if not_nm:
+            out += f"; {not_nm} with a pruned operand not 2:4 along its GEMM's reduction dim"
+        return out
 
     def __str__(self) -> str:
         cells = [[str(r[c]) for c in self.columns] for r in self.rows]
@@ -175,7 +193,10 @@ def summary(model: nn.Module) -> Summary:
             row.update(pad_W="-", pad_WT="-")
         row.setdefault("note", "")
         rows.append(row)
-    return Summary(rows, _attention_notes(model))
+    plans = sorted(
+        {f"{m.strategy}/{m.backend}" for m in model.modules() if isinstance(m, _SparseMixin)}
+    )
+    return Summary(rows, _attention_notes(model), plans)
 
 
 def _attention_notes(model: nn.Module) -> list[str]:

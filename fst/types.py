@@ -58,3 +58,6 @@ class DataLoaderConfig:
 
 
 DATA_LOADER_KEYS = tuple(f.name for f in fields(DataLoaderConfig))
+# Model-group keys that are no keyword arguments of the model builder: the registry key and the
+# model's part of the default run name (``label``, e.g. ``timm-convnext_tiny``; optional).
+MODEL_KEYS = ("name", "label")

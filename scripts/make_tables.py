@@ -4,8 +4,10 @@
         [--tables table1 table3 table4 table5]
 
 Every ``summary.json`` under the given directories is read (``train.py`` writes one per run;
-a multirun root holds many). Runs are grouped per table by strategy and per column by scale
-(dataset, image size, model, epochs, batch). A table is written only when some run fits it:
+a multirun root holds many). Runs are averaged over seeds only when every other setting that
+can change the result is equal (``fst.analysis.tables``): a row per strategy and its non-default
+options, a column per scale (model with its arch and width, data set, image size, epochs, batch,
+batch limits, optimizer, schedule, ...); each cell shows n, and one seed no ``± 0.00``. A table is written only when some run fits it:
 ``<out>/<table><suffix>.md`` and ``.csv``.
 """
 
@@ -32,7 +34,10 @@ def main(argv=None):
     p.add_argument("--tables", nargs="+", default=list(tables.TABLES), choices=list(tables.TABLES))
     args = p.parse_args(argv)
 
-    summaries = tables.find_summaries(args.runs)
+    try:
+        summaries = tables.find_summaries(args.runs)
+    except FileNotFoundError as e:  # a user's typo: one line, no traceback
+        raise SystemExit(f"error: {e}; pass the output_root of train.py runs") from None
     if not summaries:
         raise SystemExit(
             f"no summary.json under {args.runs}; pass the output_root of train.py runs"

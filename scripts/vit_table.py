@@ -40,7 +40,12 @@ def main(argv=None):
             for t in ("table1", "table3", "table5")
             for f in (ROOT / "results").glob(f"{t}_digits*.csv")
         )
-    summaries = tables.find_summaries(args.runs)
+    try:
+        summaries = tables.find_summaries(args.runs)
+    except FileNotFoundError as e:  # a user's typo: one line, no traceback
+        raise SystemExit(
+            f"error: {e}; pass the output_root of train.py -m +sweep=vit_digits"
+        ) from None
     try:
         csv_rows, body = vit_table.build(summaries, vit_table.read_resnet(resnet_csvs))
     except ValueError as e:

@@ -120,3 +120,19 @@ def test_summary_of_the_dense_strategy_says_dense():
     rows = {r["name"]: r for r in summ.rows}
     assert "prunes no GEMM" in rows["0"]["note"] and "prunes no GEMM" in rows["6"]["note"]
     assert summ.num_sparse == 0 and str(summ).endswith(f"0/{len(summ.rows)} layers sparse")
+
+
+@pytest.mark.parametrize(
+    "strategy, headline",
+    [
+        ("fst", "2/4 layers sparse (fst/native)"),
+        ("dense", "0/4 layers sparse (dense/native)"),
+        # SR-STE's Eq. 2 operand S(W)^T is half zeros along K, not along Co (the reduction dim)
+        ("srste", "2/4 layers sparse (srste/native); 2 with a pruned operand not 2:4 along"),
+    ],
+)
+def test_summary_headline_is_one_line(strategy, headline):
+    """Issue 14 item 12: logs get one line; the table goes to the run dir."""
+    text = fst.summary(fst.sparsify(small_net(), strategy)).headline()
+    assert text.startswith(headline) and "\n" not in text
+    assert fst.summary(small_net()).headline() == "0/4 layers sparse"  # not sparsified

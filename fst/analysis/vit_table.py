@@ -35,15 +35,13 @@ def read_resnet(paths: list[str | Path]) -> dict[str, dict[str, dict]]:
                 cells = out.setdefault(r["scale"], {})
                 cells.setdefault(
                     r["row"],
-                    {"mean": float(r["mean"]), "std": float(r["std"]), "n": int(r["n"])},
+                    {
+                        "mean": float(r["mean"]),
+                        "std": float(r["std"]) if r["std"] not in ("", None) else None,
+                        "n": int(r["n"]),
+                    },
                 )
     return out
-
-
-def _fmt(cell: dict | None) -> str:
-    if not cell:
-        return "not run"
-    return f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})"
 
 
 def build(summaries: list[dict], resnet: dict[str, dict[str, dict]]) -> tuple[list[dict], str]:
@@ -55,7 +53,11 @@ def build(summaries: list[dict], resnet: dict[str, dict[str, dict]]) -> tuple[li
     vit_scales = sorted(agg)
     res_scales = sorted(resnet)
     csv_rows, md_rows = [], []
-    for key in s.rows:
+    found = {k for sc in agg.values() for k in sc}
+    rows = [
+        k for row in s.rows for k in [row, *sorted(found - {row})] if tables.row_strategy(k) == row
+    ]
+    for key in rows:
         if not any(key in agg[sc] for sc in vit_scales):
             continue
         desc = tables._describe(key)
@@ -63,7 +65,7 @@ def build(summaries: list[dict], resnet: dict[str, dict[str, dict]]) -> tuple[li
         for i, sc in enumerate(vit_scales):
             cell = agg[sc].get(key)
             dense = agg[sc].get("dense")
-            md[f"vit{i}"] = _fmt(cell)
+            md[f"vit{i}"] = tables.format_cell(cell)
             md[f"delta{i}"] = (
                 f"{cell['mean'] - dense['mean']:+.2f}" if cell and dense and key != "dense" else ""
             )
@@ -74,13 +76,13 @@ def build(summaries: list[dict], resnet: dict[str, dict[str, dict]]) -> tuple[li
                         "scale": sc,
                         "n": cell["n"],
                         "mean": round(cell["mean"], 4),
-                        "std": round(cell["std"], 4),
+                        "std": "" if cell["std"] is None else round(cell["std"], 4),
                         "seeds": " ".join(map(str, cell["seeds"])),
                         "values": " ".join(f"{v:.4f}" for v in cell["values"]),
                     }
                 )
         for j, sc in enumerate(res_scales):
-            md[f"res{j}"] = _fmt(resnet[sc].get(key))
+            md[f"res{j}"] = tables.format_cell(resnet[sc].get(key))
         md_rows.append(md)
     cols = ["row", "eq1", "eq2", "eq3"]
     heads = ["strategy", "Eq. 1", "Eq. 2", "Eq. 3"]

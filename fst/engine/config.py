@@ -7,7 +7,7 @@ A run config is composed by Hydra from ``configs/config.yaml`` and its groups. T
 * **Registry groups** (``model``, ``data``, ``optim``, ``sched``): ``name`` is a registry key
   (``fst.models.MODELS``, ``fst.data.DATASETS``, ``fst.engine.optim.OPTIMIZERS``/``SCHEDULERS``)
   and every other key is a keyword argument of that registered builder, checked against its
-  signature. So a new model/dataset config file needs no schema edit: its builder is its schema.
+  signature (the model group's ``label``, its part of the default run name, apart). So a new model/dataset config file needs no schema edit: its builder is its schema.
   The data group also carries the loader keys the engine reads itself (``DATA_LOADER_KEYS``,
   ``fst.types.DataLoaderConfig``) and ``small_stem`` (read by the model group through
   interpolation); those are not passed on.
@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fst.registry import group_kwargs
-from fst.types import DATA_LOADER_KEYS, ConfigError, DataLoaderConfig
+from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError, DataLoaderConfig
 
 __all__ = [
     "ConfigError",
@@ -71,6 +71,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 0
     save_checkpoints: bool = True
     progress_bar: bool = True
+    print_summary: bool = False
     skip_nonfinite: bool = False
     max_nonfinite_skips: int | None = None
     debug_signal_at_step: int | None = None
@@ -289,7 +290,7 @@ def validate_config(cfg: DictConfig) -> None:
     # Registry groups: name is a key, other keys are the builder's keyword arguments.
     builder = _check_choice("model.name", cfg.model.name, MODELS)
     valid, open_ = builder_params(builder)
-    _check_keys("model", _group_keys(cfg, "model"), valid | {"name"}, open_)
+    _check_keys("model", _group_keys(cfg, "model"), valid | set(MODEL_KEYS), open_)
 
     builder = _check_choice("data.name", cfg.data.name, DATASETS)
     valid, open_ = builder_params(builder)

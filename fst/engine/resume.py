@@ -67,6 +67,7 @@ MAY_CHANGE: dict[str, str] = {
     "trainer.progress_bar": "display",
     "trainer.compile": "the same computation, compiled (torch.compile) or eager",
     "trainer.num_threads": "CPU threads only",
+    "trainer.print_summary": "display",
     "trainer.skip_nonfinite": "non-finite policy from the next step on",
     "trainer.max_nonfinite_skips": "non-finite policy from the next step on",
     "trainer.debug_*": "fault injection (tests)",
@@ -78,6 +79,7 @@ MAY_CHANGE: dict[str, str] = {
     "backend.*": "backends compute the same function",
     "logger.*": "logging only",
     "name": "label only",
+    "model.label": "label only (the model's part of the default run name)",
     "output_root": "where new runs go",
     "resume": "",
 }

@@ -182,6 +182,17 @@ def restart_schedule_at(
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
+def bar_postfix(rec: dict[str, float]) -> dict[str, str]:
+    """What the progress bar shows of a logged training record; images/s with at least 3
+    significant digits (a detector on a CPU runs below 1 image/s, which ``%.0f`` showed as 0)."""
+    img_s = rec["train/img_per_s"]
+    return {
+        "loss": f"{rec['train/loss']:.3f}",
+        "lr": f"{rec['train/lr']:.3g}",
+        "img_s": f"{img_s:.0f}" if img_s >= 100 else f"{img_s:.3g}",
+    }
+
+
 class Trainer:
     """Runs ``settings.epochs`` epochs of ``parts.task`` on ``parts.model``.
 
@@ -297,18 +308,16 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> None:
         """Run optimizer steps ``progress.step_in_epoch .. steps_per_epoch`` of ``epoch``."""
-        from tqdm.auto import tqdm
+        from fst.logging.progress import progress
 
         p, model = self.progress, self.model
         model.train()
         batches = iter(self._train_loader(epoch))
-        bar = tqdm(
-            total=self.steps_per_epoch,
+        bar = progress(
+            self.steps_per_epoch,
+            f"epoch {epoch + 1}/{self.epochs}",
             initial=p.step_in_epoch,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (self.dist.is_main and self.cfg.progress_bar),
+            enabled=self.dist.is_main and self.cfg.progress_bar,
         )
         window: dict[str, list[float]] = defaultdict(list)
         window_images, window_t0 = 0, time.perf_counter()
@@ -328,11 +337,7 @@ class Trainer:
                 rec["train/lr"] = self.optimizer.param_groups[0]["lr"]
                 rec["train/img_per_s"] = window_images / dt
                 self.logger.log(rec, step=p.global_step, epoch=epoch)
-                bar.set_postfix(
-                    loss=f"{rec['train/loss']:.3f}",
-                    lr=f"{rec['train/lr']:.3g}",
-                    img_s=f"{rec['train/img_per_s']:.0f}",
-                )
+                bar.set_postfix(**bar_postfix(rec))
                 window.clear()
                 window_images, window_t0 = 0, time.perf_counter()
             every = self.env.diagnostics_every

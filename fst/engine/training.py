@@ -457,16 +457,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         if setup.dist.is_main:
             parts.logger.write_summary(summary)
             parts.logger.finish(0)
-            pm = trainer.task.primary_metric
-            p = trainer.progress
-            log.info(
-                "final val/%s = %.4g (best %.4g at epoch %s); summary: %s",
-                pm,
-                final.get(pm, float("nan")),
-                p.best_value if p.best_value is not None else float("nan"),
-                summary["best_epoch"],
-                setup.run_dir / "summary.json",
-            )
+            log.info("%s", _final_line(summary))
         fdist.barrier()
         return summary
     except BaseException as e:
@@ -489,16 +480,29 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         root.setLevel(level)
 
 
+def _final_line(summary: dict[str, Any]) -> str:
+    """The run's one result line (``train.py`` prints nothing else): the final and best value
+    of the primary metric and where the run's files are."""
+    pm = summary["primary_metric"]
+    value, best = summary.get(f"val/{pm}"), summary.get(f"best/val/{pm}")
+    if value is None:
+        return f"no validation metrics; run dir: {summary['run_dir']}"
+    best_text = "" if best is None else f" (best {best:.4g} at epoch {summary['best_epoch']})"
+    return f"final val/{pm}: {value:.4g}{best_text}; run dir: {summary['run_dir']}"
+
+
 def _log_header(cfg: DictConfig, trainer, parts) -> None:
+    """Run dir, the model's sparsity in one line (the per-layer table goes to
+    ``<run dir>/summary.txt``, and to the console with ``trainer.print_summary=true``), data."""
     import fst
 
     log.info("run dir: %s", trainer.run_dir.resolve())
-    log.info(
-        "model (%s, strategy %s):\n%s",
-        cfg.model.name,
-        cfg.sparsity.strategy,
-        fst.summary(parts.model.module if trainer.dist.enabled else parts.model),
-    )
+    table = fst.summary(parts.model.module if trainer.dist.enabled else parts.model)
+    path = trainer.run_dir / "summary.txt"
+    path.write_text(f"model {cfg.model.name}, strategy {cfg.sparsity.strategy}\n{table}\n")
+    log.info("fst.summary: %s; full table in %s", table.headline(), path.resolve())
+    if trainer.cfg.print_summary:
+        log.info("model (%s, strategy %s):\n%s", cfg.model.name, cfg.sparsity.strategy, table)
     log.info(
         "%d train / %d val samples; %d steps/epoch x %d epochs; global batch %d = %d "
         "process(es) x %d accumulation x %d",

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fst.registry import group_kwargs
-from fst.types import DATA_LOADER_KEYS, ConfigError
+from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -44,7 +44,7 @@ class ClassificationTask(Task):
     def build_model(self) -> nn.Module:
         from fst.models import MODELS
 
-        kwargs = group_kwargs(self.cfg.model)
+        kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
         if "num_classes" in kwargs and kwargs["num_classes"] is None:
             kwargs["num_classes"] = self.num_classes
         return MODELS.get(self.cfg.model.name)(**kwargs)

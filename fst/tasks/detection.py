@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fst.registry import group_kwargs
-from fst.types import DATA_LOADER_KEYS, ConfigError
+from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -65,7 +65,7 @@ class DetectionTask(Task):
     def build_model(self) -> nn.Module:
         from fst.models import MODELS
 
-        kwargs = group_kwargs(self.cfg.model)
+        kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
         if kwargs.get("num_classes") is None:
             if self.num_classes is None:
                 raise ValueError("model.num_classes is null: call build_data() first or set it")
@@ -83,14 +83,18 @@ class DetectionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
         """Detect on every batch of ``loader`` and score with the data's metric."""
-        from tqdm.auto import tqdm
+        from omegaconf import OmegaConf
 
+        from fst.logging.progress import track
         from fst.metrics import coco_box_ap, voc_map
 
         if self.data is None:
             raise RuntimeError("evaluate() needs build_data() first (it holds the ground truth)")
         preds, gts, shown = [], [], []
-        for images, targets in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
+        show_bar = True
+        if OmegaConf.is_config(self.cfg):
+            show_bar = bool(OmegaConf.select(self.cfg, "trainer.progress_bar", default=True))
+        for images, targets in track(loader, "eval", unit="batch", leave=False, enabled=show_bar):
             out = model([im.to(device, non_blocking=True) for im in images])
             out = [
                 {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}

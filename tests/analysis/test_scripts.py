@@ -66,7 +66,10 @@ def test_make_tables(tmp_path):
         [str(tmp_path / "runs"), "--out", str(tmp_path), "--suffix", "_x"]
     )
     assert written == ["table1"]
-    assert "10.00 ± 0.00 (n=1)" in (tmp_path / "table1_x.md").read_text()
+    md = (tmp_path / "table1_x.md").read_text()
+    assert "| 10.00 (n=1) |" in md and "± 0.00" not in md  # one seed: no fake spread
+    with pytest.raises(SystemExit, match="error: run directory .* does not exist; pass"):
+        _load("make_tables").main([str(tmp_path / "no_such_runs")])  # no traceback
 
 
 def test_table5_paper_vs_release_rows_per_scale(tmp_path):
@@ -103,3 +106,30 @@ def test_table5_paper_vs_release_rows_per_scale(tmp_path):
     assert "width 16, 16 px, 5 epochs, batch 64 | 2 | 91.00 | 1.41 |" in md
     assert "width 64, 16 px, 1 epochs, batch 64 | 1 | 50.00 | - |" in md
     assert "nan" not in md and "trained 5 epochs" not in md
+
+
+def test_every_script_writes_outputs_unless_told():
+    """Issue 14 item 2: no script writes results/ by default. Every ``--out`` default of
+    scripts/*.py is None (nothing written) or under outputs/; gpu_suite.sh needs its OUT_DIR."""
+    import ast
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    seen = {}
+    for path in sorted((ROOT / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", "") == "add_argument"
+                and node.args
+                and getattr(node.args[0], "value", None) == "--out"
+            ):
+                default = next((k.value for k in node.keywords if k.arg == "default"), None)
+                seen[path.name] = ast.literal_eval(default) if default is not None else None
+    assert set(seen) >= {"bench_data.py", "bench_gemm.py", "bench_step.py", "bench_vit.py",
+                         "vit_table.py", "make_tables.py", "fig2_macs.py"}  # fmt: skip
+    wrong = {k: v for k, v in seen.items() if v is not None and not str(v).startswith("outputs")}
+    assert not wrong, wrong
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_suite.sh")], capture_output=True)
+    assert proc.returncode == 2  # no OUT_DIR: usage, nothing written

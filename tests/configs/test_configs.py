@@ -40,6 +40,48 @@ def test_experiment_composes_and_validates(name):
     validate_config(cfg)
 
 
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_files_name_their_runs(name):
+    """Every experiment file sets ``name`` itself (the default would be data_model_strategy)."""
+    cfg = compose([f"+experiment={name}"])
+    label = OmegaConf.select(cfg, "model.label", default=None) or cfg.model.name
+    assert cfg.name != f"{cfg.data.name}_{label}_{cfg.sparsity.strategy}"
+    assert "${" not in str(cfg.name)
+
+
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        ([], "digits_resnet18_fst"),
+        (["model=resnet50", "sparsity=dense"], "digits_resnet50_dense"),
+        (["model=timm", "model.arch=convnext_tiny"], "digits_timm-convnext_tiny_fst"),
+        (
+            ["model=timm", "model.arch=test_vit", "data=digits_hard"],
+            "digits_hard_timm-test_vit_fst",
+        ),
+        (
+            ["model=vit", "model.arch=deit_small_patch16_224"],
+            "digits_vit-deit_small_patch16_224_fst",
+        ),
+        (["model=timm", "model.label=tiny"], "digits_tiny_fst"),  # the label is a setting
+        (["model=timm", "name=mine"], "mine"),  # and the name stays overridable
+    ],
+)
+def test_default_run_name_names_the_architecture(overrides, name):
+    """Issue 14 item 11: timm runs were all named digits_timm_fst, whatever the architecture."""
+    cfg = compose(overrides)
+    assert cfg.name == name
+    validate_config(cfg)  # model.label is a known model-group key, not a builder argument
+
+
+def test_model_label_is_not_passed_to_the_builder():
+    from fst.tasks import TASKS
+
+    cfg = compose(["model=timm", "model.arch=test_resnet", "model.num_classes=10"])
+    model = TASKS.get("classification")(cfg).build_model()
+    assert model.num_classes == 10
+
+
 @pytest.mark.parametrize("name", ["fst_resnet18", "fst_resnet50"])
 def test_paper_recipe(name):
     cfg = compose([f"+experiment={name}"])

@@ -95,3 +95,24 @@ def test_eval_rejects_a_non_training_checkpoint(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a checkpoint written by train.py"):
         evaluate_checkpoint(compose([f"checkpoint={bad}"], config_name="eval"), out_dir=tmp_path)
+
+
+def test_console_output_of_a_run_with_redirected_output(tmp_path):
+    """Issue 14 item 12: the result line once, the layer table in the run dir (one line on the
+    console), progress without carriage returns when stdout/stderr are not a terminal."""
+    from tests.conftest import TINY_DIGITS, TINY_RESNET
+
+    shrink = [o for o in SHRINK if o != "trainer.progress_bar=false"]  # the default: a bar
+    args = ["train.py", *shrink, *TINY_DIGITS, *TINY_RESNET, "trainer.limit_train_batches=3"]
+    proc = run([*args, f"hydra.run.dir={tmp_path / 'a'}"])
+    out = proc.stdout + proc.stderr
+    assert out.count("final val/top1:") == 1 and out.count("val/top1") == 2  # + the epoch line
+    assert "\r" not in out  # no tqdm redraws in a log file
+    table = (tmp_path / "a" / "summary.txt").read_text()
+    assert "layer1.0.conv1" in table and "16/16 layers sparse" in table
+    assert "layer1.0.conv1" not in out  # the table is not printed ...
+    summary_line = f"fst.summary: 16/16 layers sparse (fst/native); full table in {tmp_path / 'a'}"
+    assert summary_line in out  # ... one line says where it is
+
+    proc = run([*args, "trainer.print_summary=true", f"hydra.run.dir={tmp_path / 'b'}"])
+    assert "layer1.0.conv1" in proc.stdout  # asked for: printed as well
