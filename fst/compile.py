@@ -7,7 +7,8 @@ DDP wrapping, :func:`fst.summary` and the mask diagnostics all see the same mode
 checkpoint written by a compiled run loads into an eager one and back.
 
 What torch 2.14's dynamo traces (checked by ``tests/test_compile.py`` with
-``torch._dynamo.explain`` for every strategy x backend, on a ResNet-18 and a timm ViT):
+``torch._dynamo.explain`` for every strategy x backend, on a ResNet-18 and a timm ViT;
+stateful strategies with their sparsifier, stepped between compiled steps):
 
 - the sparse layers' custom ``torch.autograd.Function``s (``fst.ops.native``,
   ``fst.ops.reference``), forward and ``once_differentiable`` backward, traced whole: their
@@ -23,6 +24,12 @@ inductor fuses around the convolutions: per sparse conv, one kernel computes bot
 weights (the masks trace as one rank reduction per entry, :func:`fst.masks._keep_ranked`),
 one the IR half of dY, one the decay term with the weight gradient (checked with
 ``TORCH_LOGS=output_code`` on CPU). ``scripts/bench_step.py --compile`` reports their time.
+
+One exception: a rule whose backward writes the layer's state (``resprop`` records the
+gradient it reuses next step; :attr:`fst.rules.base.Rule.backward_writes_state`) is a side
+effect dynamo refuses inside an autograd.Function's backward, so those layers are called through
+``torch.compiler.disable`` (:mod:`fst.layers`): eager inside the compiled model, a graph break
+at each, the same results.
 
 Random draws (``fst_released``'s X patterns, :meth:`fst.rules.base.Rule.draws_random`): inductor
 replaces random ops by its own generator unless ``fallback_random`` is set. For models whose
