@@ -213,7 +213,10 @@ COMMANDS: dict[str, Run | Same | Skip] = {
     "python scripts/bench_step.py --model resnet18 --batch 32 --res 224 --strategies dense,fst "
     "--backend native": Run("--batch 2 --res 32 --steps 1 --warmup 0"),
     "python scripts/bench_step.py --model resnet18 --batch 32 --res 224 --strategies dense,fst "
-    "--compile": Run("--batch 2 --res 32 --steps 1 --warmup 0"),  # inductor: about 2 min
+    "--compile": Skip(
+        "compiles ResNet-18 twice with inductor (2 min even shrunk); its code path runs in "
+        "tests/analysis/test_bench_step.py with AOTAutograd's eager backend"
+    ),
     f"{FST18} data.loader=pil": Run(IMAGENET, group="fst_resnet18"),
     f"{FST18} data.decode_device=cuda": Skip(GPU),
     "python scripts/bench_data.py --workers 0,1,2": Run("--tiny --workers 0"),
