@@ -20,13 +20,10 @@ stateful strategies with their sparsifier, stepped between compiled steps):
   ``out=`` into a strided view, and ``fst_released`` drew its X patterns with ``.tolist()``.
 
 The masks of W and W^T, the IR half of dY and the Eq. 3 inputs are element-wise work that
-inductor fuses around the convolutions: per sparse conv, one kernel computes S(W) and the
-masked weights (the mask traces as one rank reduction per entry, :func:`fst.masks._keep_ranked`),
+inductor fuses around the convolutions: per sparse conv, one kernel computes both masked
+weights (the masks trace as one rank reduction per entry, :func:`fst.masks._keep_ranked`),
 one the IR half of dY, one the decay term with the weight gradient (checked with
-``TORCH_LOGS=output_code`` on CPU). Masks grouped across rows (S(W^T) along Co) run the eager
-kernels through the ``fst::keep_nm`` custom op, a graph node, not a break: inductor's code for
-that layout was 3-4x slower than eager on a CPU. ``scripts/bench_step.py --compile`` reports
-the mask time.
+``TORCH_LOGS=output_code`` on CPU). ``scripts/bench_step.py --compile`` reports their time.
 
 One exception: a rule whose backward writes the layer's state (``resprop`` records the
 gradient it reuses next step; :attr:`fst.rules.base.Rule.backward_writes_state`) is a side

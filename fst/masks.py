@@ -78,32 +78,11 @@ def nm_mask_of_abs(a: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> to
     """:func:`nm_mask` of a tensor that already holds magnitudes (saves a pass when shared)."""
     dim = dim % a.dim()
     g = _groups(a, dim, m)  # [pre, G, m, post]
-    if not torch.compiler.is_compiling():
-        keep = _keep_eager(g, n)
-    elif g.shape[-1] == 1:  # groups along the last dim: inductor fuses it into one loop
+    if torch.compiler.is_compiling():
         keep = _keep_ranked(g, n)
-    else:  # groups across rows (S(W^T) along Co): the eager kernels, an opaque graph node
-        keep = torch.ops.fst.keep_nm(g, n)
+    else:
+        keep = _keep_2of4(g) if (n, m) == (2, 4) else _keep_rank(g, n)
     return _ungroup(keep, a.shape, dim)
-
-
-def _keep_eager(g: torch.Tensor, n: int) -> torch.Tensor:
-    return _keep_2of4(g) if (n, g.shape[2]) == (2, 4) else _keep_rank(g, n)
-
-
-# Under torch.compile, groups that run across rows ([pre, G, m, post] with post > 1, e.g.
-# S(W^T) grouped along Co) are computed by the eager kernels through this custom op: inductor's
-# code for them (any formulation tried: rank reduction, comparisons, booleans) was 3-4x slower
-# than eager on a CPU (ResNet-18's S(W^T), one thread: 200-234 ms vs 57 ms). A custom op is a
-# node of the graph, not a graph break.
-@torch.library.custom_op("fst::keep_nm", mutates_args=())
-def _keep_nm_op(g: torch.Tensor, n: int) -> torch.Tensor:
-    return _keep_eager(g, n)
-
-
-@_keep_nm_op.register_fake
-def _(g: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.empty_like(g, dtype=torch.bool)
 
 
 def _keep_rank(g: torch.Tensor, n: int) -> torch.Tensor:
