@@ -350,8 +350,6 @@ COMMANDS: dict[str, Run | Same | Skip] = {
         f"{SHRINK} seed=0", group="release"
     ),
     "python scripts/table5_paper_vs_release.py outputs/multirun": Run(group="release"),
-    "python scripts/bench_step.py --model resnet18 --batch 32 --res 224 --strategies dense,fst "
-    "--backend native --steps 6 --warmup 1": Run("--batch 2 --res 32 --steps 1 --warmup 0"),
     "OMP_NUM_THREADS=1 python train.py -m $COMMON sparsity=meprop,resprop,dense,srste,tsm,fst2": Run(
         f"{SHRINK} seed=0 sparsity=meprop", group="tables_hard"
     ),
