@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
-import tomllib
+import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the project supports 3.10
 
 
 def _pip_deps() -> list[str]:
