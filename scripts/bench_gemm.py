@@ -16,8 +16,11 @@ For each distinct layer shape (with how often it occurs), in the im2col view of 
 on the pre-compressed operand, both writing the (N, M) output the backends use; ``compress``
 (``torch._cslt_compress``) and ``mask`` (the 2:4 mask of the operand, :func:`fst.masks.nm_mask`)
 are timed separately: a weight operand pays them once per step, an activation operand too.
-Times are medians of ``--reps`` CUDA-event timings after one warm-up. Prints a Markdown table,
-then one JSON line (the last line) with every row and the totals weighted by layer count.
+Times are GPU times: medians of ``--reps`` replays of a CUDA graph of the call
+(:func:`fst.ops.gputime.graph_ms`: no host work, as in a step replayed as a CUDA graph);
+``dense eager`` / ``sparse eager`` are single eager calls between CUDA events, host work
+included (cuSPARSELt builds its plan on the host at every call). Prints a Markdown table, then
+one JSON line (the last line) with every row and the totals weighted by layer count.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from torch import nn
 
 from fst.masks import nm_mask
 from fst.ops.cslt import CusparseltGemm, EmulatedGemm, cusparselt_version
-from fst.ops.sparse24 import time_ms
+from fst.ops.gputime import graph_ms, time_ms
 
 
 def parse_args(argv=None):
@@ -107,24 +110,31 @@ def gemms(row: dict) -> list[tuple[str, int, int, int]]:
 
 
 def bench_one(eq, m, k, n, gemm, device, reps, dtype) -> dict:
-    """Dense, sparse, compress and mask times (ms) of one (M, K, N) GEMM."""
+    """Dense, sparse, compress and mask times (ms) of one (M, K, N) GEMM.
+
+    ``*_ms``: GPU time (a CUDA-graph replay, :func:`fst.ops.gputime.graph_ms`); ``*_eager_ms``:
+    one eager call with its host work (:func:`fst.ops.gputime.time_ms`).
+    """
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(m, k, generator=g, device=device).to(dtype)
     bt = torch.randn(n, k, generator=g, device=device).to(dtype)  # B = bt.t(): column-major
     b = bt.t()
-
-    def run(fn):
-        return time_ms(fn, device, reps)
-
-    out = {"dense_ms": run(lambda: torch.mm(bt, a.t()))}
-    out["mask_ms"] = run(lambda: nm_mask(a, dim=1))
     a_sparse = a * nm_mask(a, dim=1)
-    out["compress_ms"] = run(lambda: gemm.compress(a_sparse))
     packed = gemm.compress(a_sparse)
-    out["sparse_ms"] = run(lambda: gemm.mm(packed, b, transpose_result=True))
+    work = {
+        "dense": lambda: torch.mm(bt, a.t()),
+        "sparse": lambda: gemm.mm(packed, b, transpose_result=True),
+        "mask": lambda: nm_mask(a, dim=1),
+        "compress": lambda: gemm.compress(a_sparse),
+    }
     if eq == "eq3":  # fst's exact halved weight gradient: the same GEMM over half the positions
         half = k // 2
-        out["half_ms"] = run(lambda: torch.mm(bt[:, :half], a[:, :half].t()))
+        work["half"] = lambda: torch.mm(bt[:, :half], a[:, :half].t())
+    out = {}
+    for name, fn in work.items():
+        out[f"{name}_ms"] = graph_ms(fn, device, reps)
+        if name in ("dense", "sparse"):
+            out[f"{name}_eager_ms"] = time_ms(fn, device, reps)
     return out
 
 
@@ -145,9 +155,9 @@ def main(argv=None):
     rows = []
     header = (
         "| layer | n | GEMM | M | K | N | dense ms | sparse ms | speed-up | compress ms | "
-        "mask ms | half ms |"
+        "mask ms | half ms | dense eager ms | sparse eager ms |"
     )
-    lines = [header, "|---" * 12 + "|"]
+    lines = [header, "|---" * 14 + "|"]
     print(header, flush=True)
     for layer in layers:
         for eq, m, k, n in gemms(layer):
@@ -166,7 +176,14 @@ def main(argv=None):
     totals = {}
     for eq in ("eq1", "eq2", "eq3", "all"):
         sel = [r for r in rows if "error" not in r and (eq == "all" or r["gemm"] == eq)]
-        for col in ("dense_ms", "sparse_ms", "compress_ms", "mask_ms"):
+        for col in (
+            "dense_ms",
+            "sparse_ms",
+            "compress_ms",
+            "mask_ms",
+            "dense_eager_ms",
+            "sparse_eager_ms",
+        ):
             totals[f"{eq}_{col}"] = round(sum(r[col] * r["count"] for r in sel), 4)
         if totals[f"{eq}_sparse_ms"]:
             totals[f"{eq}_speedup"] = round(totals[f"{eq}_dense_ms"] / totals[f"{eq}_sparse_ms"], 4)
@@ -174,14 +191,16 @@ def main(argv=None):
     totals["eq3_half_ms"] = round(sum(r["half_ms"] * r["count"] for r in eq3), 4)
     lines += [
         "",
-        "| GEMMs (weighted by count) | dense ms | sparse ms | speed-up | compress ms | mask ms |",
+        "| GEMMs (weighted by count) | dense ms | sparse ms | speed-up | compress ms | mask ms "
+        "| dense eager ms | sparse eager ms |",
     ]
-    lines.append("|---" * 6 + "|")
+    lines.append("|---" * 8 + "|")
     for eq in ("eq1", "eq2", "eq3", "all"):
         lines.append(
             f"| {eq} | {totals[f'{eq}_dense_ms']:.3f} | {totals[f'{eq}_sparse_ms']:.3f} | "
             f"{totals.get(f'{eq}_speedup', float('nan')):.3f} | "
-            f"{totals[f'{eq}_compress_ms']:.3f} | {totals[f'{eq}_mask_ms']:.3f} |"
+            f"{totals[f'{eq}_compress_ms']:.3f} | {totals[f'{eq}_mask_ms']:.3f} | "
+            f"{totals[f'{eq}_dense_eager_ms']:.3f} | {totals[f'{eq}_sparse_eager_ms']:.3f} |"
         )
     lines.append(
         f"\nfst's halved Eq. 3 (dense, half the positions): {totals['eq3_half_ms']:.3f} ms"
@@ -219,12 +238,12 @@ def main(argv=None):
 def _row_md(r: dict) -> str:
     head = f"| {r['layer']} | {r['count']} | {r['gemm']} | {r['m']} | {r['k']} | {r['n']} |"
     if "error" in r:
-        return head + f" error: {r['error'][:80]} | | | | | |"
+        return head + f" error: {r['error'][:80]} | | | | | | | |"
     speed = r["dense_ms"] / r["sparse_ms"] if r["sparse_ms"] else float("nan")
     half = f"{r['half_ms']:.3f}" if "half_ms" in r else ""
     return head + (
         f" {r['dense_ms']:.3f} | {r['sparse_ms']:.3f} | {speed:.2f} | {r['compress_ms']:.3f} | "
-        f"{r['mask_ms']:.3f} | {half} |"
+        f"{r['mask_ms']:.3f} | {half} | {r['dense_eager_ms']:.3f} | {r['sparse_eager_ms']:.3f} |"
     )
 
 

@@ -56,6 +56,7 @@ from torch import nn
 import fst
 from fst.compile import MODES, compile_model
 from fst.layers import SparseConv2d, sparse_layers
+from fst.ops.gputime import graph_ms
 from fst.ops.native import ir_half, masked_weights
 from fst.threads import configure_threads
 
@@ -93,6 +94,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--compile-mode", choices=MODES, default="default")
     p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="capture each configuration's whole step (forward, backward, SGD) in one CUDA "
+        "graph after the warm-up and time its replays: no host work per step; sparse24 then "
+        "picks its kernels by GPU time (FST_SPARSE24_TIMING=graph)",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="print the top ops of one step per configuration"
     )
     p.add_argument(
@@ -108,6 +116,13 @@ def parse_args(argv=None):
     fst.BACKENDS.get(args.backend)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda given but CUDA is not available; use --device cpu")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph captures CUDA graphs: it needs --device cuda")
+    if args.cuda_graph and args.compile:
+        p.error(
+            "--cuda-graph and --compile are separate runs (--compile-mode reduce-overhead "
+            "is the compiled step with CUDA graphs)"
+        )
     if "dense" not in args.strategies:
         args.strategies.insert(0, "dense")  # ratios need it
     return args
@@ -121,7 +136,8 @@ def sync(device):
 class MaskWork:
     """The mask work of one model's sparse layers (see the module docstring), timed alone."""
 
-    def __init__(self, model: nn.Module, device, compile_mode: str | None):
+    def __init__(self, model: nn.Module, device, compile_mode: str | None, graphed=False):
+        self.graphed = graphed
         self.layers = [m for _, m in sparse_layers(model) if not m.plan.is_dense]
         self.dys = []
         self.coefs = []
@@ -150,6 +166,9 @@ class MaskWork:
         if not self.layers:
             return 0.0
         weights = [m.weight.detach() for m in self.layers]
+        if self.graphed:  # GPU time alone, as a step replayed in a CUDA graph pays it
+            with torch.no_grad():
+                return graph_ms(lambda: self.fn(weights, self.dys), self.device, reps=3, inner=1)
         sync(self.device)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -165,6 +184,8 @@ class Runner:
     """
 
     def __init__(self, args, strategy, state, device, compile_mode=None):
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphed = args.cuda_graph
         torch.manual_seed(0)
         model = getattr(torchvision.models, args.model)(num_classes=1000)
         model.load_state_dict(state)
@@ -183,20 +204,46 @@ class Runner:
         self.peak_bytes = 0
 
     def step(self, x, y):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            loss = self.loss(self.model(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self._work(x, y)
         if self.device.type == "cuda":
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
 
+    def _work(self, x, y):
+        """Forward, backward, SGD step (gradients already zeroed or set to None)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        # no autocast weight cache under CUDA graphs (its casts must be part of the graph)
+        with torch.autocast(
+            self.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=not self.graphed
+        ):
+            loss = self.loss(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+
+    def capture(self, x, y):
+        """Capture one whole step (after eager warm-up steps) as a CUDA graph; replayed by step."""
+        cur = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+            for _ in range(2):
+                self.opt.zero_grad(set_to_none=True)
+                self._work(x, y)
+        cur.wait_stream(side)
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._work(x, y)
+        self.graph = graph
+
     def mask_ms(self) -> float:
         if self.masks is None:  # after a step: the layers know their input shapes
-            self.masks = MaskWork(self.model, self.device, self.compile_mode)
+            self.masks = MaskWork(self.model, self.device, self.compile_mode, self.graphed)
             self.masks.ms()  # compiles / warms up
         return self.masks.ms()
 
@@ -214,6 +261,8 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every entry alike: cuDNN's fastest algorithms
+    if args.cuda_graph:  # no host work per step: choose sparse24 kernels by GPU time alone
+        fst.BACKENDS.get("sparse24").timing = "graph"
     load_start = loadavg()
     torch.manual_seed(0)
     state = getattr(torchvision.models, args.model)(num_classes=1000).state_dict()
@@ -231,10 +280,14 @@ def main(argv=None):
             for _ in range(args.warmup):
                 r.step(x, y)
             sync(device)
+            if args.cuda_graph:
+                r.capture(x, y)
+                r.step(x, y)
+                sync(device)
             if args.warmup:  # compile / warm up the mask work too (it needs one step's shapes)
                 r.mask_ms()
         except Exception as e:  # e.g. a model torch.compile cannot trace: report, time the rest
-            if not r.compile_mode:
+            if not (r.compile_mode or args.cuda_graph):
                 raise
             failed[r.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             print(f"{r.name}: dropped, warm-up failed: {failed[r.name]}", flush=True)
@@ -271,6 +324,7 @@ def main(argv=None):
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile_mode if args.compile else False,
+        "cuda_graph": args.cuda_graph,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "loadavg_start": load_start,
@@ -286,7 +340,8 @@ def main(argv=None):
         result["failed"] = failed
     lines = [
         f"{args.model} batch {args.batch} res {args.res} on {args.device} ({args.backend} "
-        f"backend, {torch.get_num_threads()} threads, {args.steps} interleaved rounds, medians; "
+        f"backend, {torch.get_num_threads()} threads, {args.steps} interleaved rounds, medians"
+        f"{', whole steps replayed as CUDA graphs' if args.cuda_graph else ''}; "
         f"load average {load_start} -> {result['loadavg_end']})"
     ]
     w = max([16] + [len(r.name) for r in runners])
@@ -325,13 +380,17 @@ def main(argv=None):
     if details:
         print(details)
 
+    profiles = []
     if args.profile:
         for r in runners:
+            graph, r.graph = r.graph, None  # profile an eager step: a graph replay hides its ops
             with torch.profiler.profile() as prof:
                 r.step(x, y)
-            print(f"\n== profile of one {r.name} step ==")
+            r.graph = graph
             sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-            print(prof.key_averages().table(sort_by=sort, row_limit=15))
+            profiles += [f"\n== profile of one eager {r.name} step ==", "```",
+                         prof.key_averages().table(sort_by=sort, row_limit=20), "```"]  # fmt: skip
+        print("\n".join(profiles))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +398,7 @@ def main(argv=None):
         md = ["```", *lines, "```", "", f"command: `{cmd}`"]
         if details:
             md += ["", details]
+        md += profiles
         (out / f"bench_step_{args.model}.md").write_text("\n".join(md) + "\n")
         (out / f"bench_step_{args.model}.json").write_text(json.dumps(result) + "\n")
     print(json.dumps(result))

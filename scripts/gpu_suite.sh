@@ -8,7 +8,8 @@
 #   tests    pytest -m gpu (tests/gpu)                                   ~5 min
 #   bench    bench_gemm.py (ResNet-50 + ViT-B GEMMs) and bench_step.py     ~5 min
 #            (ResNet-18 and -50, batch 256, 224 px, bf16, channels-last:
-#            dense, fst@native, fst@sparse24)
+#            dense, fst@native, fst@sparse24; eager (ResNet-50 with a
+#            profile of one step), then whole steps as CUDA graphs)
 #   compile  bench_step.py --compile on ResNet-50 (torch.compile variants)  ~7 min
 #   all      tests,bench,compile (over 10 minutes: for machines without that limit)
 # Default: tests,bench. --budget (default 570 s) bounds the whole run: each part's time limit
@@ -175,9 +176,13 @@ do_bench_gemm() {
 do_bench_step() {
   local model=$1; shift
   local tmp="$LOGS/step_$model"
+  rm -rf "$tmp"  # a failed run must not re-append the last run's files
   local args=(--model "$model" --strategies dense,fst@native,fst@sparse24 --summary --out "$tmp")
   if [[ $DRY == 1 ]]; then
     args+=(--device cpu --batch 2 --res 32 --steps 1 --warmup 0 --strategies dense,fst@native)
+    local extra=()  # CUDA graphs need a GPU: the dry run checks the plumbing without them
+    for a in "$@"; do [[ $a == --cuda-graph ]] || extra+=("$a"); done
+    set -- "${extra[@]}"
   else
     args+=(--device cuda --batch 256 --res 224 --amp bf16 --channels-last --steps 10 --warmup 3)
   fi
@@ -216,7 +221,9 @@ for part in "${PART_LIST[@]}"; do
     bench)
       run_part bench_gemm 150 do_bench_gemm
       run_part bench_step_resnet18 150 do_bench_step resnet18
-      run_part bench_step_resnet50 200 do_bench_step resnet50
+      run_part bench_step_resnet50 200 do_bench_step resnet50 --profile
+      run_part bench_step_resnet18_graph 150 do_bench_step resnet18 --cuda-graph
+      run_part bench_step_resnet50_graph 200 do_bench_step resnet50 --cuda-graph
       ;;
     compile) run_part bench_step_compile 480 do_bench_step resnet50 --compile --steps 5 ;;
     *) echo "unknown part '$part' (tests, bench, compile, all)" >&2; FAILED=1 ;;

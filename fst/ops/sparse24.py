@@ -43,7 +43,10 @@ Settings (environment, read when the backend is created; or set the attributes):
 ``FST_SPARSE24_KERNELS`` = ``auto`` (time and pick, default) | ``sparse`` (first sparse
 kernel that may run, no timing) | ``dense`` (everything as ``native``);
 ``FST_SPARSE24_VERIFY`` = ``1`` | ``0``; ``FST_SPARSE24_TOL`` (0.02);
-``FST_SPARSE24_ALG_SEARCH`` = ``1`` to search cuSPARSELt's algorithm per problem.
+``FST_SPARSE24_ALG_SEARCH`` = ``1`` to search cuSPARSELt's algorithm per problem;
+``FST_SPARSE24_TIMING`` = ``eager`` (default: a kernel's time includes its host work, what
+eager training pays) | ``graph`` (GPU time only, for steps replayed as CUDA graphs, see
+:mod:`fst.ops.gputime`).
 
 On CPU (tests, debugging) ``with backend.emulate():`` runs all of the above with
 :class:`~fst.ops.cslt.EmulatedGemm`, which checks the 2:4 pattern, layout and alignment that
@@ -55,8 +58,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import statistics
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from torch.autograd.function import once_differentiable
 from fst.ops import native
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
 from fst.ops.cslt import CusparseltGemm, EmulatedGemm, SparseGemm, SparseGemmError
+from fst.ops.gputime import graph_ms, time_ms
 from fst.rules import weight_operands, with_state
 from fst.strategies import Strategy
 
@@ -464,25 +466,6 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
-    """Median wall time of ``fn()`` in ms after one warm-up (CUDA events on a GPU)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 class Sparse24Backend(Backend):
     """Eq. 1 and 2 on sparse tensor cores where exact and faster; see the module docstring."""
 
@@ -498,9 +481,10 @@ class Sparse24Backend(Backend):
             raise ValueError(f"FST_SPARSE24_KERNELS={self.mode!r}; valid: auto, sparse, dense")
         self.verify = _env_flag("FST_SPARSE24_VERIFY", "1") not in ("0", "false", "no")
         self.tol = float(os.environ.get("FST_SPARSE24_TOL", "0.02"))
-        self.timer: Callable[[Callable[[], object], torch.device, str], float] = (
-            lambda fn, device, label: time_ms(fn, device)
-        )
+        self.timing = _env_flag("FST_SPARSE24_TIMING", "eager")
+        if self.timing not in ("eager", "graph"):
+            raise ValueError(f"FST_SPARSE24_TIMING={self.timing!r}; valid: eager, graph")
+        self.timer: Callable[[Callable[[], object], torch.device, str], float] = self._time_kernel
         self.choices: dict[tuple, Choice] = {}
         self.layers = _PerTensor()
 
@@ -673,6 +657,17 @@ class Sparse24Backend(Backend):
         route1 = min(choice.eq1_ms, key=choice.eq1_ms.get, default="dense")
         choice.route = Route(route1, route2)
         return choice
+
+    def _time_kernel(self, fn, device, label) -> float:
+        """ms of one call: host cost included (``eager``) or not (``graph``, a CUDA graph replay)."""
+        if self.timing == "graph" and device.type == "cuda":
+            try:
+                return graph_ms(fn, device)
+            except Exception as e:  # capture refused: time it as eager runs it
+                log.warning(
+                    "sparse24: %s cannot be timed in a CUDA graph (%s); timing eagerly", label, e
+                )
+        return time_ms(fn, device)
 
     def _time_one(self, out, errors, label, device, fn, args):
         try:

@@ -73,6 +73,8 @@ LAYERS = [  # (module factory, input shape, options)
 @pytest.mark.parametrize("layer", range(len(LAYERS)))
 def test_every_kernel_runs_and_matches_native(layer, kernel, strategy):
     make, shape, opts = LAYERS[layer]
+    if strategy == "tsm" and opts.get("mask_layout") == "cin":
+        pytest.skip("tsm's transposable mask has no mask_layout option (fst refuses it)")
     mods = []
     for backend in ("native", "sparse24"):
         torch.manual_seed(0)
