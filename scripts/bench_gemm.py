@@ -51,6 +51,12 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=10, help="timed repetitions per GEMM (median)")
     p.add_argument("--limit", type=int, default=0, help="only the first N layer shapes (0: all)")
     p.add_argument(
+        "--search-alg",
+        action="store_true",
+        help="let cuSPARSELt search its fastest algorithm per GEMM (torch._cslt_sparse_mm_search) "
+        "instead of its default one",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="CPU check of the code path: batch 2, 32 px, emulated sparse GEMM, 1 rep, 3 shapes",
@@ -141,7 +147,7 @@ def bench_one(eq, m, k, n, gemm, device, reps, dtype) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    gemm = EmulatedGemm() if args.dry_run else CusparseltGemm()
+    gemm = EmulatedGemm() if args.dry_run else CusparseltGemm(search_alg=args.search_alg)
     dtype = torch.bfloat16
     layers = []
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -219,6 +225,7 @@ def main(argv=None):
         "res": args.res,
         "dtype": "bfloat16",
         "reps": args.reps,
+        "search_alg": args.search_alg,
         "dry_run": args.dry_run,
         "gemm": gemm.name,
         **totals,
@@ -227,6 +234,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"# bench_gemm: {result['gpu'] or args.device}, batch {args.batch}, bf16"
+    if args.search_alg:
+        title += ", cuSPARSELt algorithm searched per GEMM"
     if args.dry_run:
         title += " (DRY RUN: emulated sparse GEMM, timings meaningless)"
     (out / "bench_gemm.md").write_text(title + "\n\n" + "\n".join(lines) + "\n")

@@ -136,7 +136,15 @@ def sync(device):
 class MaskWork:
     """The mask work of one model's sparse layers (see the module docstring), timed alone."""
 
-    def __init__(self, model: nn.Module, device, compile_mode: str | None, graphed=False):
+    def __init__(
+        self,
+        model: nn.Module,
+        device,
+        compile_mode: str | None,
+        graphed=False,
+        dtype=None,
+        cl=False,
+    ):
         self.graphed = graphed
         self.layers = [m for _, m in sparse_layers(model) if not m.plan.is_dense]
         self.dys = []
@@ -152,7 +160,9 @@ class MaskWork:
                     m.padding,
                     m.dilation,
                 ).shape
-                self.dys.append(torch.randn(n, *out[1:], device=device))
+                dy = torch.randn(n, *out[1:], device=device, dtype=dtype)  # as autocast's dY
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                self.dys.append(dy.contiguous(memory_format=fmt))
                 self.coefs.append(m.plan.ir_coef)
         self.device = device
         self.fn = torch.compile(self._work, mode=compile_mode) if compile_mode else self._work
@@ -197,7 +207,7 @@ class Runner:
         compile_model(self.model, compile_mode or False)
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=7e-5)
         self.loss = nn.CrossEntropyLoss()
-        self.device, self.amp = device, args.amp
+        self.device, self.amp, self.cl = device, args.amp, args.channels_last
         self.strategy, self.compile_mode = strategy, compile_mode
         self.name = strategy + ("+compile" if compile_mode else "")
         self.masks: MaskWork | None = None
@@ -243,7 +253,10 @@ class Runner:
 
     def mask_ms(self) -> float:
         if self.masks is None:  # after a step: the layers know their input shapes
-            self.masks = MaskWork(self.model, self.device, self.compile_mode, self.graphed)
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+            self.masks = MaskWork(
+                self.model, self.device, self.compile_mode, self.graphed, dtype, self.cl
+            )
             self.masks.ms()  # compiles / warms up
         return self.masks.ms()
 

@@ -9,7 +9,8 @@
 #   bench    bench_gemm.py (ResNet-50 + ViT-B GEMMs) and bench_step.py     ~5 min
 #            (ResNet-18 and -50, batch 256, 224 px, bf16, channels-last:
 #            dense, fst@native, fst@sparse24; eager (ResNet-50 with a
-#            profile of one step), then whole steps as CUDA graphs)
+#            profile of one step), then whole steps as CUDA graphs);
+#            bench_gemm again with cuSPARSELt's algorithm search
 #   compile  bench_step.py --compile on ResNet-50 (torch.compile variants)  ~7 min
 #   all      tests,bench,compile (over 10 minutes: for machines without that limit)
 # Default: tests,bench. --budget (default 570 s) bounds the whole run: each part's time limit
@@ -17,9 +18,9 @@
 # again alone, e.g. `--part bench`), so the script ends inside a 10-minute command limit.
 #
 # Files: env.md (versions, nvidia-smi, commit, date), tests.md, bench_gemm.md, bench_gemm.json,
-# bench_step.md, bench_step.json (one JSON line per run), errors.md (each failed part: exit
-# status and the log's last lines, tracebacks included), suite.json (per part: status and
-# seconds). A failing or timed-out part is recorded and the next part still runs; the script
+# bench_step.md, bench_step.json (one JSON line per run in both .json files), errors.md (each
+# failed part: exit status and the log's last lines, tracebacks included), suite.json (per
+# part: status and seconds). A failing or timed-out part is recorded and the next part still runs; the script
 # exits 1 if any part failed.
 #
 # --dry-run: a CPU check of this script's plumbing (no install, CPU-sized benchmarks); CI runs
@@ -164,12 +165,23 @@ do_tests() {
   return "${PIPESTATUS[0]}"
 }
 
+# bench_gemm [extra args]: one bench_gemm.py run, appended to bench_gemm.md / .json (one JSON
+# line per run).
 do_bench_gemm() {
+  local tmp="$LOGS/gemm"
+  rm -rf "$tmp"
   if [[ $DRY == 1 ]]; then
-    "$PY" scripts/bench_gemm.py --device cpu --dry-run --out "$OUT"
+    "$PY" scripts/bench_gemm.py --device cpu --dry-run --out "$tmp"  # no cuSPARSELt to search
   else
-    "$PY" scripts/bench_gemm.py --device cuda --batch 256 --out "$OUT"
+    "$PY" scripts/bench_gemm.py --device cuda --batch 256 --out "$tmp" "$@"
   fi
+  local rc=$?
+  if [[ -f "$tmp/bench_gemm.md" ]]; then
+    { cat "$tmp/bench_gemm.md"; echo; } >>"$OUT/bench_gemm.md"
+    "$PY" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))' \
+      "$tmp/bench_gemm.json" >>"$OUT/bench_gemm.json"
+  fi
+  return "$rc"
 }
 
 # bench_step MODEL [extra args]: one bench_step.py run, appended to bench_step.md / .json.
@@ -220,6 +232,7 @@ for part in "${PART_LIST[@]}"; do
     tests) run_part tests 420 do_tests ;;
     bench)
       run_part bench_gemm 150 do_bench_gemm
+      run_part bench_gemm_search 150 do_bench_gemm --search-alg
       run_part bench_step_resnet18 150 do_bench_step resnet18
       run_part bench_step_resnet50 200 do_bench_step resnet50 --profile
       run_part bench_step_resnet18_graph 150 do_bench_step resnet18 --cuda-graph

@@ -235,7 +235,14 @@ def conv_eq1_taps(gemm: SparseGemm, x, w, b, g):
 
 def conv_eq2_dense(gemm, dy, x_shape, wb, g, plan):
     dyi = plan.rules[1].prune_dy(dy, 1, plan)
-    x = torch.empty(x_shape, dtype=dy.dtype, device=dy.device)  # only its shape is read
+    # only its shape and layout are read: NCHW beside a channels-last dY costs cuDNN a transpose
+    cl = (
+        dy.dim() == 4
+        and not dy.is_contiguous()
+        and dy.is_contiguous(memory_format=torch.channels_last)
+    )
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=fmt)
     args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
     return _conv_bwd(dyi, x, wb, None, *args, [True, False, False])[0]
 

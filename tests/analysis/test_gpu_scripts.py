@@ -81,11 +81,12 @@ def test_gpu_suite_dry_run_writes_its_files(tmp_path):
     suite = json.loads((out / "suite.json").read_text())
     assert suite["ok"] and suite["dry_run"]
     assert [r["part"] for r in suite["results"]] == [
-        "install", "env", "tests", "bench_gemm", "bench_step_resnet18", "bench_step_resnet50",
-        "bench_step_resnet18_graph", "bench_step_resnet50_graph",
+        "install", "env", "tests", "bench_gemm", "bench_gemm_search", "bench_step_resnet18",
+        "bench_step_resnet50", "bench_step_resnet18_graph", "bench_step_resnet50_graph",
     ]  # fmt: skip
     assert "skipped" in (out / "tests.md").read_text()
     assert len((out / "bench_step.json").read_text().splitlines()) == 4
+    assert len((out / "bench_gemm.json").read_text().splitlines()) == 2
 
 
 def test_gpu_suite_records_a_failing_part(tmp_path):
