@@ -5,13 +5,15 @@
 #   bash scripts/gpu_suite.sh OUT_DIR [--part PARTS] [--budget SECONDS] [--dry-run]
 #
 # PARTS (comma-separated; each part also installs and records the machine first):
-#   tests    pytest -m gpu (tests/gpu)                                   ~5 min
-#   bench    bench_gemm.py (ResNet-50 + ViT-B GEMMs) and bench_step.py     ~5 min
+#   tests    pytest -m gpu (tests/gpu)                                   ~2 min
+#   bench    bench_gemm.py (ResNet-50 + ViT-B GEMMs) and bench_step.py     ~4 min
 #            (ResNet-18 and -50, batch 256, 224 px, bf16, channels-last:
 #            dense, fst@native, fst@sparse24; eager (ResNet-50 with a
 #            profile of one step), then whole steps as CUDA graphs);
 #            bench_gemm again with cuSPARSELt's algorithm search
-#   compile  bench_step.py --compile on ResNet-50 (torch.compile variants)  ~7 min
+#   graph    bench_step.py --cuda-graph on ResNet-50 alone                  ~1 min
+#   compile  bench_step.py --compile on ResNet-18, then ResNet-50          ~8 min
+#            (torch.compile variants)
 #   all      tests,bench,compile (over 10 minutes: for machines without that limit)
 # Default: tests,bench. --budget (default 570 s) bounds the whole run: each part's time limit
 # is cut to what is left, and a part with under 30 s left is recorded as skipped (run it
@@ -238,8 +240,12 @@ for part in "${PART_LIST[@]}"; do
       run_part bench_step_resnet18_graph 150 do_bench_step resnet18 --cuda-graph
       run_part bench_step_resnet50_graph 200 do_bench_step resnet50 --cuda-graph
       ;;
-    compile) run_part bench_step_compile 480 do_bench_step resnet50 --compile --steps 5 ;;
-    *) echo "unknown part '$part' (tests, bench, compile, all)" >&2; FAILED=1 ;;
+    graph) run_part bench_step_resnet50_graph 200 do_bench_step resnet50 --cuda-graph ;;
+    compile)
+      run_part bench_step_compile_resnet18 240 do_bench_step resnet18 --compile --steps 5
+      run_part bench_step_compile 480 do_bench_step resnet50 --compile --steps 5
+      ;;
+    *) echo "unknown part '$part' (tests, bench, graph, compile, all)" >&2; FAILED=1 ;;
   esac
 done
 
