@@ -53,7 +53,8 @@ if [[ -z "$INNER" ]]; then
   OUT=$(cd "$OUT" && pwd)
   PY=${PYTHON:-python3}
   LOGS=$(mktemp -d /tmp/fst_gpu_suite.XXXXXX)
-  COMMIT=$(git rev-parse HEAD 2>/dev/null || echo "${FST_COMMIT:-unknown (no .git; set FST_COMMIT)}")
+  # FST_COMMIT first: the GPU machine's copy of the tree may carry a .git of another commit
+  COMMIT=${FST_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo "unknown (no .git; set FST_COMMIT)")}
   STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   export OUT PARTS DRY PY LOGS COMMIT STARTED BUDGET
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline WANDB_SILENT=true
