@@ -78,10 +78,10 @@ def nm_mask_of_abs(a: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> to
     """:func:`nm_mask` of a tensor that already holds magnitudes (saves a pass when shared)."""
     dim = dim % a.dim()
     if (n, m) == (2, 4) and a.is_cuda and not torch.compiler.is_compiling():
-        from fst import masks_cuda  # Triton: imported only once a CUDA tensor is masked
+        from fst.masks_cuda import available, nm24_mask  # Triton: imported on first CUDA use
 
-        if masks_cuda.available(a):  # one kernel instead of sixteen (see fst.masks_cuda)
-            return masks_cuda.nm24_mask(a, dim)
+        if available(a):  # one kernel instead of sixteen (see fst.masks_cuda)
+            return nm24_mask(a, dim)
     g = _groups(a, dim, m)  # [pre, G, m, post]
     if torch.compiler.is_compiling():
         keep = _keep_ranked(g, n)
