@@ -32,7 +32,11 @@ On a GPU (``--device cuda``) an entry of ``--strategies`` may name its backend
 (``STRATEGY@BACKEND``), images/s and peak memory are added (``<entry>_img_s``,
 ``<entry>_peak_gib``), a compiled configuration whose warm-up fails is dropped with its error
 (``failed`` in the JSON) and ``--summary`` prints each sparse24 model's per-layer kernels and
-timings (where the time goes). The issue-11 runs:
+timings (where the time goes). ``--cuda-graph`` captures each configuration's whole step in a
+CUDA graph after the warm-up and times its replays (no host work per step: eager PyTorch pays
+cuSPARSELt's per-call plan and every small mask kernel's launch on the host), with the mask
+time then GPU time too (:func:`fst.ops.gputime.graph_ms`). ``--profile`` appends a profile of
+one eager step per configuration to the output. The issue-11 runs (``results/gpu/``):
 
     python scripts/bench_step.py --device cuda --model resnet50 --batch 256 --res 224 \
         --amp bf16 --channels-last --strategies dense,fst@native,fst@sparse24 --summary
