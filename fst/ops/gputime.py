@@ -19,6 +19,16 @@ import torch
 __all__ = ["graph_ms", "time_ms"]
 
 
+def _event_ms(fn: Callable[[], object]) -> float:
+    """ms between CUDA events recorded just before and after ``fn()`` on the current stream."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
     """Median wall time of one ``fn()`` call in ms after one warm-up (CUDA events on a GPU).
 
@@ -29,12 +39,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int = 3) -> fl
     times = []
     for _ in range(reps):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(_event_ms(fn))
         else:
             t0 = time.perf_counter()
             fn()
@@ -64,13 +69,6 @@ def graph_ms(
         for _ in range(inner):
             fn()
     graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
+    times = [_event_ms(graph.replay) / inner for _ in range(reps)]
     del graph
     return statistics.median(times)
