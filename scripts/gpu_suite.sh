@@ -14,6 +14,9 @@
 #   graph    bench_step.py --cuda-graph on ResNet-50 alone                  ~1 min
 #   compile  bench_step.py --compile on ResNet-18, then ResNet-50          ~8 min
 #            (torch.compile variants)
+#   compile50          ResNet-50 --compile alone: dense, fst@native        ~6 min
+#   compile50_sparse24 ResNet-50 --compile alone: dense, fst@sparse24      ~6 min
+#            (one model's compiles take most of a 10-minute command)
 #   all      tests,bench,compile (over 10 minutes: for machines without that limit)
 # Default: tests,bench. --budget (default 570 s) bounds the whole run: each part's time limit
 # is cut to what is left, and a part with under 30 s left is recorded as skipped (run it
@@ -246,7 +249,15 @@ for part in "${PART_LIST[@]}"; do
       run_part bench_step_compile_resnet18 240 do_bench_step resnet18 --compile --steps 5
       run_part bench_step_compile 480 do_bench_step resnet50 --compile --steps 5
       ;;
-    *) echo "unknown part '$part' (tests, bench, graph, compile, all)" >&2; FAILED=1 ;;
+    compile50)
+      run_part bench_step_compile50 560 do_bench_step resnet50 --compile --steps 5 \
+        --strategies dense,fst@native
+      ;;
+    compile50_sparse24)
+      run_part bench_step_compile50_sparse24 560 do_bench_step resnet50 --compile --steps 5 \
+        --strategies dense,fst@sparse24
+      ;;
+    *) echo "unknown part '$part' (tests, bench, graph, compile, compile50, compile50_sparse24, all)" >&2; FAILED=1 ;;
   esac
 done
 
