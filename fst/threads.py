@@ -14,7 +14,16 @@ barrier for threads that have no core to run on.
 3. ``OMP_NUM_THREADS`` (torch already applied it; respected so that torchrun's default of 1
    per process, and a user's own setting, keep working);
 4. :func:`available_cpus` (the cores this process may use: CPU affinity and the cgroup CPU
-   quota), divided among the processes of this node (``LOCAL_WORLD_SIZE``, set by torchrun).
+   quota), less the cores that other processes keep busy (:func:`busy_cpus`, sampled from
+   ``/proc/stat`` for 0.2 s at start-up), divided among the processes of this node
+   (``LOCAL_WORLD_SIZE``, set by torchrun).
+
+Why step 4 leaves out busy cores: a thread on a core that another process already saturates
+runs about half the time, and every parallel op waits at a barrier for it. On the 2-core
+development machine, with a ``while True: pass`` process on one core, a ResNet-18 training
+step (batch 32, 224 px) took 5.4-5.6 s on two threads against 5.0 s on one (results/
+bench_step_cpu.md). The count is taken once, at start-up (a run does not follow later load);
+give it explicitly (1.-3.) to use every core whatever the load.
 
 :func:`configure_threads` applies it (train.py, eval.py and the scripts call it at start-up).
 
@@ -31,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +52,8 @@ log = logging.getLogger(__name__)
 ENV = "FST_NUM_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_STAT = Path("/proc/stat")
+BUSY_SAMPLE_S = 0.2
 
 
 def _read(path: Path) -> str | None:
@@ -115,6 +127,53 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """``{cpu: (total, idle)}`` clock ticks of ``cpus`` from ``/proc/stat`` ({} if unreadable).
+
+    idle counts ``idle`` and ``iowait``; total the first eight fields (guest time is already
+    inside user time).
+    """
+    out = {}
+    for line in (_read(PROC_STAT) or "").splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        try:
+            ticks = [int(f) for f in fields[:8]]
+        except ValueError:
+            continue
+        if len(ticks) >= 5:
+            out[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])
+    return out
+
+
+def busy_cpus(cpus: set[int] | None = None, interval: float | None = None) -> float:
+    """How many of ``cpus`` (default: this process's affinity) other processes keep busy.
+
+    The busy fraction of each core over ``interval`` seconds (default :data:`BUSY_SAMPLE_S`),
+    summed: about 1.0 while another process spins on one core. The calling thread sleeps
+    while it samples, so the busy time is other processes' (and this process's other threads',
+    which at start-up are none). 0.0 where ``/proc/stat`` cannot be read.
+    """
+    if cpus is None:
+        try:
+            cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            return 0.0
+    before = _cpu_times(cpus)
+    if not before:
+        return 0.0
+    time.sleep(BUSY_SAMPLE_S if interval is None else interval)
+    after = _cpu_times(cpus)
+    busy = 0.0
+    for cpu, (total, idle) in after.items():
+        if cpu in before:
+            d_total, d_idle = total - before[cpu][0], idle - before[cpu][1]
+            if d_total > 0:
+                busy += min(1.0, max(0.0, 1.0 - d_idle / d_total))
+    return busy
+
+
 def _positive_int(value, source: str) -> int | None:
     """``value`` as a thread count; None for "not given" (None, "", 0, "auto")."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
@@ -145,8 +204,14 @@ def num_threads(requested=None, env: Mapping[str, str] | None = None) -> tuple[i
         return n, "OMP_NUM_THREADS"
     cpus = available_cpus()
     local = _positive_int(env.get("LOCAL_WORLD_SIZE"), "LOCAL_WORLD_SIZE") or 1
-    n = max(1, cpus // local)
-    reason = f"{cpus} usable core(s)" + (f" / {local} local processes" if local > 1 else "")
+    busy = int(busy_cpus() + 0.5) if cpus > 1 and local == 1 else 0
+    free = max(1, cpus - busy)
+    n = max(1, free // local)
+    reason = f"{cpus} usable core(s)"
+    if busy:
+        reason += f", {busy} kept busy by other processes"
+    if local > 1:
+        reason += f" / {local} local processes"
     return n, reason
 
 

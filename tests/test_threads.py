@@ -17,6 +17,7 @@ def fake_system(tmp_path, monkeypatch):
     proc.write_text("0::/\n")
     monkeypatch.setattr(threads, "CGROUP_ROOT", root)
     monkeypatch.setattr(threads, "PROC_CGROUP", proc)
+    monkeypatch.setattr(threads, "PROC_STAT", tmp_path / "no_proc_stat")  # no load seen
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     return root, proc
 
@@ -72,6 +73,52 @@ def test_overrides_in_order(fake_system):
     assert threads.num_threads(6, env=env) == (6, "requested")
     assert threads.num_threads("auto", env={})[0] == 8  # 0 / "auto" / None: automatic
     assert threads.num_threads(0, env={"FST_NUM_THREADS": "auto"})[0] == 8
+
+
+def _stat(*cores) -> str:
+    """A /proc/stat text: per core (user, idle) ticks; the aggregate line must be skipped."""
+    lines = ["cpu  999 0 0 999 0 0 0 0 0 0"]
+    lines += [f"cpu{i} {u} 0 0 {idle} 0 0 0 0 0 0" for i, (u, idle) in enumerate(cores)]
+    return "\n".join(lines + ["intr 1 2 3", "ctxt 5"]) + "\n"
+
+
+@pytest.fixture
+def fake_stat(tmp_path, monkeypatch):
+    """/proc/stat that moves from ``before`` to ``after`` while busy_cpus sleeps."""
+    path = tmp_path / "stat"
+    monkeypatch.setattr(threads, "PROC_STAT", path)
+
+    def install(before: str, after: str):
+        path.write_text(before)
+        monkeypatch.setattr(threads.time, "sleep", lambda s: path.write_text(after))
+
+    return install
+
+
+def test_busy_cpus_counts_cores_other_processes_keep_busy(fake_stat):
+    # core 0 idle, core 1 spinning, core 2 half busy; core 3 is outside the affinity
+    fake_stat(_stat((0, 0), (0, 0), (0, 0), (0, 0)), _stat((0, 20), (20, 0), (10, 10), (20, 0)))
+    assert threads.busy_cpus({0, 1, 2}) == pytest.approx(1.5)
+    assert threads.busy_cpus({0}) == 0.0
+
+
+def test_busy_cpus_without_proc_stat_is_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "PROC_STAT", tmp_path / "missing")
+    assert threads.busy_cpus({0, 1}) == 0.0
+
+
+def test_busy_cores_are_left_out_of_the_automatic_count(fake_system, fake_stat):
+    idle = [(0, 0)] * 8
+    fake_stat(_stat(*idle), _stat((20, 0), (20, 0), *[(0, 20)] * 6))  # two cores spinning
+    assert threads.num_threads(None, env={}) == (
+        6,
+        "8 usable core(s), 2 kept busy by other processes",
+    )
+    # an explicit count, and torchrun's processes (they load each other's cores), ignore load
+    assert threads.num_threads(None, env={"OMP_NUM_THREADS": "8"})[0] == 8
+    assert threads.num_threads(None, env={"LOCAL_WORLD_SIZE": "2"})[0] == 4
+    fake_stat(_stat(*idle), _stat(*[(20, 0)] * 8))  # every core busy: still one thread
+    assert threads.num_threads(None, env={})[0] == 1
 
 
 def test_bad_values_name_the_fix():
