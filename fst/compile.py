@@ -25,6 +25,18 @@ weights (the masks trace as one rank reduction per entry, :func:`fst.masks._keep
 one the IR half of dY, one the decay term with the weight gradient (checked with
 ``TORCH_LOGS=output_code`` on CPU). ``scripts/bench_step.py --compile`` reports their time.
 
+``sparse24`` (:mod:`fst.ops.sparse24`; checked on CPU with its emulated GEMM,
+``tests/test_compile_sparse24.py``): each 2:4 GEMM is one call of the custom op
+``fst::sparse24_mm`` (compress + multiply at run time: the compressed operand has no fake
+kernel in torch), so forward and backward trace whole once a layer's kernels are decided. They
+are decided, by timing them on the real input, at a layer's first input of a new shape, grad
+mode or autocast dtype, outside any graph (``torch.compiler.disable``). Under plain
+``torch.compile`` that first call graph-breaks at each layer and dynamo caches the pieces
+(later calls break no more, but run as those pieces, and a deep model's layers hit the
+recompile limit and run eagerly); :func:`compile_model` avoids it with
+:func:`eager_first_calls`: the first call of each input signature runs eagerly and the next
+compiles the model as one graph.
+
 One exception: a rule whose backward writes the layer's state (``resprop`` records the
 gradient it reuses next step; :attr:`fst.rules.base.Rule.backward_writes_state`) is a side
 effect dynamo refuses inside an autograd.Function's backward, so those layers are called through
@@ -95,7 +107,65 @@ def compile_model(model: nn.Module, mode: Any) -> nn.Module:
         model.compile(options=options)
     else:
         model.compile(mode=mode)
+    if decides_per_input(model):
+        eager_first_calls(model)
     return model
+
+
+def decides_per_input(model: nn.Module) -> bool:
+    """Does any sparse layer's backend pick kernels on its inputs (``sparse24``)?"""
+    from fst.layers import sparse_layers
+
+    return any(m._backend.decides_per_input for _, m in sparse_layers(model))
+
+
+def eager_first_calls(model: nn.Module) -> nn.Module:
+    """Run the first call of each new input signature of in-place compiled ``model`` eagerly.
+
+    The signature: each tensor argument's shape, dtype, device, ``requires_grad`` and layout,
+    the grad mode and the autocast state, which together fix every layer's input. Later calls
+    with a signature seen run compiled. ``sparse24`` decides each layer's kernels on its first
+    input of a new shape, so in this eager call its layers time and check their kernels outside
+    any graph, and the compiled call after it traces the model as one graph.
+    """
+    compiled = getattr(model, "_compiled_call_impl", None)
+    if compiled is None:
+        raise ValueError("eager_first_calls: compile the model in place first (model.compile())")
+    if not isinstance(compiled, _EagerFirstCalls):
+        model._compiled_call_impl = _EagerFirstCalls(compiled)
+    return model
+
+
+class _EagerFirstCalls:
+    def __init__(self, fn):
+        self.fn = fn
+        self.seen: set = set()
+
+    def __call__(self, *args, **kwargs):
+        sig = _signature(args, kwargs)
+        if sig in self.seen:
+            return self.fn(*args, **kwargs)
+        with torch.compiler.set_stance("force_eager"):
+            out = self.fn(*args, **kwargs)
+        self.seen.add(sig)
+        return out
+
+
+def _signature(args, kwargs) -> tuple:
+    def of(v):
+        if isinstance(v, torch.Tensor):
+            cl = v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last)
+            return (tuple(v.shape), v.dtype, v.device, v.requires_grad, v.is_contiguous(), cl)
+        if isinstance(v, (list, tuple)):
+            return tuple(of(a) for a in v)
+        if isinstance(v, dict):
+            return tuple((k, of(a)) for k, a in v.items())
+        return v if isinstance(v, (bool, int, float, str, type(None))) else type(v).__name__
+
+    amp = tuple(
+        (d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")
+    )
+    return of(args), of(kwargs), torch.is_grad_enabled(), amp
 
 
 def is_compiled(model: nn.Module) -> bool:

@@ -35,6 +35,9 @@ class Backend:
     """Executes the three GEMMs of a plan. Subclasses implement :meth:`conv2d` and :meth:`linear`.
 
     ``needs_cuda``: the backend only runs on CUDA devices (used by config validation).
+    ``decides_per_input``: the backend picks its kernels by running them on each layer's first
+    input of a new shape (``sparse24``); :func:`fst.compile.compile_model` then runs the first
+    call of each new input signature eagerly.
     ``state``: the layer's per-layer state, given only for plans that keep some (a dict the
     backend hands to the plan's rule hooks as ``**with_state(state)`` without reading it;
     see :mod:`fst.rules.base`, "Per-layer state").
@@ -42,6 +45,7 @@ class Backend:
 
     name = "base"
     needs_cuda = False
+    decides_per_input = False
 
     def conv2d(self, x, weight, bias, geom: ConvGeometry, plan: Strategy, decay: float, state=None):
         raise NotImplementedError
@@ -55,6 +59,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
+
+    def __deepcopy__(self, memo):
+        # one shared instance per registry key: a copied model's layers use the same backend
+        # (its settings, caches and ``emulate()`` context), not a private copy of it
+        return self
 
 
 BACKENDS: Registry[Backend] = Registry("backend")

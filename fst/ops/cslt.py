@@ -28,6 +28,14 @@ This is the only module that calls PyTorch's cuSPARSELt operators. What it relie
   faster one for a given problem (optional here: ``CusparseltGemm(search_alg=True)``).
 - cuSPARSELt handles are thread-local in PyTorch (autograd runs backward on its own thread).
 
+:meth:`SparseGemm.matmul` (compress + multiply, what every kernel of :mod:`fst.ops.sparse24`
+calls) is, under ``torch.compile``, one call of the custom op ``fst::sparse24_mm``
+(:func:`sparse24_mm`; its fake kernel gives the (M, N) / (N, M) contiguous result), because
+``torch._cslt_compress`` has no fake/meta kernel: the compressed operand never enters a graph,
+and the data-dependent work (:class:`EmulatedGemm`'s 2:4 check and ``calls`` counts,
+cuSPARSELt's algorithm search) runs inside the op at run time. An op takes no Python object,
+so the gemm is named by its int :attr:`SparseGemm.handle` (a table of live instances).
+
 :class:`EmulatedGemm` runs the same padding and layout logic with a dense matmul of the masked
 ``A`` and *checks* what cuSPARSELt silently assumes (2:4 along rows, row-major ``A``,
 row/column-major ``B``, alignment after padding): the CPU tests of :mod:`fst.ops.sparse24` run
@@ -36,7 +44,9 @@ on it, and on a GPU it isolates kernel problems from layout problems.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +65,9 @@ __all__ = [
     "SparseGemm",
     "SparseGemmError",
     "cusparselt_version",
+    "gemm_of",
     "require_sparse_tensor_cores",
+    "sparse24_mm",
 ]
 
 #: M and K of the sparse operand are padded to multiples of this (16-bit types).
@@ -125,6 +137,11 @@ def check_dense_layout(b: torch.Tensor) -> None:
         )
 
 
+# Live SparseGemm instances by handle: the custom op takes the int, not the object.
+_LIVE: weakref.WeakValueDictionary[int, SparseGemm] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
+
+
 class SparseGemm:
     """``C = A @ B`` with ``A`` (M, K) 2:4 along K, compressed once and used for several B.
 
@@ -134,18 +151,52 @@ class SparseGemm:
 
     name = "base"
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+    #: This instance's key in the table of live gemms (:func:`gemm_of`), given at creation.
+    handle: int
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.handle = next(_HANDLES)
+        _LIVE[self.handle] = self
+        return self
+
+    def __getstate__(self):
+        # a copy (deepcopy, pickle) gets its own handle from __new__, not this one's
+        return {k: v for k, v in self.__dict__.items() if k != "handle"}
 
     def check_device(self, device: torch.device) -> None:
         """Raise :class:`SparseGemmError` if this implementation cannot run on ``device``."""
 
-    def compress(self, a: torch.Tensor) -> Packed:
-        """Compress ``a`` (M, K), which must already be 2:4 along K (dim 1)."""
+    def matmul(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        transpose_result: bool = False,
+    ) -> torch.Tensor:
+        """``A @ b``: :meth:`compress` ``a`` (M, K), 2:4 along K, then :meth:`mm` with ``b`` (K, N).
+
+        Returns (M, N), or (N, M) if ``transpose_result``, contiguous. Eagerly it is exactly
+        ``mm(compress(a), b, ...)``; under ``torch.compile`` it is one call of the custom op
+        :func:`sparse24_mm` (the same two calls at run time), so no graph sees the compressed
+        operand, which has no fake kernel in torch.
+        """
+        if torch.compiler.is_compiling():
+            return sparse24_mm(a, b, bias, transpose_result, self.handle)
+        return self.mm(self.compress(a), b, bias, transpose_result)
+
+    def check_sparse(self, a: torch.Tensor) -> None:
+        """Raise :class:`SparseGemmError` unless ``a`` can be compressed (shape and dtype only)."""
         if a.dim() != 2:
             raise SparseGemmError(f"sparse operand must be 2-D, got shape {tuple(a.shape)}")
         if a.dtype not in self.dtypes:
             raise SparseGemmError(
                 f"{self.name}: sparse operand dtype {a.dtype} is not one of {self.dtypes}"
             )
+
+    def compress(self, a: torch.Tensor) -> Packed:
+        """Compress ``a`` (M, K), which must already be 2:4 along K (dim 1)."""
+        self.check_sparse(a)
         m, k = a.shape
         mp, kp = _ceil(m, ALIGN_SPARSE), _ceil(k, ALIGN_SPARSE)
         if (mp, kp) != (m, k):
@@ -163,13 +214,9 @@ class SparseGemm:
 
         ``bias`` (M,) is added to every column of ``A @ b``.
         """
-        check_dense_layout(b)
         m, k = packed.shape
         mp, kp = packed.padded
-        if b.shape[0] != k:
-            raise SparseGemmError(f"A is {m}x{k} but B is {tuple(b.shape)}: K differs")
-        if b.dtype != packed.data.dtype:
-            raise SparseGemmError(f"A is {packed.data.dtype}, B is {b.dtype}: must match")
+        check_dense(m, k, packed.data.dtype, b)
         n = b.shape[1]
         np_ = _ceil(n, ALIGN_DENSE)
         if (kp, np_) != (k, n):
@@ -186,6 +233,15 @@ class SparseGemm:
 
     def _mm(self, data, b, bias, transpose_result) -> torch.Tensor:
         raise NotImplementedError
+
+
+def check_dense(m: int, k: int, dtype: torch.dtype, b: torch.Tensor) -> None:
+    """Raise :class:`SparseGemmError` unless ``b`` can multiply an (m, k) ``dtype`` operand."""
+    check_dense_layout(b)
+    if b.shape[0] != k:
+        raise SparseGemmError(f"A is {m}x{k} but B is {tuple(b.shape)}: K differs")
+    if b.dtype != dtype:
+        raise SparseGemmError(f"A is {dtype}, B is {b.dtype}: must match")
 
 
 def _pad_dense(b: torch.Tensor, k: int, n: int) -> torch.Tensor:
@@ -266,3 +322,52 @@ class EmulatedGemm(SparseGemm):
             c = c + bias.to(acc)[:, None]
         c = c.to(b.dtype)
         return c.t().contiguous() if transpose_result else c
+
+
+# --------------------------------------------------------------------------------------------
+# the custom op: compress + mm as one opaque call under torch.compile
+# --------------------------------------------------------------------------------------------
+
+
+def gemm_of(handle: int) -> SparseGemm:
+    """The live :class:`SparseGemm` with this ``handle`` (raises if it was garbage collected)."""
+    gemm = _LIVE.get(handle)
+    if gemm is None:
+        raise SparseGemmError(
+            f"no live SparseGemm has handle {handle}: a compiled graph outlived the gemm it was "
+            "traced with (e.g. one from a finished `backend.emulate()`); torch._dynamo.reset() "
+            "and compile again"
+        )
+    return gemm
+
+
+# needs_exact_strides: inductor must hand ``b`` over in the layout traced (row- or column-major
+# is what cuSPARSELt reads, and which one is the caller's choice).
+@torch.library.custom_op("fst::sparse24_mm", mutates_args=(), tags=(torch.Tag.needs_exact_strides,))
+def sparse24_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    transpose_result: bool,
+    handle: int,
+) -> torch.Tensor:
+    """``gemm_of(handle).matmul(a, b, bias, transpose_result)`` run eagerly, as one op.
+
+    ``a`` (M, K) 2:4 along K, ``b`` (K, N) row- or column-major, ``bias`` (M,) or None;
+    returns a new contiguous (M, N), or (N, M) if ``transpose_result``, of ``b``'s dtype. The
+    gemm is named by its int ``handle`` (:attr:`SparseGemm.handle`) because an op takes no
+    Python objects; everything data dependent (EmulatedGemm's 2:4 check and call counts,
+    cuSPARSELt's algorithm search) runs here, at run time.
+    """
+    gemm = gemm_of(handle)
+    return gemm.mm(gemm.compress(a), b, bias, transpose_result)
+
+
+@sparse24_mm.register_fake
+def _(a, b, bias, transpose_result, handle):
+    gemm = gemm_of(handle)
+    gemm.check_sparse(a)
+    m, k = a.shape
+    check_dense(m, k, a.dtype, b)
+    n = b.shape[1]
+    return a.new_empty((n, m) if transpose_result else (m, n))

@@ -50,6 +50,15 @@ the searched ones 1.08x, ``results/gpu/``) | ``0``;
 eager training pays) | ``graph`` (GPU time only, for steps replayed as CUDA graphs, see
 :mod:`fst.ops.gputime`).
 
+Under ``torch.compile`` each cuSPARSELt GEMM is one call of the custom op ``fst::sparse24_mm``
+(:meth:`~fst.ops.cslt.SparseGemm.matmul`: compress + multiply at run time, so the compressed
+operand, which has no fake kernel, never enters a graph) and a layer whose route for this
+input is known traces whole (dict lookups). A new input key is decided by ``_decide`` outside
+any graph (``torch.compiler.disable``: it times kernels on the real tensors); under plain
+``torch.compile`` that is a graph break per layer on that call, which
+:func:`fst.compile.compile_model` avoids by running each new input signature's first call
+eagerly (see :mod:`fst.compile`).
+
 On CPU (tests, debugging) ``with backend.emulate():`` runs all of the above with
 :class:`~fst.ops.cslt.EmulatedGemm`, which checks the 2:4 pattern, layout and alignment that
 cuSPARSELt silently assumes.
@@ -187,8 +196,7 @@ def conv_eq1_gemm(gemm: SparseGemm, x, w, b, g):
     xs = x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
     n, ci, ho, wo = xs.shape
     rows = _nhwc(xs).view(n * ho * wo, ci)
-    packed = gemm.compress(w.reshape(w.shape[0], ci))
-    y = gemm.mm(packed, rows.t(), b, transpose_result=True)  # (n*ho*wo, Co)
+    y = gemm.matmul(w.reshape(w.shape[0], ci), rows.t(), b, transpose_result=True)  # (nhw, Co)
     return y.view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
 
@@ -209,8 +217,7 @@ def _patches(x, k, g: ConvGeometry):
 def conv_eq1_im2col(gemm: SparseGemm, x, w, b, g):
     """``Y = cols S(W)^T`` with S(W) (Co, Ci*kh*kw) 2:4 along the im2col K."""
     cols, (n, ho, wo) = _patches(x, w.shape[2:], g)
-    packed = gemm.compress(w.reshape(w.shape[0], -1))
-    y = gemm.mm(packed, cols.t(), b, transpose_result=True)
+    y = gemm.matmul(w.reshape(w.shape[0], -1), cols.t(), b, transpose_result=True)
     return y.view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
 
@@ -224,7 +231,7 @@ def conv_eq1_taps(gemm: SparseGemm, x, w, b, g):
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()  # (N, Hp, Wp, Ci)
     hp, wp = xp.shape[1:3]
     a = w.permute(2, 3, 0, 1).reshape(kh * kw * co, ci)  # rows (i, j, co), 2:4 along Ci
-    p = gemm.mm(gemm.compress(a), xp.view(-1, ci).t(), transpose_result=True)
+    p = gemm.matmul(a, xp.view(-1, ci).t(), transpose_result=True)
     p = p.view(n, hp, wp, kh, kw, co)
     y = torch.zeros(n, ho, wo, co, dtype=_acc(x.dtype), device=x.device)
     for i in range(kh):
@@ -253,8 +260,8 @@ def conv_eq2_gemm(gemm: SparseGemm, dy, x_shape, wb, g, plan):
     """1x1, padding 0: ``dX[n*ho*wo, Ci] = dY[n*ho*wo, Co] S(W^T)`` (A = S(W^T)^T, 2:4 on Co)."""
     n, ci, h, w = x_shape
     _, co, ho, wo = dy.shape
-    packed = gemm.compress(wb.reshape(co, ci).t().contiguous())
-    d = gemm.mm(packed, _nhwc(dy).view(-1, co).t(), transpose_result=True).view(n, ho, wo, ci)
+    a = wb.reshape(co, ci).t().contiguous()
+    d = gemm.matmul(a, _nhwc(dy).view(-1, co).t(), transpose_result=True).view(n, ho, wo, ci)
     if (ho, wo) != (h, w):  # stride > 1: the other input positions get no gradient
         full = torch.zeros(n, h, w, ci, dtype=d.dtype, device=d.device)
         full[:, :: g.stride[0], :: g.stride[1]] = d
@@ -267,8 +274,8 @@ def conv_eq2_im2col(gemm: SparseGemm, dy, x_shape, wb, g, plan):
     n, ci, h, w = x_shape
     _, co, ho, wo = dy.shape
     k = wb.shape[2:]
-    packed = gemm.compress(wb.reshape(co, -1).t().contiguous())
-    cols = gemm.mm(packed, _nhwc(dy).view(-1, co).t(), transpose_result=True)
+    a = wb.reshape(co, -1).t().contiguous()
+    cols = gemm.matmul(a, _nhwc(dy).view(-1, co).t(), transpose_result=True)
     cols = cols.view(n, ho * wo, -1).transpose(1, 2).to(_acc(dy.dtype))  # (N, K, L)
     dx = F.fold(cols, (h, w), k, g.dilation, g.padding, g.stride)
     return dx.to(dy.dtype)
@@ -282,7 +289,7 @@ def conv_eq2_taps(gemm: SparseGemm, dy, x_shape, wb, g, plan):
     ph, pw = g.padding
     dh, dw = g.dilation
     a = wb.permute(2, 3, 1, 0).reshape(kh * kw * ci, co)  # rows (i, j, ci), 2:4 along Co
-    q = gemm.mm(gemm.compress(a), _nhwc(dy).view(-1, co).t(), transpose_result=True)
+    q = gemm.matmul(a, _nhwc(dy).view(-1, co).t(), transpose_result=True)
     q = q.view(n, ho, wo, kh, kw, ci)
     dxp = torch.zeros(n, h + 2 * ph, w + 2 * pw, ci, dtype=_acc(dy.dtype), device=dy.device)
     for i in range(kh):
@@ -312,7 +319,7 @@ def linear_eq1_dense(gemm, x, w, b):
 def linear_eq1_gemm(gemm: SparseGemm, x, w, b):
     """``Y[T, out] = X[T, in] S(W)^T``: A = S(W) (out, in), 2:4 along in."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    y = gemm.mm(gemm.compress(w.contiguous()), rows.t(), b, transpose_result=True)
+    y = gemm.matmul(w.contiguous(), rows.t(), b, transpose_result=True)
     return y.view(*x.shape[:-1], w.shape[0])
 
 
@@ -323,7 +330,7 @@ def linear_eq2_dense(gemm, dy, wb, plan):
 def linear_eq2_gemm(gemm: SparseGemm, dy, wb, plan):
     """``dX[T, in] = dY[T, out] S(W^T)``: A = S(W^T)^T (in, out), 2:4 along out."""
     rows = dy.reshape(-1, dy.shape[-1]).contiguous()
-    dx = gemm.mm(gemm.compress(wb.t().contiguous()), rows.t(), transpose_result=True)
+    dx = gemm.matmul(wb.t().contiguous(), rows.t(), transpose_result=True)
     return dx.view(*dy.shape[:-1], wb.shape[1])
 
 
@@ -480,6 +487,7 @@ class Sparse24Backend(Backend):
 
     name = "sparse24"
     needs_cuda = True
+    decides_per_input = True
 
     def __init__(self, gemm: SparseGemm | None = None):
         self.gemm = gemm or CusparseltGemm(
@@ -503,8 +511,7 @@ class Sparse24Backend(Backend):
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
             kw = with_state(state)
             return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay, **kw)
-        rec = self._record(weight, "conv", plan, geom)
-        route = self._route(rec, "conv", x, weight, bias, geom, plan)
+        route = self._route("conv", x, weight, bias, geom, plan)
         if route is None:
             return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay)
         return _Conv.apply(x, weight, bias, geom, plan, decay, route, self.gemm)
@@ -513,8 +520,7 @@ class Sparse24Backend(Backend):
         native_kw = {**with_state(state), **({} if tokens is None else {"tokens": tokens})}
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
             return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
-        rec = self._record(weight, "linear", plan, None)
-        route = self._route(rec, "linear", x, weight, bias, None, plan)
+        route = self._route("linear", x, weight, bias, None, plan)
         if route is None:
             return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
         return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm, tokens)
@@ -598,15 +604,43 @@ class Sparse24Backend(Backend):
             )
         return dt
 
-    def _route(self, rec, kind, x, weight, bias, geom, plan) -> Route | None:
-        """The kernels for this call; None: run as native (fallback or nothing sparse)."""
+    def _route(self, kind, x, weight, bias, geom, plan) -> Route | None:
+        """The kernels for this call; None: run as native (fallback or nothing sparse).
+
+        A known route is dict lookups only, which ``torch.compile`` traces (no graph break);
+        an unknown one is decided by :meth:`_decide`, outside any graph.
+        """
+        rec = self.layers.get(weight)
+        if rec is not None and rec.fallback:
+            return None
+        key = self._key(x)
+        route = None if rec is None else rec.routes.get(key)
+        if route is None:
+            return self._decide(kind, x, weight, bias, geom, plan, key)
+        rec.last_key = key
+        return None if route.is_dense else route
+
+    def _key(self, x) -> tuple:
+        """(shape, channels_last, compute dtype, needs dX, device): what a route is chosen for."""
+        dt = autocast_dtype(x) or x.dtype
+        need_x = torch.is_grad_enabled() and x.requires_grad
+        cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        return (tuple(x.shape), cl, dt, need_x, x.device)
+
+    @torch.compiler.disable
+    def _decide(self, kind, x, weight, bias, geom, plan, key) -> Route | None:
+        """Check device and dtype, then time, pick and check the kernels of a new ``key``.
+
+        Runs eagerly even inside a compiled model: it times kernels on the real input. There
+        it is a graph break the first time a layer meets a new key; once the route is
+        recorded, the guards on ``self.layers`` fail and dynamo recompiles without the break.
+        """
+        rec = self._record(weight, kind, plan, geom)
         if rec.fallback:
             return None
         self.gemm.check_device(x.device)
-        dt = self._compute_dtype(x)
-        need_x = torch.is_grad_enabled() and x.requires_grad
-        cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        key = (tuple(x.shape), cl, dt, need_x)
+        self._compute_dtype(x)
+        _, cl, dt, need_x, _ = key
         route = rec.routes.get(key)
         if route is None:
             route = self._choose(kind, x, weight, bias, geom, plan, dt, need_x, cl)
