@@ -5,7 +5,7 @@
 #   bash scripts/gpu_suite.sh OUT_DIR [--part PARTS] [--budget SECONDS] [--dry-run]
 #
 # PARTS (comma-separated; each part also installs and records the machine first):
-#   tests    pytest -m gpu (tests/gpu)                                   ~2 min
+#   tests    pytest -m gpu (tests/gpu)                                   ~6 min
 #   bench    bench_gemm.py (ResNet-50 + ViT-B GEMMs) and bench_step.py     ~4 min
 #            (ResNet-18 and -50, batch 256, 224 px, bf16, channels-last:
 #            dense, fst@native, fst@sparse24; eager (ResNet-50 with a
@@ -235,7 +235,7 @@ run_part install 240 do_install
 run_part env 60 do_env
 for part in "${PART_LIST[@]}"; do
   case "$part" in
-    tests) run_part tests 420 do_tests ;;
+    tests) run_part tests 540 do_tests ;;
     bench)
       run_part bench_gemm 150 do_bench_gemm
       run_part bench_gemm_search 150 do_bench_gemm --search-alg
