@@ -20,9 +20,9 @@ barrier for threads that have no core to run on.
 
 Why step 4 leaves out busy cores: a thread on a core that another process already saturates
 runs about half the time, and every parallel op waits at a barrier for it. On the 2-core
-development machine, with a ``while True: pass`` process on one core, a ResNet-18 training
-step (batch 32, 224 px) took 5.4-5.6 s on two threads against 5.0 s on one (results/
-bench_step_cpu.md). The count is taken once, at start-up (a run does not follow later load);
+development machine, with a ``while True: pass`` process on one core, a dense ResNet-18
+training step (batch 32, 224 px) took 6.5-6.7 s on two threads against 5.5-6.4 s on one, and
+fst's ratio to dense was 0.91-0.93 against 0.80-0.93 (median 0.88; results/bench_step_cpu.md). The count is taken once, at start-up (a run does not follow later load);
 give it explicitly (1.-3.) to use every core whatever the load.
 
 :func:`configure_threads` applies it (train.py, eval.py and the scripts call it at start-up).
