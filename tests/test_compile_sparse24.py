@@ -22,7 +22,7 @@ from fst.masks import nm_mask
 from fst.ops import BACKENDS
 from fst.ops.cslt import EmulatedGemm, SparseGemmError, gemm_of
 from fst.strategies import STRATEGIES
-from tests.test_compile import MODELS, assert_same, run_steps, sparse_model
+from tests.test_compile import MODELS, aot_eager_steps, assert_same, run_steps, sparse_model
 
 BE = BACKENDS.get("sparse24")
 KEYS = [k for k in STRATEGIES if STRATEGIES.get(k).traceable]  # resprop runs eagerly by design
@@ -107,10 +107,7 @@ def test_compiled_matches_eager(case):
         mc = copy.deepcopy(m)  # shares the backend (and so this emulate())
         eager = run_steps(m, x)
         mc(x).square().sum().backward()  # decide the copy's routes (its own weights)
-        counters = torch._dynamo.utils.counters
-        counters.clear()
-        compiled = run_steps(torch.compile(mc, backend="aot_eager"), x)
-        assert not counters["graph_break"], dict(counters["graph_break"])
+        compiled = aot_eager_steps(mc, x)
         assert sparse_routes() > 0
     assert_same(eager, compiled, rtol=1e-4, atol=1e-5)
 

@@ -632,8 +632,10 @@ class Sparse24Backend(Backend):
         """Check device and dtype, then time, pick and check the kernels of a new ``key``.
 
         Runs eagerly even inside a compiled model: it times kernels on the real input. There
-        it is a graph break the first time a layer meets a new key; once the route is
-        recorded, the guards on ``self.layers`` fail and dynamo recompiles without the break.
+        it is a graph break the first time a layer meets a new key, and torch 2.14's dynamo
+        keeps running the pieces it compiled around the breaks (it does not recompile the
+        model as one graph once the route is recorded), so :func:`fst.compile.compile_model`
+        runs each new input signature's first call eagerly and this never runs in a graph.
         """
         rec = self._record(weight, kind, plan, geom)
         if rec.fallback:
