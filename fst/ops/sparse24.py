@@ -7,7 +7,10 @@ Each layer's three GEMMs (notation of :mod:`fst.strategies`):
   transposed, (K, Co), 2:4 along Co) and multiplied by :mod:`fst.ops.cslt`. ``fst``'s S(W)
   and S(W^T) (from the dense W) are two separately compressed operands; ``tsm``'s T(W) is 2:4
   both ways and is compressed in both orientations (never re-pruned by a tile kernel).
-- Eq. 3 is :mod:`fst.ops.native`'s (the halved weight gradient for ``fst``/``fst_noir``).
+- Eq. 3 is :mod:`fst.ops.native`'s (the halved weight gradient for ``fst``/``fst_noir``),
+  except for Linear layers over tokens with ``fst``/``fst_noir`` on CUDA: there it is one
+  Triton GEMM that does the IR sum and the even-column gather while loading its tiles
+  (:mod:`fst.ops.eq3_triton`; ``FST_SPARSE24_FUSED_EQ3=0``: the ``native`` path).
 
 Kernels per GEMM (``KERNELS``); which ones may run is decided from the operand's 2:4 grouping
 (exactness), which one does from a one-time timing per layer shape (``choices``):
@@ -46,6 +49,8 @@ kernel that may run, no timing) | ``dense`` (everything as ``native``);
 ``FST_SPARSE24_ALG_SEARCH`` = ``1`` (default: search cuSPARSELt's fastest algorithm once per
 problem; on an H100 its default algorithm was 0.81x of cuBLAS over ResNet-50's Eq. 1 GEMMs,
 the searched ones 1.08x, ``results/gpu/``) | ``0``;
+``FST_SPARSE24_FUSED_EQ3`` = ``1`` (default: the fused Triton Eq. 3 above, where Triton
+imports) | ``0``;
 ``FST_SPARSE24_TIMING`` = ``eager`` (default: a kernel's time includes its host work, what
 eager training pays) | ``graph`` (GPU time only, for steps replayed as CUDA graphs, see
 :mod:`fst.ops.gputime`).
@@ -77,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fst.ops import native
+from fst.ops import eq3_triton, native
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
 from fst.ops.cslt import CusparseltGemm, EmulatedGemm, SparseGemm, SparseGemmError
 from fst.ops.gputime import graph_ms, time_ms
@@ -386,9 +391,23 @@ class _Conv(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None
 
 
+def fused_eq3(dy, xc, plan: Strategy, tokens=None) -> torch.Tensor | None:
+    """Eq. 3 of a token Linear as one Triton GEMM (:mod:`fst.ops.eq3_triton`), float32; None
+    where it does not apply (another Eq. 3 rule, 2-D input, no Triton, a CPU tensor outside
+    Triton's interpreter, float64): the caller runs :func:`fst.ops.native._linear_weight_grad`.
+    """
+    if plan.rules[2].key != "fixed" or xc.dim() < 3 or not eq3_triton.available(xc):
+        return None
+    if xc.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return None
+    return eq3_triton.fixed_weight_grad(dy, xc, plan.ir_coef, tokens, plan.prefix_tokens)
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan, decay, route: Route, gemm: SparseGemm, tokens=None):
+    def forward(
+        ctx, x, weight, bias, plan, decay, route: Route, gemm: SparseGemm, tokens=None, fuse=False
+    ):
         w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
@@ -396,7 +415,7 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(xc, wb, weight, w_fwd)
         ctx.plan, ctx.decay, ctx.route, ctx.gemm = plan, decay, route, gemm
         ctx.tokens = tokens  # a ViT layer's token layout: Eq. 3 follows its grid rows
-        ctx.x_dtype = x.dtype
+        ctx.x_dtype, ctx.fuse = x.dtype, fuse
         return y
 
     @staticmethod
@@ -412,9 +431,11 @@ class _Linear(torch.autograd.Function):
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:
-            dw = native._linear_weight_grad(dy, xc, plan, {}, ctx.tokens)
+            dw = fused_eq3(dy, xc, plan, ctx.tokens) if ctx.fuse else None
+            if dw is None:
+                dw = native._linear_weight_grad(dy, xc, plan, {}, ctx.tokens)
             dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        return dx, dw, db, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,6 +519,7 @@ class Sparse24Backend(Backend):
             raise ValueError(f"FST_SPARSE24_KERNELS={self.mode!r}; valid: auto, sparse, dense")
         self.verify = _env_flag("FST_SPARSE24_VERIFY", "1") not in ("0", "false", "no")
         self.tol = float(os.environ.get("FST_SPARSE24_TOL", "0.02"))
+        self.fused_eq3 = _env_flag("FST_SPARSE24_FUSED_EQ3", "1") not in ("0", "false", "no")
         self.timing = _env_flag("FST_SPARSE24_TIMING", "eager")
         if self.timing not in ("eager", "graph"):
             raise ValueError(f"FST_SPARSE24_TIMING={self.timing!r}; valid: eager, graph")
@@ -521,9 +543,17 @@ class Sparse24Backend(Backend):
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
             return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
         route = self._route("linear", x, weight, bias, None, plan)
+        fuse = (
+            self.fused_eq3
+            and plan.rules[2].key == "fixed"
+            and x.dim() >= 3
+            and eq3_triton.available(x)
+        )
+        if route is None and fuse:  # Eq. 1 and 2 dense (as native), Eq. 3 fused
+            route = Route("dense", "dense")
         if route is None:
             return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
-        return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm, tokens)
+        return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm, tokens, fuse)
 
     def describe_layer(self, m) -> str:
         """One line for ``fst.summary``: the kernel of Eq. 1 and 2, why, and the check."""
