@@ -21,6 +21,14 @@ Times are GPU times: medians of ``--reps`` replays of a CUDA graph of the call
 ``dense eager`` / ``sparse eager`` are single eager calls between CUDA events, host work
 included (cuSPARSELt builds its plan on the host at every call). Prints a Markdown table, then
 one JSON line (the last line) with every row and the totals weighted by layer count.
+
+Host cost per call (issue 23: at most 50 us): ``host us`` columns are the host microseconds of
+one eager call, enqueued back to back without synchronizing (``--reps`` calls after a warm-up;
+the GPU work runs behind them): ``torch`` is ``torch._cslt_sparse_mm`` (a plan built every
+call), ``cached`` the same product from a persistent plan (:class:`fst.ops.cslt.CusparseltGemm`
+with its CuPy driver, :mod:`fst.ops.cslt_cupy`; ``driver`` says which one actually ran),
+``compress`` ``torch._cslt_compress``, ``dense`` ``torch.mm``. ``--models vit_l`` adds ViT-L/16's
+MLP (1024 <-> 4096 over 197 tokens per image).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--res", type=int, default=224, help="ResNet-50 input resolution")
-    p.add_argument("--models", default="resnet50,vit_b", help="comma-separated: resnet50, vit_b")
+    p.add_argument(
+        "--models", default="resnet50,vit_b", help="comma-separated: resnet50, vit_b, vit_l"
+    )
     p.add_argument("--reps", type=int, default=10, help="timed repetitions per GEMM (median)")
     p.add_argument("--limit", type=int, default=0, help="only the first N layer shapes (0: all)")
     p.add_argument(
@@ -109,17 +120,42 @@ def vit_b_mlps(batch: int) -> list[dict]:
     ]
 
 
+def vit_l_mlps(batch: int) -> list[dict]:
+    tokens = 197 * batch
+    return [
+        dict(layer="vit_l fc1 4096x1024", count=24, co=4096, k=1024, p=tokens),
+        dict(layer="vit_l fc2 1024x4096", count=24, co=1024, k=4096, p=tokens),
+    ]
+
+
+def host_us(fn, device: torch.device, reps: int) -> float:
+    """Host microseconds per eager call: ``reps`` calls enqueued back to back (after two
+    warm-up calls), timed on the host clock without waiting for the GPU in between."""
+    fn()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    t1 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1e6 * (t1 - t0) / reps
+
+
 def gemms(row: dict) -> list[tuple[str, int, int, int]]:
     """(eq, M, K, N) of Eq. 1-3 for one layer (see the module docstring)."""
     co, k, p = row["co"], row["k"], row["p"]
     return [("eq1", co, k, p), ("eq2", k, co, p), ("eq3", co, p, k)]
 
 
-def bench_one(eq, m, k, n, gemm, device, reps, dtype) -> dict:
+def bench_one(eq, m, k, n, gemm, device, reps, dtype, host=None) -> dict:
     """Dense, sparse, compress and mask times (ms) of one (M, K, N) GEMM.
 
     ``*_ms``: GPU time (a CUDA-graph replay, :func:`fst.ops.gputime.graph_ms`); ``*_eager_ms``:
-    one eager call with its host work (:func:`fst.ops.gputime.time_ms`).
+    one eager call with its host work (:func:`fst.ops.gputime.time_ms`). ``host``: gemms by
+    name (``torch``, ``cached``) whose host microseconds per call are measured too.
     """
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(m, k, generator=g, device=device).to(dtype)
@@ -141,6 +177,16 @@ def bench_one(eq, m, k, n, gemm, device, reps, dtype) -> dict:
         out[f"{name}_ms"] = graph_ms(fn, device, reps)
         if name in ("dense", "sparse"):
             out[f"{name}_eager_ms"] = time_ms(fn, device, reps)
+    if host:
+        hreps = max(reps, 20) if device.type == "cuda" else reps
+        out["dense_host_us"] = host_us(work["dense"], device, hreps)
+        out["compress_host_us"] = host_us(work["compress"], device, hreps)
+        for name, g in host.items():
+            p = g.compress(a_sparse)
+            out[f"{name}_host_us"] = host_us(
+                lambda g=g, p=p: g.mm(p, b, transpose_result=True), device, hreps
+            )
+            out[f"{name}_driver"] = getattr(g, "driver_used", g.name)
     return out
 
 
@@ -148,6 +194,13 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     gemm = EmulatedGemm() if args.dry_run else CusparseltGemm(search_alg=args.search_alg)
+    if args.dry_run:
+        host = {"torch": EmulatedGemm(), "cached": EmulatedGemm()}
+    else:
+        host = {
+            "torch": CusparseltGemm(search_alg=args.search_alg, driver="torch"),
+            "cached": CusparseltGemm(search_alg=args.search_alg, driver="auto"),
+        }
     dtype = torch.bfloat16
     layers = []
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -155,6 +208,8 @@ def main(argv=None):
         layers += resnet50_convs(args.batch, args.res)
     if "vit_b" in models:
         layers += vit_b_mlps(args.batch)
+    if "vit_l" in models:
+        layers += vit_l_mlps(args.batch)
     if args.limit:
         layers = layers[: args.limit]
 
@@ -169,7 +224,7 @@ def main(argv=None):
         for eq, m, k, n in gemms(layer):
             r = dict(layer=layer["layer"], count=layer["count"], gemm=eq, m=m, k=k, n=n)
             try:
-                r.update(bench_one(eq, m, k, n, gemm, device, args.reps, dtype))
+                r.update(bench_one(eq, m, k, n, gemm, device, args.reps, dtype, host))
             except Exception as e:  # one shape failing must not lose the others
                 r["error"] = f"{type(e).__name__}: {e}"
             if device.type == "cuda":
@@ -211,6 +266,7 @@ def main(argv=None):
     lines.append(
         f"\nfst's halved Eq. 3 (dense, half the positions): {totals['eq3_half_ms']:.3f} ms"
     )
+    lines += host_table(rows)
     print("\n".join(lines[len(rows) + 2 :]))
 
     result = {
@@ -228,6 +284,8 @@ def main(argv=None):
         "search_alg": args.search_alg,
         "dry_run": args.dry_run,
         "gemm": gemm.name,
+        "cached_driver": getattr(host["cached"], "driver_used", None),
+        "cached_driver_failure": getattr(host["cached"], "driver_failure", None),
         **totals,
         "rows": rows,
     }
@@ -242,6 +300,35 @@ def main(argv=None):
     (out / "bench_gemm.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return result
+
+
+def host_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: host microseconds per eager call, per GEMM, and their medians."""
+    sel = [r for r in rows if "torch_host_us" in r]
+    if not sel:
+        return []
+    out = [
+        "",
+        "Host us per eager call (enqueue time; issue 23 aims at <= 50 us per sparse GEMM):",
+        "",
+        "| layer | GEMM | dense | sparse torch._cslt | sparse cached plan | driver | compress |",
+        "|---" * 7 + "|",
+    ]
+    for r in sel:
+        out.append(
+            f"| {r['layer']} | {r['gemm']} | {r['dense_host_us']:.1f} | "
+            f"{r['torch_host_us']:.1f} | {r['cached_host_us']:.1f} | {r['cached_driver']} | "
+            f"{r['compress_host_us']:.1f} |"
+        )
+    med = {
+        c: sorted(r[c] for r in sel)[len(sel) // 2]
+        for c in ("dense_host_us", "torch_host_us", "cached_host_us", "compress_host_us")
+    }
+    out.append(
+        f"| median | | {med['dense_host_us']:.1f} | {med['torch_host_us']:.1f} | "
+        f"{med['cached_host_us']:.1f} | | {med['compress_host_us']:.1f} |"
+    )
+    return out
 
 
 def _row_md(r: dict) -> str:

@@ -36,6 +36,26 @@ and the data-dependent work (:class:`EmulatedGemm`'s 2:4 check and ``calls`` cou
 cuSPARSELt's algorithm search) runs inside the op at run time. An op takes no Python object,
 so the gemm is named by its int :attr:`SparseGemm.handle` (a table of live instances).
 
+Host cost (``results/gpu/``: ~0.6-0.7 ms per eager call with torch 2.11, which builds and
+destroys a cuSPARSELt plan inside every ``torch._cslt_sparse_mm``), two caches:
+
+- **plans**: :class:`PlanCache` keeps one matmul plan per :class:`PlanKey` (shape, dtype,
+  layout of ``B`` and of the result, algorithm, device) for the life of the gemm. The
+  :class:`CusparseltGemm` runs its products through a :class:`PlanDriver` that owns the
+  cuSPARSELt handle and plans (:mod:`fst.ops.cslt_cupy`: CuPy's cuSPARSELt bindings, present
+  on the GPU image), checks each new plan once against ``torch._cslt_sparse_mm`` and falls back
+  to it for good on a mismatch or error, or where the driver cannot run (no CuPy, a non-default
+  stream: CuPy's binding runs on CUDA's default stream; during CUDA-graph capture, where host
+  cost does not matter). ``FST_CUSPARSELT_DRIVER`` = ``auto`` (default) | ``cupy`` | ``torch``.
+  :class:`EmulatedGemm` keys and counts plans the same way, so the CPU tests check the keys.
+- **packs**: a weight operand is compressed once per optimizer step, not once per call:
+  :meth:`SparseGemm.owned` names the parameter an operand is derived from, and
+  :meth:`SparseGemm.compress_cached` reuses the compressed operand while the parameter's
+  version counter (bumped by every in-place update: ``optimizer.step()``, ``copy_``,
+  ``load_state_dict``), storage and the operand's shape and dtype are unchanged.
+  ``FST_SPARSE24_PACK_CACHE=0`` turns it off. (Writes through ``param.data`` bypass the version
+  counter: call :meth:`SparseGemm.clear_packs` after such a write.)
+
 :class:`EmulatedGemm` runs the same padding and layout logic with a dense matmul of the masked
 ``A`` and *checks* what cuSPARSELt silently assumes (2:4 along rows, row-major ``A``,
 row/column-major ``B``, alignment after padding): the CPU tests of :mod:`fst.ops.sparse24` run
@@ -46,7 +66,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +84,9 @@ __all__ = [
     "CusparseltGemm",
     "EmulatedGemm",
     "Packed",
+    "PlanCache",
+    "PlanDriver",
+    "PlanKey",
     "SparseGemm",
     "SparseGemmError",
     "cusparselt_version",
@@ -137,6 +162,87 @@ def check_dense_layout(b: torch.Tensor) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PlanKey:
+    """What one cuSPARSELt matmul plan is for: ``C = A @ B``, A (m, k) 2:4 along k (padded),
+    B (k, n) row-major (``b_row_major``) or column-major, C (m, n) or its transpose (n, m)
+    row-major (``transpose_result``), in ``dtype``, with algorithm ``alg`` on ``device``."""
+
+    m: int
+    k: int
+    n: int
+    dtype: torch.dtype
+    b_row_major: bool
+    transpose_result: bool
+    alg: int
+    device: str
+
+    @classmethod
+    def of(cls, m: int, b: torch.Tensor, transpose_result: bool, alg: int = 0) -> PlanKey:
+        k, n = b.shape
+        return cls(m, k, n, b.dtype, b.is_contiguous(), bool(transpose_result), alg, str(b.device))
+
+
+class PlanCache:
+    """Plans by :class:`PlanKey`, each built once by ``build(key)``; ``builds`` and ``hits``
+    count, for tests and ``bench_gemm.py``."""
+
+    def __init__(self, build: Callable[[PlanKey], object]):
+        self.build = build
+        self.plans: dict[PlanKey, object] = {}
+        self.builds = 0
+        self.hits = 0
+
+    def get(self, key: PlanKey):
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self.build(key)
+            self.builds += 1
+        else:
+            self.hits += 1
+        return plan
+
+    def clear(self) -> None:
+        self.plans.clear()
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+
+class PlanDriver:
+    """A library that runs ``C = A @ B`` from a persistent plan (see :mod:`fst.ops.cslt_cupy`).
+
+    ``build(key)`` makes the plan (handle, descriptors, algorithm, workspace); ``matmul(plan,
+    data, b)`` multiplies the compressed ``data`` (from ``torch._cslt_compress``: the compressed
+    layout depends on the operand's descriptor only, not on a plan) by ``b`` on the current
+    stream and returns a new tensor shaped as the key says; ``usable(device)`` says whether it
+    can run now (e.g. on this stream).
+    """
+
+    name = "base"
+
+    def usable(self, device: torch.device) -> bool:
+        raise NotImplementedError
+
+    def build(self, key: PlanKey):
+        raise NotImplementedError
+
+    def matmul(self, plan, data: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _Owned:
+    """A gemm whose :meth:`matmul` compresses ``a`` through the per-step pack cache of
+    ``owner`` (the parameter ``a`` is derived from) under ``tag`` (which operand of it)."""
+
+    def __init__(self, gemm: SparseGemm, owner: torch.Tensor, tag: str):
+        self.gemm, self.owner, self.tag = gemm, owner, tag
+
+    def matmul(self, a, b, bias=None, transpose_result=False):
+        packed = self.gemm.compress_cached(a, self.owner, self.tag)
+        return self.gemm.mm(packed, b, bias, transpose_result)
+
+
 # Live SparseGemm instances by handle: the custom op takes the int, not the object.
 _LIVE: weakref.WeakValueDictionary[int, SparseGemm] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count()
@@ -161,11 +267,44 @@ class SparseGemm:
         return self
 
     def __getstate__(self):
-        # a copy (deepcopy, pickle) gets its own handle from __new__, not this one's
-        return {k: v for k, v in self.__dict__.items() if k != "handle"}
+        # a copy (deepcopy, pickle) gets its own handle from __new__, not this one's, and no
+        # cached packs (they belong to the original's parameters)
+        return {k: v for k, v in self.__dict__.items() if k not in ("handle", "_packs")}
+
+    #: Reuse compressed weight operands within an optimizer step (see the module docstring).
+    cache_packs: bool = os.environ.get("FST_SPARSE24_PACK_CACHE", "1") != "0"
 
     def check_device(self, device: torch.device) -> None:
         """Raise :class:`SparseGemmError` if this implementation cannot run on ``device``."""
+
+    def owned(self, owner: torch.Tensor, tag: str):
+        """This gemm, with :meth:`matmul` compressing through the pack cache of parameter
+        ``owner`` under ``tag`` (e.g. ``"eq1"``); plain ``self`` when packs are not cached or
+        inside ``torch.compile`` (the custom op compresses at run time)."""
+        if not self.cache_packs or torch.compiler.is_compiling():
+            return self
+        return _Owned(self, owner, tag)
+
+    def compress_cached(self, a: torch.Tensor, owner: torch.Tensor, tag: str) -> Packed:
+        """:meth:`compress`, reused while ``owner`` (a parameter) is unchanged: same version
+        counter, storage, and ``a``'s shape and dtype. ``pack_hits`` / ``pack_misses`` count."""
+        packs = self.__dict__.setdefault("_packs", {})
+        key = (id(owner), tag)
+        stamp = (owner._version, owner.data_ptr(), tuple(a.shape), a.dtype, a.device)
+        hit = packs.get(key)
+        if hit is not None and hit[0] == stamp:
+            self.pack_hits = getattr(self, "pack_hits", 0) + 1
+            return hit[1]
+        packed = self.compress(a)
+        if hit is None:  # the entry goes with its parameter (ids are reused)
+            weakref.finalize(owner, packs.pop, key, None)
+        packs[key] = (stamp, packed)
+        self.pack_misses = getattr(self, "pack_misses", 0) + 1
+        return packed
+
+    def clear_packs(self) -> None:
+        """Forget every cached compressed operand (after writes through ``param.data``)."""
+        self.__dict__.get("_packs", {}).clear()
 
     def matmul(
         self,
@@ -252,14 +391,35 @@ def _pad_dense(b: torch.Tensor, k: int, n: int) -> torch.Tensor:
 
 
 class CusparseltGemm(SparseGemm):
-    """PyTorch's cuSPARSELt operators (see the module docstring for their contract)."""
+    """PyTorch's cuSPARSELt operators (see the module docstring for their contract), with the
+    products run from cached plans by a :class:`PlanDriver` where one is usable.
+
+    ``driver``: ``"auto"`` (CuPy's bindings if they import, else torch), ``"cupy"``,
+    ``"torch"`` (``torch._cslt_sparse_mm`` every call, a plan built each time), or a
+    :class:`PlanDriver`; default from ``FST_CUSPARSELT_DRIVER``. ``driver_used`` says which
+    one ran last (``"torch"`` after a fallback).
+    """
 
     name = "cusparselt"
 
-    def __init__(self, search_alg: bool = False):
+    def __init__(self, search_alg: bool = False, driver: str | PlanDriver | None = None):
         self.search_alg = search_alg
         self._alg: dict[tuple, int] = {}
         self._checked: set[torch.device] = set()
+        self.driver_choice = driver or os.environ.get("FST_CUSPARSELT_DRIVER", "auto")
+        if isinstance(self.driver_choice, str) and self.driver_choice not in (
+            "auto",
+            "cupy",
+            "torch",
+        ):
+            raise ValueError(
+                f"FST_CUSPARSELT_DRIVER={self.driver_choice!r}; valid: auto, cupy, torch"
+            )
+        self._driver: PlanDriver | None = None
+        self._driver_ready = False
+        self.driver_failure: str | None = None
+        self.driver_used = "torch"
+        self.plans = PlanCache(self._build_plan)
 
     def check_device(self, device):
         if device not in self._checked:
@@ -269,24 +429,82 @@ class CusparseltGemm(SparseGemm):
     def _compress(self, a):
         return torch._cslt_compress(a)
 
-    def _mm(self, data, b, bias, transpose_result):
-        alg = 0
-        if self.search_alg:
-            key = (data.numel(), tuple(b.shape), b.is_contiguous(), transpose_result, b.dtype)
-            if key not in self._alg:
+    @property
+    def driver(self) -> PlanDriver | None:
+        """The plan driver, made at first use; None: every product runs ``torch._cslt_*``."""
+        if not self._driver_ready:
+            self._driver_ready = True
+            choice = self.driver_choice
+            if isinstance(choice, PlanDriver):
+                self._driver = choice
+            elif choice in ("auto", "cupy"):
                 try:
-                    self._alg[key] = int(
-                        torch._cslt_sparse_mm_search(
-                            data, b, bias=bias, transpose_result=transpose_result
-                        )
+                    from fst.ops.cslt_cupy import CupyDriver
+
+                    self._driver = CupyDriver()
+                except Exception as e:  # no CuPy / no cuSPARSELt binding: torch's operators
+                    self.driver_failure = f"{type(e).__name__}: {e}"
+                    log.log(
+                        logging.WARNING if choice == "cupy" else logging.INFO,
+                        "cuSPARSELt plan cache unavailable (%s); using torch._cslt_sparse_mm",
+                        self.driver_failure,
                     )
-                except Exception as e:  # search is optional; the default algorithm always runs
-                    log.warning("cuSPARSELt alg_id search failed for %s (%s); using 0", key, e)
-                    self._alg[key] = 0
-            alg = self._alg[key]
+        return self._driver
+
+    def _build_plan(self, key: PlanKey):
+        return self.driver.build(key)
+
+    def _alg_for(self, data, b, bias, transpose_result) -> int:
+        if not self.search_alg:
+            return 0
+        key = (data.numel(), tuple(b.shape), b.is_contiguous(), transpose_result, b.dtype)
+        if key not in self._alg:
+            try:
+                self._alg[key] = int(
+                    torch._cslt_sparse_mm_search(
+                        data, b, bias=bias, transpose_result=transpose_result
+                    )
+                )
+            except Exception as e:  # search is optional; the default algorithm always runs
+                log.warning("cuSPARSELt alg_id search failed for %s (%s); using 0", key, e)
+                self._alg[key] = 0
+        return self._alg[key]
+
+    def _mm(self, data, b, bias, transpose_result):
+        alg = self._alg_for(data, b, bias, transpose_result)
+        driver = self.driver
+        if driver is not None and driver.usable(b.device):
+            m = data.numel() * 16 // 9 // b.shape[0]  # 16-bit types: see the module docstring
+            key = PlanKey.of(m, b, transpose_result, alg)
+            try:
+                fresh = key not in self.plans.plans
+                c = driver.matmul(self.plans.get(key), data, b)
+                if fresh:  # each new plan is checked once against torch's operator
+                    self._check_plan(key, c, data, b, transpose_result, alg)
+            except Exception as e:
+                self._drop_driver(f"{type(e).__name__}: {e}")
+            else:
+                self.driver_used = driver.name
+                if bias is not None:
+                    c = c.add_(bias if transpose_result else bias[:, None])
+                return c
+        self.driver_used = "torch"
         return torch._cslt_sparse_mm(
             data, b, bias=bias, transpose_result=transpose_result, alg_id=alg
         )
+
+    def _check_plan(self, key, c, data, b, transpose_result, alg) -> None:
+        want = torch._cslt_sparse_mm(data, b, transpose_result=transpose_result, alg_id=alg)
+        scale = want.float().abs().max().clamp_min(1e-12)
+        err = float((c.float() - want.float()).abs().max() / scale)
+        if not err <= 1e-2:
+            raise SparseGemmError(f"plan {key} differs from torch._cslt_sparse_mm: {err:.3g}")
+
+    def _drop_driver(self, why: str) -> None:
+        log.warning("cuSPARSELt plan driver disabled (%s); using torch._cslt_sparse_mm", why)
+        self.driver_failure = why
+        self._driver = None
+        self.plans.clear()
 
 
 class EmulatedGemm(SparseGemm):
@@ -302,6 +520,7 @@ class EmulatedGemm(SparseGemm):
     def __init__(self, dtypes=(torch.bfloat16, torch.float16, torch.float32, torch.float64)):
         self.dtypes = tuple(dtypes)
         self.calls = {"compress": 0, "mm": 0}
+        self.plans = PlanCache(lambda key: key)  # keyed and counted as CusparseltGemm's
 
     def _compress(self, a):
         if not is_nm(a, dim=1):
@@ -316,6 +535,7 @@ class EmulatedGemm(SparseGemm):
         self.calls["mm"] += 1
         if data.shape[1] != b.shape[0] or data.shape[0] % ALIGN_SPARSE or b.shape[1] % ALIGN_DENSE:
             raise SparseGemmError(f"misaligned operands {tuple(data.shape)} @ {tuple(b.shape)}")
+        self.plans.get(PlanKey.of(data.shape[0], b, transpose_result))
         acc = torch.float64 if data.dtype == torch.float64 else torch.float32
         c = data.to(acc) @ b.to(acc)
         if bias is not None:

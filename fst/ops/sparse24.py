@@ -55,6 +55,11 @@ imports) | ``0``;
 eager training pays) | ``graph`` (GPU time only, for steps replayed as CUDA graphs, see
 :mod:`fst.ops.gputime`).
 
+Each weight operand is compressed once per optimizer step (the pack cache of
+:class:`~fst.ops.cslt.SparseGemm`, keyed on the parameter's version counter; Eq. 1 and
+Eq. 2 of a layer are two operands) and each product runs from a cached cuSPARSELt plan
+(:class:`~fst.ops.cslt.CusparseltGemm`'s driver); see :mod:`fst.ops.cslt`.
+
 Under ``torch.compile`` each cuSPARSELt GEMM is one call of the custom op ``fst::sparse24_mm``
 (:meth:`~fst.ops.cslt.SparseGemm.matmul`: compress + multiply at run time, so the compressed
 operand, which has no fake kernel, never enters a graph) and a layer whose route for this
@@ -367,7 +372,7 @@ class _Conv(torch.autograd.Function):
         w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=need_x)
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
-            y = CONV_EQ1[route.eq1](gemm, xc, wf, b, geom)
+            y = CONV_EQ1[route.eq1](gemm.owned(weight, f"eq1:{route.eq1}"), xc, wf, b, geom)
         ctx.save_for_backward(xc, wf if wb is None else wb, weight, w_fwd)
         ctx.geom, ctx.plan, ctx.decay, ctx.route, ctx.gemm = geom, plan, decay, route, gemm
         ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
@@ -382,7 +387,8 @@ class _Conv(torch.autograd.Function):
         dy = dy.to(xc.dtype)
         dx = dw = db = None
         if need_x:
-            dx = CONV_EQ2[ctx.route.eq2](ctx.gemm, dy, xc.shape, wb, g, plan).to(ctx.x_dtype)
+            gemm = ctx.gemm.owned(weight, f"eq2:{ctx.route.eq2}")
+            dx = CONV_EQ2[ctx.route.eq2](gemm, dy, xc.shape, wb, g, plan).to(ctx.x_dtype)
         if need_b:
             db = dy.sum((0, 2, 3)).to(weight.dtype)
         if need_w:  # Eq. 3 exactly as native (halved for fst / fst_noir)
@@ -411,7 +417,7 @@ class _Linear(torch.autograd.Function):
         w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
         xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
         with torch.autocast(x.device.type, enabled=False):
-            y = LINEAR_EQ1[route.eq1](gemm, xc, wf, b)
+            y = LINEAR_EQ1[route.eq1](gemm.owned(weight, f"eq1:{route.eq1}"), xc, wf, b)
         ctx.save_for_backward(xc, wb, weight, w_fwd)
         ctx.plan, ctx.decay, ctx.route, ctx.gemm = plan, decay, route, gemm
         ctx.tokens = tokens  # a ViT layer's token layout: Eq. 3 follows its grid rows
@@ -427,7 +433,8 @@ class _Linear(torch.autograd.Function):
         dy = dy.to(xc.dtype)
         dx = dw = db = None
         if need_x:
-            dx = LINEAR_EQ2[ctx.route.eq2](ctx.gemm, dy, wb, plan).to(ctx.x_dtype)
+            gemm = ctx.gemm.owned(weight, f"eq2:{ctx.route.eq2}")
+            dx = LINEAR_EQ2[ctx.route.eq2](gemm, dy, wb, plan).to(ctx.x_dtype)
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
         if need_w:

@@ -30,12 +30,14 @@ def test_bench_gemm_dry_run(tmp_path, capsys):
     for r in rows:
         assert "error" not in r, r
         assert all(r[k] > 0 for k in ("dense_ms", "sparse_ms", "compress_ms", "mask_ms"))
+        assert all(r[f"{k}_host_us"] > 0 for k in ("dense", "torch", "cached", "compress"))
     stem = next(r for r in rows if r["layer"].startswith("conv 64x3x7x7") and r["gemm"] == "eq1")
     assert (stem["m"], stem["k"], stem["n"]) == (64, 147, 2 * 16 * 16)  # Co, Ci*kh*kw, N*Ho*Wo
     assert all("half_ms" in r for r in rows if r["gemm"] == "eq3")
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["all_dense_ms"] == result["all_dense_ms"]
     md = (tmp_path / "bench_gemm.md").read_text()
+    assert "Host us per eager call" in md and "| median |" in md
     assert "DRY RUN" in md and "| conv 64x3x7x7 s2 @32 | 1 | eq1 | 64 | 147 | 512 |" in md
     assert json.loads((tmp_path / "bench_gemm.json").read_text())["rows"] == rows
 
