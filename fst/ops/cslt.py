@@ -279,10 +279,13 @@ class SparseGemm:
 
     def owned(self, owner: torch.Tensor, tag: str):
         """This gemm, with :meth:`matmul` compressing through the pack cache of parameter
-        ``owner`` under ``tag`` (e.g. ``"eq1"``); plain ``self`` when packs are not cached or
-        inside ``torch.compile`` (the custom op compresses at run time)."""
+        ``owner`` under ``tag`` (e.g. ``"eq1"``); plain ``self`` when packs are not cached,
+        inside ``torch.compile`` (the custom op compresses at run time) and during CUDA-graph
+        capture (replays run no host code: a cache hit would freeze the weights)."""
         if not self.cache_packs or torch.compiler.is_compiling():
             return self
+        if owner.is_cuda and torch.cuda.is_current_stream_capturing():
+            return self  # a replayed graph must compress the weights its own steps update
         return _Owned(self, owner, tag)
 
     def compress_cached(self, a: torch.Tensor, owner: torch.Tensor, tag: str) -> Packed:

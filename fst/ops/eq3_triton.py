@@ -208,6 +208,10 @@ if triton is not None:
         _eq3_kernel
     )
 
+#: Autotune on CUDA (``FST_EQ3_AUTOTUNE=0``: always :data:`CUDA_TILES`, e.g. for quick tests).
+AUTOTUNE = os.environ.get("FST_EQ3_AUTOTUNE", "1") != "0"
+#: The tiles used on CUDA without autotuning.
+CUDA_TILES = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 4}
 #: Tiles under the interpreter (CPU tests): one small configuration, no autotuning; the tiles
 #: are multiplied in fp32 there (``UPCAST``: the interpreter's bf16 ``tl.dot`` is wrong in
 #: Triton 3.8), after the IR sum is rounded to the input dtype as on the GPU.
@@ -248,7 +252,12 @@ def _launch(dy3, x3, segments, split_k: int | None = None) -> torch.Tensor:
         def grid(meta):
             return (triton.cdiv(o, meta["BLOCK_M"]), triton.cdiv(i, meta["BLOCK_N"]), split_k)
 
-        _eq3_tuned[grid](*args, SPLIT_K=split_k, PRECISION=precision, UPCAST=False)
+        if AUTOTUNE:
+            _eq3_tuned[grid](*args, SPLIT_K=split_k, PRECISION=precision, UPCAST=False)
+        else:
+            t = CUDA_TILES
+            fixed = (triton.cdiv(o, t["BLOCK_M"]), triton.cdiv(i, t["BLOCK_N"]), split_k)
+            _eq3_kernel[fixed](*args, SPLIT_K=split_k, PRECISION=precision, UPCAST=False, **t)
     else:
         t = INTERPRET_TILES
         grid = (triton.cdiv(o, t["BLOCK_M"]), triton.cdiv(i, t["BLOCK_N"]), split_k)
