@@ -91,3 +91,26 @@ def test_vit_mlp_block_on_gpu_matches_reference(backend):
     for got, want in zip(grads["gpu"], grads["ref"]):
         err = (got - want).norm() / want.norm()
         assert err < 2e-2, float(err)
+
+
+def test_bench_vit_tiny_runs_every_variant_and_the_breakdown_on_cpu(capsys):
+    """The issue-23 smoke configuration: sparse24 emulated on CPU, three strategies against
+    dense, the where-the-time-goes breakdown; the last line is the JSON result."""
+    bench = _load("bench_vit")
+    args = ["--device", "cpu", "--tiny", "--backend", "sparse24", "--breakdown"]
+    result = bench.main([*args, "--what", "step", "--strategies", "fst,fst_noir,mvue"])
+    assert result["emulated"] and result["tokens"] == 5 and result["modes"] == ["eager"]
+    assert [r["variant"] for r in result["rows"]] == ["dense", "fst", "fst_noir", "mvue"]
+    assert all(r["ms"] > 0 and r["speedup"] > 0 for r in result["rows"])
+    totals = result["breakdown"]["totals_ms"]
+    for piece in ("eq1 dense", "eq1 2:4", "eq2 2:4", "eq3 fst unfused", "eq3 mvue", "masks S(W), S(W^T)",
+                  "compress 2 operands", "IR half alone"):  # fmt: skip
+        assert totals[piece] > 0, piece
+    names = {r["layer"] for r in result["breakdown"]["rows"]}
+    assert names == {"attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"}
+    out = capsys.readouterr().out
+    assert "Where the time goes" in out
+    assert json.loads(out.strip().splitlines()[-1])["rows"] == result["rows"]
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--tiny", "--modes", "graph"])
+    assert "needs --device cuda" in capsys.readouterr().err
