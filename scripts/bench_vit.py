@@ -216,7 +216,7 @@ class Case:
         self.weights = [p for p in self.module.parameters() if p.dim() == 2]
         del vit
         if mode == "compile":
-            compile_model(self.module, True)
+            compile_model(self.module, "default")
 
     def _work(self) -> None:
         if self.what == "step":

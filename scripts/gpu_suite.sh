@@ -17,13 +17,21 @@
 #   compile50          ResNet-50 --compile alone: dense, fst@native        ~6 min
 #   compile50_sparse24 ResNet-50 --compile alone: dense, fst@sparse24      ~6 min
 #            (one model's compiles take most of a 10-minute command)
+#   vit      issue 23, all in one call of at most 9 minutes (--budget 540):   ~9 min
+#            the new kernels' GPU tests (fused Eq. 3, cached cuSPARSELt plans);
+#            bench_gemm.py host us per call on ViT-L's MLP GEMMs; bench_vit.py
+#            (sparse24: dense vs fst, fst_noir, mvue; bf16; batch 64): ViT-L/16
+#            MLP eager + CUDA graphs with the breakdown, ViT-B/16 whole AdamW
+#            step compiled (dense, fst), ViT-L/16 and ViT-B/16 whole step as
+#            CUDA graphs, one ViT-L/16 block as CUDA graphs
 #   all      tests,bench,compile (over 10 minutes: for machines without that limit)
 # Default: tests,bench. --budget (default 570 s) bounds the whole run: each part's time limit
 # is cut to what is left, and a part with under 30 s left is recorded as skipped (run it
 # again alone, e.g. `--part bench`), so the script ends inside a 10-minute command limit.
 #
 # Files: env.md (versions, nvidia-smi, commit, date), tests.md, bench_gemm.md, bench_gemm.json,
-# bench_step.md, bench_step.json (one JSON line per run in both .json files), errors.md (each
+# bench_step.md, bench_step.json (one JSON line per run in both .json files), bench_vit.md,
+# bench_vit.json (--part vit: one section / JSON line per bench_vit.py run), errors.md (each
 # failed part: exit status and the log's last lines, tracebacks included), suite.json (per
 # part: status and seconds). A failing or timed-out part is recorded and the next part still runs; the script
 # exits 1 if any part failed.
@@ -35,7 +43,7 @@ SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-usage() { sed -n '2,25p' "$0"; exit 2; }
+usage() { sed -n '2,32p' "$0"; exit 2; }
 INNER=""
 [[ "${1:-}" == __fn ]] && { INNER=1; shift; }  # run one function (under `timeout`), below
 if [[ -z "$INNER" ]]; then OUT="" PARTS="tests,bench" DRY=0 BUDGET=570; fi  # else: exported
@@ -213,6 +221,39 @@ do_bench_step() {
   return "$rc"
 }
 
+# vit_tests: the GPU tests of issue 23's kernels (the whole -m gpu suite is `--part tests`).
+do_vit_tests() {
+  local args=(-m pytest -m gpu tests/gpu/test_eq3_triton_cuda.py tests/gpu/test_cslt_cache_cuda.py
+    tests/analysis/test_vit_scripts.py -q -rfEs --tb=short --durations=8 -p no:cacheprovider)
+  { echo "# pytest -m gpu (issue 23 kernels)"; echo; echo "command: \`$PY ${args[*]}\`"; echo; } >"$OUT/tests.md"
+  "$PY" "${args[@]}" 2>&1 | tee -a "$OUT/tests.md"
+  return "${PIPESTATUS[0]}"
+}
+
+# bench_vit WHAT MODEL BATCH MODES [extra args]: one bench_vit.py run (sparse24: dense vs fst,
+# fst_noir, mvue unless extra args say otherwise), appended to bench_vit.md / .json.
+do_bench_vit() {
+  local what=$1 model=$2 batch=$3 modes=$4; shift 4
+  local tmp="$LOGS/vit_${what}_${model}_${modes//,/_}"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local args=(--what "$what" --backend sparse24 --strategies fst,fst_noir,mvue --out "$tmp")
+  if [[ $DRY == 1 ]]; then
+    args+=(--device cpu --tiny --modes eager)  # no CUDA graphs on CPU; compiling takes minutes
+  else
+    args+=(--device cuda --model "$model" --batch "$batch" --modes "$modes" --steps 20 --warmup 5)
+  fi
+  args+=("$@")
+  "$PY" scripts/bench_vit.py "${args[@]}" 2>&1 | tee "$tmp/log"
+  local rc=${PIPESTATUS[0]}
+  if [[ -f "$tmp/bench_vit_$what.md" ]]; then
+    { echo "## $what $model batch $batch, modes $modes"; echo
+      echo "command: \`$PY scripts/bench_vit.py ${args[*]}\`"; echo
+      cat "$tmp/bench_vit_$what.md"; echo; } >>"$OUT/bench_vit.md"
+    tail -n 1 "$tmp/log" >>"$OUT/bench_vit.json"
+  fi
+  return "$rc"
+}
+
 # kill_tree PID: SIGTERM to PID and all its descendants, each by its own id.
 kill_tree() {
   local c
@@ -257,7 +298,19 @@ for part in "${PART_LIST[@]}"; do
       run_part bench_step_compile50_sparse24 560 do_bench_step resnet50 --compile --steps 5 \
         --strategies dense,fst@sparse24
       ;;
-    *) echo "unknown part '$part' (tests, bench, graph, compile, compile50, compile50_sparse24, all)" >&2; FAILED=1 ;;
+    vit)
+      run_part vit_tests 110 do_vit_tests
+      run_part bench_gemm_vit 70 do_bench_gemm --models vit_l --batch 64 --search-alg --reps 5
+      run_part vit_mlp_large 100 do_bench_vit mlp vit_large_patch16_224 64 eager,graph --breakdown
+      run_part vit_step_base_compile 230 do_bench_vit step vit_base_patch16_224 64 compile \
+        --strategies fst --steps 10 --warmup 3
+      run_part vit_step_large_graph 110 do_bench_vit step vit_large_patch16_224 32 graph \
+        --steps 10 --warmup 3 --breakdown
+      run_part vit_step_base_graph 70 do_bench_vit step vit_base_patch16_224 64 graph \
+        --steps 10 --warmup 3
+      run_part vit_block_large 60 do_bench_vit block vit_large_patch16_224 64 graph
+      ;;
+    *) echo "unknown part '$part' (tests, bench, graph, compile, compile50, compile50_sparse24, vit, all)" >&2; FAILED=1 ;;
   esac
 done
 

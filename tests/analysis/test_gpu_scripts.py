@@ -100,3 +100,27 @@ def test_gpu_suite_records_a_failing_part(tmp_path):
     assert proc.returncode == 1
     assert "unknown part 'nonsense'" in proc.stderr
     assert json.loads((out / "suite.json").read_text())["ok"] is True  # install/env ran fine
+
+
+@pytest.mark.slow
+def test_gpu_suite_vit_part_dry_run_writes_its_files(tmp_path):
+    """Issue 23's one-call device run (``--part vit``) on CPU: every part runs tiny, 7 files."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_suite.sh"), str(out), "--dry-run", "--part", "vit"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "bench_gemm.json", "bench_gemm.md", "bench_vit.json", "bench_vit.md", "env.md",
+        "suite.json", "tests.md",
+    ]  # fmt: skip
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["ok"] and [r["part"] for r in suite["results"]] == [
+        "install", "env", "vit_tests", "bench_gemm_vit", "vit_mlp_large", "vit_step_base_compile",
+        "vit_step_large_graph", "vit_step_base_graph", "vit_block_large",
+    ]  # fmt: skip
+    runs = [json.loads(line) for line in (out / "bench_vit.json").read_text().splitlines()]
+    assert [r["what"] for r in runs] == ["mlp", "step", "step", "step", "block"]
+    assert "breakdown" in runs[0] and all(r["emulated"] for r in runs)
