@@ -44,6 +44,8 @@ except ImportError:  # pragma: no cover - Triton ships with CUDA builds of PyTor
 __all__ = ["available", "fixed_weight_grad", "segments_of", "eq3_fixed"]
 
 Segment = tuple[int, int, int, float]  # (start token, row width, rows, IR coefficient)
+# read once (torch.compile traces available()): set TRITON_INTERPRET before importing fst
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def available(t: torch.Tensor) -> bool:
@@ -51,7 +53,7 @@ def available(t: torch.Tensor) -> bool:
     tensor (any tensor under ``TRITON_INTERPRET=1``)."""
     if triton is None:
         return False
-    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return t.is_cuda or _INTERPRET
 
 
 def segments_of(num_tokens: int, coef: float, tokens=None, prefix_tokens: str = "dense"):
@@ -240,10 +242,9 @@ def _launch(dy3, x3, segments, split_k: int | None = None) -> torch.Tensor:
     if split_k is None:
         split_k = _split_k(o, i, nb * kept_tokens, dy3.device)
     out = torch.empty(split_k, o, i, device=dy3.device, dtype=torch.float32)
+    precision = None  # 16-bit tiles: Triton's default; fp32: as torch's matmul setting says
     if dy3.dtype == torch.float32 and dy3.is_cuda:
         precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    else:
-        precision = "ieee"
     (sa, wa, ra, ca), (sb, wb, rb, cb) = segs
     args = (dy3, x3, out, o, i, nb, *dy3.stride(), *x3.stride())
     args += (sa, wa, ra, float(ca), sb, wb, rb, float(cb), kept_tokens)

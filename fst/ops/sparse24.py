@@ -365,6 +365,9 @@ class Route:
         return self.eq1 == "dense" and self.eq2 in ("dense", "none")
 
 
+DENSE_ROUTE = Route("dense", "dense")  # a constant: torch.compile traces no dataclass creation
+
+
 class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom, plan, decay, route: Route, gemm: SparseGemm):
@@ -557,7 +560,7 @@ class Sparse24Backend(Backend):
             and eq3_triton.available(x)
         )
         if route is None and fuse:  # Eq. 1 and 2 dense (as native), Eq. 3 fused
-            route = Route("dense", "dense")
+            route = DENSE_ROUTE
         if route is None:
             return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
         return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm, tokens, fuse)
