@@ -58,7 +58,9 @@ class CupyDriver(PlanDriver):
         self.row, self.col = cusparse.CUSPARSE_ORDER_ROW, cusparse.CUSPARSE_ORDER_COL
         self.op_n = cusparse.CUSPARSE_OPERATION_NON_TRANSPOSE
         self.op_t = cusparse.CUSPARSE_OPERATION_TRANSPOSE
-        self.compute = lt.CUSPARSE_COMPUTE_32F
+        # cuSPARSELt >= 0.6 numbers its compute types 32I = 0, 16F = 1, 32F = 2 (torch's
+        # CUSPARSE_COMPUTE_32F for bf16); older CuPy enums carry the 0.5 names and values
+        self.compute = getattr(lt, "CUSPARSE_COMPUTE_32F", 2)
         self.alpha = np.array(1.0, dtype=np.float32)  # host scalars, alive with the driver
         self.beta = np.array(0.0, dtype=np.float32)
 
