@@ -142,6 +142,39 @@ BACKEND = textwrap.dedent(
 )
 
 
+COMPILED = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import fst
+    from fst.ops import sparse24
+    from fst.tokens import TokenLayout
+
+    BE = fst.BACKENDS.get("sparse24")
+    calls = []
+    real = sparse24.eq3_triton._launch
+    sparse24.eq3_triton._launch = lambda *a, **k: calls.append(1) or real(*a, **k)
+    prefer_gemm = lambda fn, device, label: 0.0 if label.endswith(":gemm") else 1.0
+    x = torch.randn(2, 16, 12)
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(1)
+        lin = fst.sparsify(nn.Linear(12, 16), "fst", "sparse24", decay=0.1)
+        lin.token_layout = TokenLayout(1, (3, 5))
+        with BE.emulate(timer=prefer_gemm):
+            lin(x.requires_grad_(True)).sum().backward()  # the eager first call decides
+            lin.weight.grad = None
+            m = torch.compile(lin, backend="aot_eager", fullgraph=True) if compiled else lin
+            before = len(calls)
+            m(x).sum().backward()
+            assert len(calls) == before + 1, "the fused Eq. 3 op did not run"
+            grads.append(lin.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    print("ok compiled")
+    """
+)
+
+
 def _run(code: str) -> str:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -157,6 +190,11 @@ def test_fused_eq3_kernel_matches_the_token_formula_under_the_interpreter():
 
 def test_sparse24_with_the_fused_eq3_matches_reference_under_the_interpreter():
     assert "ok 6" in _run(BACKEND)
+
+
+def test_fused_eq3_traces_as_one_op_in_a_full_graph():
+    """Under torch.compile (aot_eager, fullgraph) the kernel is the custom op fst::eq3_fixed."""
+    assert "ok compiled" in _run(COMPILED)
 
 
 def test_fused_eq3_needs_cuda_or_the_interpreter(monkeypatch):
