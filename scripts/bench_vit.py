@@ -163,13 +163,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_vit(args):
+def build_vit(args, depth: int | None = None, meta: bool = False):
+    """The timm model of ``args`` (``depth``: fewer blocks; ``meta``: shapes only, no memory,
+    no initialisation: for reading the layout and layer shapes of big models quickly)."""
     import timm
 
-    extra = {} if args.depth is None else {"depth": args.depth}
-    return timm.create_model(
-        args.model, pretrained=False, img_size=args.res, num_classes=1000, **extra
-    )
+    depth = depth or args.depth
+    extra = {} if depth is None else {"depth": depth}
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        return timm.create_model(
+            args.model, pretrained=False, img_size=args.res, num_classes=1000, **extra
+        )
 
 
 def split_variant(variant: str, backend: str) -> tuple[str, str]:
@@ -186,7 +190,7 @@ class Case:
         self.device, self.what, self.mode = device, args.what, mode
         self.variant = variant or "dense"
         self.graph: torch.cuda.CUDAGraph | None = None
-        vit = build_vit(args)
+        vit = build_vit(args, depth=None if args.what == "step" else 1)  # mlp/block: block 0
         self.tokens = TokenLayout(vit.num_prefix_tokens, tuple(vit.patch_embed.grid_size))
         self.embed_dim = vit.embed_dim
         if args.what == "step":
@@ -272,7 +276,7 @@ class Case:
 
 def linear_shapes(args) -> list[tuple[str, int, int, int]]:
     """(name, out, in, count) of the Linear layers the case runs (one block for mlp/block)."""
-    vit = build_vit(args)
+    vit = build_vit(args, meta=True)
     blocks = list(vit.blocks)[: 1 if args.what != "step" else None]
     seen: dict[tuple[str, int, int], int] = {}
     for blk in blocks:
@@ -288,9 +292,7 @@ def breakdown(args, device: torch.device) -> dict:
     from fst.ops.cslt import CusparseltGemm, EmulatedGemm
 
     dtype = DTYPES[args.dtype]
-    vit = build_vit(args)
-    tokens = TokenLayout(vit.num_prefix_tokens, tuple(vit.patch_embed.grid_size))
-    del vit
+    tokens = TokenLayout(*_layout_of(args))
     t = tokens.num_tokens
     gemm = CusparseltGemm(search_alg=True) if device.type == "cuda" else EmulatedGemm()
     fst_plan, mvue_plan = fst.STRATEGIES.get("fst"), fst.STRATEGIES.get("mvue")
@@ -532,7 +534,7 @@ def main(argv=None):
 
 
 def _layout_of(args) -> tuple[int, tuple[int, int]]:
-    vit = build_vit(args)
+    vit = build_vit(args, meta=True)
     return vit.num_prefix_tokens, tuple(vit.patch_embed.grid_size)
 
 
