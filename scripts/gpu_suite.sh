@@ -299,7 +299,7 @@ for part in "${PART_LIST[@]}"; do
         --strategies dense,fst@sparse24
       ;;
     vit)
-      run_part vit_tests 110 do_vit_tests
+      run_part vit_tests 150 do_vit_tests
       run_part bench_gemm_vit 70 do_bench_gemm --models vit_l --batch 64 --search-alg --reps 5
       run_part vit_mlp_large 100 do_bench_vit mlp vit_large_patch16_224 64 eager,graph --breakdown
       run_part vit_step_base_compile 230 do_bench_vit step vit_base_patch16_224 64 compile \
