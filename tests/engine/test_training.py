@@ -61,6 +61,9 @@ def test_digits_run_writes_metrics_summary_and_checkpoints(tmp_path):
     assert last["config"]["sparsity"]["strategy"] == "fst"
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "config_resolved.yaml").is_file()
+    # Issue 26: the default keeps last.pt and best.pt only, and a finished run leaves no lock.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert not (tmp_path / ".lock").exists()
 
 
 def _final_weights(run_dir):
@@ -106,6 +109,21 @@ def test_resume_auto_finds_sibling_run(tmp_path):
     later = tmp_path / "name" / "seed0" / "2026-01-02_00-00-00"
     summary = train(compose([*base, "trainer.epochs=2", "resume=auto"]), run_dir=later)
     assert summary["run_dir"] == str(first.resolve()) and summary["steps"] == 2
+
+
+def test_resume_auto_skips_a_same_name_run_with_other_settings(tmp_path, caplog):
+    """Issue 26: the default name does not show data.image_size or model.width; resume=auto
+    matches by the resolved settings, so another image size starts fresh instead of failing."""
+    base = [*SHRINK, *TINY_DIGITS, *TINY_RESNET, "trainer.limit_train_batches=1"]
+    first = tmp_path / "name" / "seed0" / "2026-01-01_00-00-00"
+    train(compose(base), run_dir=first)
+    later = tmp_path / "name" / "seed0" / "2026-01-02_00-00-00"
+    with caplog.at_level("WARNING"):
+        summary = train(compose([*base, "data.image_size=8", "resume=auto"]), run_dir=later)
+    assert summary["run_dir"] == str(later.resolve()) and summary["resumed_from"] is None
+    assert "1 resolved setting(s) differ (data.image_size: checkpoint 16 vs this run 8)" in (
+        caplog.text
+    )
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
