@@ -181,3 +181,18 @@ def test_every_experiment_runs_shrunk(name, tiny_imagefolder, tmp_path):
     assert summary["name"] == cfg.name and summary["steps"] == 1
     assert summary["strategy"] == cfg.sparsity.strategy
     assert 0.0 <= summary["val/top1"] <= 100.0
+
+
+def test_finetune_from_a_local_state_dict_with_another_head(tmp_path, caplog):
+    """Issue 26: model.pretrained with a 1000-class head trains a 10-class digits run."""
+    import timm
+
+    path = tmp_path / "imagenet-head.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), path)
+    base = [*SHRINK, *TINY_DIGITS, *TINY_RESNET, f"model.pretrained={path}"]
+    with caplog.at_level("WARNING"):
+        summary = train(compose(base), run_dir=tmp_path / "run")
+    assert summary["steps"] == 2
+    assert "classifier head fc re-initialised (weights (1000," in caplog.text
+    with pytest.raises(ConfigError, match=r"shape mismatch \['fc.weight', 'fc.bias'\]"):
+        train(compose([*base, "model.pretrained_strict=true"]), run_dir=tmp_path / "strict")
