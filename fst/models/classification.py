@@ -219,6 +219,10 @@ def timm_model(
     return load_pretrained(model, pretrained, pretrained_strict)
 
 
+#: A patch grid smaller than this per side, from the architecture's own patch size (the user
+#: did not choose it), is refused: ``model=vit`` on 32 px digits would be 2x2 patches of 16 px.
+MIN_DEFAULT_GRID = 4
+
 _VIT_OVERRIDES = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
@@ -278,6 +282,14 @@ def vit(
         **args,
     )
     patch = model.patch_embed.patch_size
+    grid = min(img_size // patch[0], img_size // patch[1])
+    if patch_size is None and grid < MIN_DEFAULT_GRID:
+        fit = max(1, img_size // 8)
+        raise ConfigError(
+            f"model=vit at {img_size} px with {arch}'s own {patch[0]} px patches is a "
+            f"{grid}x{grid} patch grid; set model.patch_size={fit} (an "
+            f"{img_size // fit}x{img_size // fit} grid), e.g. +experiment=vit_digits_fst on digits"
+        )
     if img_size % patch[0] or img_size % patch[1]:
         raise ValueError(
             f"model.img_size={img_size} is not a multiple of the patch size {tuple(patch)}: "

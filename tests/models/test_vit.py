@@ -54,6 +54,8 @@ def test_vit_builder_sizes_and_errors(tmp_path):
         MODELS.get("vit")(arch="deit_tiny_patch16", num_classes=3)
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         MODELS.get("vit")(**{**TINY, "img_size": 22})
+    with pytest.raises(ValueError, match=r"2x2 patch grid; set model.patch_size=4 \(an 8x8 grid\)"):
+        MODELS.get("vit")(arch="deit_tiny_patch16_224", num_classes=10, img_size=32)
     with pytest.raises(ValueError, match="dynamic_img_size"):
         MODELS.get("vit")(**{**TINY, "kwargs": {"dynamic_img_size": True}})
     path = tmp_path / "vit.pt"
