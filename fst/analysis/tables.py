@@ -116,6 +116,7 @@ NOT_RESULT = (
     "output_root",
     "resume",
     "model.label",
+    "model.pretrained_strict",  # how a head mismatch is handled, not what trains
     "logger.*",
     "trainer.progress_bar",
     "trainer.print_summary",

@@ -84,6 +84,7 @@ MAY_CHANGE: dict[str, str] = {
     "logger.*": "logging only",
     "name": "label only",
     "model.label": "label only (the model's part of the default run name)",
+    "model.pretrained_strict": "read only when weights come from model.pretrained, not on resume",
     "output_root": "where new runs go",
     "resume": "",
 }

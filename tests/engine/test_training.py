@@ -196,3 +196,17 @@ def test_finetune_from_a_local_state_dict_with_another_head(tmp_path, caplog):
     assert "classifier head fc re-initialised (weights (1000," in caplog.text
     with pytest.raises(ConfigError, match=r"shape mismatch \['fc.weight', 'fc.bias'\]"):
         train(compose([*base, "model.pretrained_strict=true"]), run_dir=tmp_path / "strict")
+
+
+def test_checkpoints_from_before_the_new_keys_still_resume():
+    """A checkpoint's config written before model.pretrained_strict and
+    trainer.keep_checkpoints existed: both differences are allowed on resume."""
+    from omegaconf import OmegaConf
+
+    from fst.engine.resume import _compare
+
+    cfg = compose([*SHRINK, *TINY_DIGITS])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["model"]["pretrained_strict"], old["trainer"]["keep_checkpoints"]
+    changes, refused = _compare(cfg, old)
+    assert refused == [] and len(changes) == 2, (changes, refused)
