@@ -11,16 +11,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fst.engine.cli import run_cli
-from fst.engine.config import check_overrides, normalize_overrides
+# --help prints Hydra's help template (configs/hydra/help/fst.yaml): no torch import needed.
+HELP = any(a in ("--help", "-h", "--hydra-help") for a in sys.argv[1:])
+if not HELP:
+    from fst.engine.cli import run_cli
+    from fst.engine.config import check_overrides, normalize_overrides
 
-sys.argv = normalize_overrides(sys.argv)  # `+experiment=X` and `experiment=X` both work
-# A misspelt trainer/logger key: the closest valid key, no traceback.
-run_cli(check_overrides, sys.argv[1:])
+    sys.argv = normalize_overrides(sys.argv)  # `+experiment=X` and `experiment=X` both work
+    # A misspelt trainer/logger key: the closest valid key, no traceback.
+    run_cli(check_overrides, sys.argv[1:])
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from fst.engine.cli import run_cli
     from fst.engine.training import train
     from fst.threads import configure_threads
 

@@ -1,5 +1,5 @@
-"""Every shell command of README.md and results/README.md runs as written (shrunk) and leaves
-the checkout unchanged.
+"""Every shell command of README.md, docs/*.md and results/README.md runs as written (shrunk)
+and leaves the checkout unchanged.
 
 **Extraction** (:func:`readme_commands`), in file order:
 
@@ -50,7 +50,13 @@ from tests.conftest import ROOT, make_imagefolder
 
 pytestmark = pytest.mark.slow
 
-READMES = ("README.md", "results/README.md")
+# README.md, then docs/*.md (reference material moved out of README.md, in file name order),
+# then results/README.md: a group's commands run in this order.
+READMES = (
+    "README.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+    "results/README.md",
+)
 PROGRAMS = ("python", "torchrun", "pip", "bash", "conda", "wandb", "srun")
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=(\"[^\"]*\"|'[^']*'|\S*)$")
 
@@ -163,6 +169,8 @@ TABLES_HARD = (
 VIT_SWEEP = "OMP_NUM_THREADS=1 python train.py -m +sweep=vit_digits output_root=outputs/vit_digits"
 VIT_TABLE = "python scripts/vit_table.py outputs/vit_digits --out results"
 LATEST_FST18 = "$(ls -d outputs/fst_resnet18/seed0/*/ | sort | tail -1)"
+LATEST_DIGITS = "$(ls -d outputs/digits_resnet18_fst/seed0/*/ | sort | tail -1)"
+LATEST_SWEEP = "$(dirname $(ls -d outputs/multirun/*/digits_resnet18_srste | sort | tail -1))"
 ONE_SEED = "hydra.sweeper.params.seed=0"
 
 
@@ -177,13 +185,41 @@ COMMANDS: dict[str, Run | Same | Skip] = {
     "pip install -e .": Skip(PIP),
     "python train.py": Run(
         # as written, W&B (offline) included; 1 epoch of 2 batches
-        "trainer.epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=1"
+        "trainer.epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=1",
+        group="everyday",
     ),
+    "pip install torch==2.14.1 torchvision==0.29.1 --index-url "
+    "https://download.pytorch.org/whl/cpu": Skip(PIP),
     'pip install -e ".[dev]"': Skip(PIP),
     "python -m pytest -q": Skip("the test suite itself, which holds this test (CI runs it)"),
     'python -m pytest -q -m "not slow"': Skip("the test suite less its slow tests (CI runs all)"),
     "conda env create -f environment.yml": Skip("creates a conda environment (downloads)"),
     "conda activate fst": Skip("activates that conda environment"),
+    # ---- README.md: everyday commands
+    "python train.py sparsity=srste trainer.epochs=5 model.width=32": Run(SHRINK),
+    "python train.py resume=auto": Run(
+        # continues `python train.py` above (same settings) for one more epoch
+        "trainer.epochs=2 trainer.limit_train_batches=2 trainer.limit_val_batches=1",
+        group="everyday",
+    ),
+    "python eval.py checkpoint=outputs/digits_resnet18_fst/seed0/DATE export=digits_fst_24.pt": Run(
+        sub={"outputs/digits_resnet18_fst/seed0/DATE": LATEST_DIGITS}, group="everyday"
+    ),
+    "python train.py -m sparsity=dense,srste,fst seed=0,1": Run(
+        f"{SHRINK} seed=0", group="compare"
+    ),
+    "python scripts/compare.py outputs/multirun/DATE": Run(
+        sub={"outputs/multirun/DATE": LATEST_SWEEP}, group="compare"
+    ),
+    "python scripts/compare.py RUN_DIR...": Same(
+        "python scripts/compare.py outputs/multirun/DATE", {"RUN_DIR...": "outputs/multirun/DATE"}
+    ),
+    "python train.py --help": Run(),
+    "wandb sweep configs/wandb_sweep.yaml": Skip("creates a sweep on the W&B service (network)"),
+    "wandb agent ENTITY/fst/SWEEP_ID": Skip("runs a W&B sweep's agent (network, an account)"),
+    "python train.py sparsity=fst seed=1 logger.wandb.mode=online ...": Skip(
+        "the W&B agent's command, online; tests/logging/test_wandb_sweep.py runs it offline"
+    ),
     # ---- the paper's experiments (ImageNet commands on the tiny ImageFolder tree)
     FST18: Run(IMAGENET, group="fst_resnet18"),
     "python train.py +experiment=fst_resnet50 data.root=/data/imagenet": Run(IMAGENET),

@@ -116,12 +116,14 @@ NOT_RESULT = (
     "output_root",
     "resume",
     "model.label",
+    "model.pretrained_strict",  # how a head mismatch is handled, not what trains
     "logger.*",
     "trainer.progress_bar",
     "trainer.print_summary",
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
     "trainer.save_checkpoints",
+    "trainer.keep_checkpoints",
     "trainer.val_every_n_epochs",  # the final metric is always the last epoch's
     "trainer.device",  # "auto": the device that ran is read from summary.json instead
     "data.root",  # where the data lives; data.name and the data settings say what it is

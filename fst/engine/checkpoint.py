@@ -8,10 +8,13 @@ Layout of a run directory written by the engine (``run_dir/checkpoints/``)::
 
     last.pt        newest checkpoint (every ``trainer.checkpoint_every_n_steps`` steps, at each
                    epoch end and on preemption)
-    last.prev.pt   the ``last.pt`` it replaced; ``find_resume`` falls back to it (and then to
-                   every other surviving checkpoint, ``best.pt`` included) when ``last.pt`` is
-                   truncated or corrupt
-    best.pt        best (finite) validation metric so far
+    best.pt        best (finite) validation metric so far (not with ``keep_checkpoints=last``)
+    last.prev.pt   only with ``trainer.keep_checkpoints=all``: the ``last.pt`` it replaced
+    best.prev.pt   (likewise for ``best.pt``)
+
+``find_resume`` tries ``last.pt``, then ``last.prev.pt``, then every other surviving checkpoint
+(``best.pt`` included) when the newer ones are truncated or corrupt. Without ``.prev`` copies
+(the default ``last_best``) a damaged ``last.pt`` therefore falls back to ``best.pt``.
 
 Writes go to a temporary file in the same directory, are flushed and fsynced, then renamed over
 the target (``os.replace`` is atomic on POSIX), and the directory is fsynced so the rename itself
@@ -94,7 +97,9 @@ def save_checkpoint(
     The state is written to ``.<name>.tmp-<pid>`` beside ``path``, flushed, fsynced and renamed over
     ``path``. With ``keep_previous`` the file being replaced is first hard-linked (copied where
     links are unsupported) to ``previous_path(path)``, so ``path`` exists at every instant and
-    the previous good checkpoint survives a later corruption of ``path``.
+    the previous good checkpoint survives a later corruption of ``path``. Without it, a
+    ``previous_path(path)`` left by earlier saves is removed once the new file is safely renamed
+    (``path`` exists at every instant either way).
 
     String values under secret-looking keys (``api_key``, ``token``, ``password``, ...) and any
     string equal to ``$WANDB_API_KEY`` are replaced by ``"<redacted>"`` before writing.
@@ -111,6 +116,8 @@ def save_checkpoint(
         if keep_previous and path.exists():
             _keep_copy(path, previous_path(path))
         _atomic_replace(tmp, path)
+        if not keep_previous:
+            previous_path(path).unlink(missing_ok=True)
     except OSError as e:
         raise write_error(path, e) from None
     finally:

@@ -54,6 +54,10 @@ __all__ = [
 OPTIONAL_GROUPS = ("experiment", "sweep")
 
 
+#: ``trainer.keep_checkpoints`` choices (see ``fst.engine.checkpoint``).
+KEEP_CHECKPOINTS = ("last_best", "last", "all")
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 120
@@ -70,6 +74,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 0
     save_checkpoints: bool = True
+    keep_checkpoints: str = "last_best"  # last_best | last | all (fst.engine.checkpoint)
     progress_bar: bool = True
     print_summary: bool = False
     skip_nonfinite: bool = False
@@ -347,6 +352,11 @@ def _check_values(cfg: DictConfig) -> None:
         v = node.get(key) if node is not None else None
         if v is not None and int(v) < 0:
             raise ConfigError(f"{key}={v}: use N >= 1 steps, or 0 for never")
+    keep = tc.get("keep_checkpoints", "last_best")
+    if keep not in KEEP_CHECKPOINTS:
+        raise ConfigError(
+            f"trainer.keep_checkpoints={keep!r}; valid choices: {', '.join(KEEP_CHECKPOINTS)}"
+        )
     if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1"):
         raise ConfigError(
             f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, SIGUSR1"

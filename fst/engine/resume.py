@@ -3,9 +3,12 @@
 ``locate(cfg, run_dir, mode)`` finds the checkpoint ``resume=`` asks for:
 
 * ``resume=auto``: the newest loadable checkpoint (``last.pt``, falling back over every surviving
-  one) of *this run*, i.e. written with the same ``name`` and ``seed``: first in the launch's
-  own directory, then (single runs) in the sibling run directories next to it and under
-  ``${output_root}/${name}/seed${seed}/``, newest first. The run continues in its own directory.
+  one) of *this run*, i.e. written with the same ``name`` and ``seed`` and the same resolved
+  settings (apart from ``MAY_CHANGE``): first in the launch's own directory, then (single runs)
+  in the sibling run directories next to it and under ``${output_root}/${name}/seed${seed}/``,
+  newest first. A sibling with the same name but other settings (say ``model.width=16`` against
+  64: the default name does not show the width) is skipped with a warning naming the
+  differences, so it is not continued by mistake. The run continues in its own directory.
   A multirun job only looks in its own directory (re-launch the sweep with the same
   ``hydra.sweep.dir``). Nothing found: a fresh run.
 * ``resume=PATH``: that checkpoint file, or the newest loadable one in that run directory; the
@@ -64,6 +67,7 @@ MAY_CHANGE: dict[str, str] = {
     "trainer.log_every_n_steps": "logging frequency",
     "trainer.checkpoint_every_n_steps": "checkpoint frequency",
     "trainer.save_checkpoints": "checkpoint writing",
+    "trainer.keep_checkpoints": "which checkpoint files are kept",
     "trainer.progress_bar": "display",
     "trainer.compile": "the same computation, compiled (torch.compile) or eager",
     "trainer.num_threads": "CPU threads only",
@@ -80,6 +84,7 @@ MAY_CHANGE: dict[str, str] = {
     "logger.*": "logging only",
     "name": "label only",
     "model.label": "label only (the model's part of the default run name)",
+    "model.pretrained_strict": "read only when weights come from model.pretrained, not on resume",
     "output_root": "where new runs go",
     "resume": "",
 }
@@ -151,6 +156,17 @@ def locate(cfg: DictConfig, run_dir: Path, mode: str | None = None) -> ResumePoi
         if not _same_run(found[1], cfg):
             log.info("resume=auto: %s belongs to another run (name/seed differ), skipped", d)
             continue
+        refused = _compare(cfg, found[1].get("config"))[1] if d != run_dir else []
+        if refused:
+            log.warning(
+                "resume=auto: %s has this run's name but %d resolved setting(s) differ (%s), "
+                "skipped; to continue it, resume=%s with its settings",
+                d,
+                len(refused),
+                "; ".join(refused[:3]) + ("; ..." if len(refused) > 3 else ""),
+                d,
+            )
+            continue
         if d != run_dir:
             log.info("resume=auto: continuing the run in %s", d)
         return ResumePoint(found[0], found[1], run_dir=d)
@@ -194,24 +210,7 @@ def reconcile(cfg: DictConfig, point: ResumePoint, missing: list[str]) -> None:
         )
         return
     point.filled = [f"{k}={cfg_select(cfg, k)}" for k in fill_missing(cfg, saved, missing)]
-    old = _flatten({k: v for k, v in saved.items() if k != "hydra"})
-    new = _flatten(
-        {
-            k: v
-            for k, v in OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False).items()
-            if k != "hydra"
-        }
-    )
-    old, new = _with_plan_defaults(old), _with_plan_defaults(new)
-    refused = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if _equal(a, b) or b == "???":  # unset and not in the checkpoint: reported later
-            continue
-        if may_change(key):
-            point.changes.append(f"{key}: {a!r} -> {b!r}")
-        else:
-            refused.append(f"{key}: checkpoint {a!r} vs this run {b!r}")
+    point.changes, refused = _compare(cfg, saved)
     if refused:
         raise ResumeError(
             f"cannot resume {source}: {len(refused)} setting(s) differ from the checkpoint's "
@@ -223,6 +222,32 @@ def reconcile(cfg: DictConfig, point: ResumePoint, missing: list[str]) -> None:
             + ", ".join(k for k in MAY_CHANGE if k != "resume")
             + "."
         )
+
+
+def _compare(cfg: DictConfig, saved: dict | None) -> tuple[list[str], list[str]]:
+    """``(changes, refused)``: this run's resolved settings against a checkpoint's config
+    ``saved``: allowed differences (``MAY_CHANGE``) and refused ones, each "key: a -> b"."""
+    if not saved:
+        return [], []
+    old = _flatten({k: v for k, v in saved.items() if k != "hydra"})
+    new = _flatten(
+        {
+            k: v
+            for k, v in OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False).items()
+            if k != "hydra"
+        }
+    )
+    old, new = _with_plan_defaults(old), _with_plan_defaults(new)
+    changes, refused = [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if _equal(a, b) or b == "???":  # unset and not in the checkpoint: reported later
+            continue
+        if may_change(key):
+            changes.append(f"{key}: {a!r} -> {b!r}")
+        else:
+            refused.append(f"{key}: checkpoint {a!r} vs this run {b!r}")
+    return changes, refused
 
 
 def _with_plan_defaults(flat: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Run directories: a run owns its directory; nothing of another run is ever overwritten.
 
 ``claim(path)`` takes an exclusive lock on ``<path>/.lock`` (``fcntl.flock``, non-blocking; the
-OS releases it when the process ends, however it ends) and holds it for the whole run:
+OS releases it when the process ends, however it ends) and holds it for the whole run; a run that
+ends normally (finished, failed with an error, preempted, Ctrl-C) removes the file again (a
+killed one leaves it, unlocked and harmless):
 
 * a **new run** whose directory is locked by a live run, or already holds a run's results
   (``metrics.jsonl``, ``summary.json``, ``checkpoints/``, ``config_resolved.yaml``), gets the
@@ -18,6 +20,7 @@ Only rank 0 of a multi-process run claims; the other ranks write nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -69,9 +72,14 @@ class RunDir:
     stop_at: Path | None = None
 
     def release(self) -> None:
-        """Give up the lock (the lock file stays; removing it would race with new claimers)."""
+        """Remove the lock file and give up the lock: a finished (or stopped) run leaves no
+        ``.lock``. The file is unlinked while still locked; a claimer that opened it meanwhile
+        sees that its descriptor no longer names ``<path>/.lock`` and retries (``_try_lock``)."""
         if self._fd is not None:
             try:
+                with contextlib.suppress(OSError):
+                    if _same_file(self._fd, self.path / LOCK_NAME):
+                        (self.path / LOCK_NAME).unlink()
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._fd)
@@ -119,16 +127,29 @@ def remove_if_empty(path: Path | None, stop_at: str | os.PathLike | None = None)
     return True
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is the file now at ``path`` (not one unlinked meanwhile)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _try_lock(path: Path) -> int | None:
+    """A locked descriptor of ``path/.lock``, or None when a live process holds it."""
+    while True:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        if _same_file(fd, path / LOCK_NAME):
+            return fd
+        os.close(fd)  # the holder removed the file between our open and flock: take the new one
 
 
 def _write_owner(fd: int) -> None:

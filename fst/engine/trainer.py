@@ -510,7 +510,7 @@ class Trainer:
 
     def save(self, name: str, validated: bool = False) -> Path | None:
         """Write checkpoint ``name`` (rank 0). Refuses weights holding NaN/Inf."""
-        if not self.cfg.save_checkpoints:
+        if not self.cfg.save_checkpoints or (name == BEST and self.cfg.keep_checkpoints == "last"):
             return None
         state = self.state_dict()  # collective (RNG gather): every rank takes part
         state["validated"] = validated
@@ -526,7 +526,7 @@ class Trainer:
                     step=self.progress.global_step,
                     loss=float("nan"),
                 )
-            save_checkpoint(path, state)
+            save_checkpoint(path, state, keep_previous=self.cfg.keep_checkpoints == "all")
             if name == LAST:
                 self.last_checkpoint, self.last_is_validated = path, validated
         fdist.barrier()

@@ -304,13 +304,16 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # W&B dashboards group by flat keys (run.strategy, run.dataset, ...): a W&B sweep locks the
+    # top-level keys it sets (sparsity=fst), so the nested sparsity.strategy may not arrive.
+    wandb_config = {**resolved, "run": {**run_record(cfg), "seed": int(cfg.seed)}}
     wandb_cfg = cfg.logger.get("wandb")
     resume_step = None
     if setup.resume is not None:
         resume_step = int(setup.resume.state.get("global_step", 0))
     logger = RunLogger(
         setup.run_dir,
-        resolved,
+        wandb_config,
         name=str(cfg.name),
         wandb_cfg=OmegaConf.to_container(wandb_cfg, resolve=True) if wandb_cfg else None,
         active=dist.is_main,

@@ -18,6 +18,11 @@ from typing import Any, TextIO
 log = logging.getLogger("fst.progress")
 
 
+def plural(unit: str) -> str:
+    """``step`` -> ``steps``, ``batch`` -> ``batches``."""
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x", "z")) else "s")
+
+
 class LineProgress:
     """The subset of tqdm's interface the engine uses (``update``, ``set_postfix``, ``close``),
     reported as a log line at most every ``every_s`` seconds."""
@@ -41,7 +46,8 @@ class LineProgress:
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         post = "".join(f", {k}={v}" for k, v in self.postfix.items())
-        return f"{self.desc}: {done} {self.unit}s{pct}, {rate:.3g} {self.unit}s/s{post}"
+        units = plural(self.unit)
+        return f"{self.desc}: {done} {units}{pct}, {rate:.3g} {units}/s{post}"
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = values

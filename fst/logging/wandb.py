@@ -40,7 +40,13 @@ class WandbWriter:
             )
             return
         # A resumed run continues the same W&B run (same id) instead of starting a new one.
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        # A run started by a W&B sweep agent must use the agent's run id (WANDB_RUN_ID), or
+        # the sweep never sees its run.
+        run_id = (
+            id_file.read_text().strip()
+            if id_file.exists()
+            else os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
+        )
         os.environ.setdefault("WANDB_SILENT", "true")
         # An unreachable service must not cost the run its W&B record: fall back to offline.
         for attempt in [mode] + (["offline"] if mode != "offline" else []):

@@ -2,12 +2,14 @@
 transformers (ViT / DeiT, any image and patch size) and any timm model.
 
 Every builder takes ``num_classes`` and ``pretrained`` (a *local* state_dict path or ``None``);
-nothing is ever downloaded. Builders return dense ``nn.Module``s; the engine sparsifies them.
+nothing is ever downloaded. Pretrained weights fine-tune: a classifier head of another size is
+re-initialised (``pretrained_strict=True`` refuses instead, see :func:`load_pretrained`). Builders return dense ``nn.Module``s; the engine sparsifies them.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 
 import torch
@@ -16,6 +18,8 @@ from torch import nn
 from fst.types import ConfigError, MissingFileError
 
 from . import MODELS
+
+log = logging.getLogger(__name__)
 
 
 def _small_stem(model: nn.Module) -> None:
@@ -27,10 +31,28 @@ def _small_stem(model: nn.Module) -> None:
     model.maxpool = nn.Identity()
 
 
-def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
+def classifier_names(model: nn.Module) -> list[str]:
+    """Module names of ``model``'s classifier head(s): timm's ``pretrained_cfg["classifier"]``
+    (``head``, ``fc``, ``head.fc``; distilled DeiTs also ``head_dist``), else torchvision's
+    ``fc``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier")
+    if names:
+        names = [names] if isinstance(names, str) else list(names)
+    else:
+        names = ["fc"] if isinstance(getattr(model, "fc", None), nn.Linear) else []
+    modules = dict(model.named_modules())
+    return [n for n in names if n in modules]
+
+
+def load_pretrained(model: nn.Module, path: str | None, strict: bool = False) -> nn.Module:
     """Load a local state_dict (or an fst checkpoint holding one under ``"model"``) into ``model``.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` listing differing keys.
+    Fine-tuning (``strict=False``): every tensor outside the classifier head must fit; a head of
+    another size (e.g. ImageNet's 1000 classes for a 10-class data set) keeps its fresh
+    initialisation and one line says so. ``strict=True`` (``model.pretrained_strict=true``):
+    every tensor must fit, head included. Raises ``MissingFileError`` for a missing file and
+    ``ConfigError`` listing the tensors that do not fit.
     """
     if path is None:
         return model
@@ -43,18 +65,47 @@ def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
     sd = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
         sd = sd["model"]
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
     own = model.state_dict()
+    heads = [] if strict else classifier_names(model)
+
+    def in_head(key: str) -> bool:
+        return any(key.startswith(f"{h}.") for h in heads)
+
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [k for k in own if k in sd and own[k].shape != sd[k].shape]
-    if missing or unexpected or shapes:
-        raise ConfigError(
-            f"pretrained weights {p.name} do not fit the model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]} "
-            "(check model.num_classes / model.small_stem against the weights)"
+    skipped = [k for k in own if in_head(k) and (k not in sd or k in shapes)]
+    bad_missing = [k for k in missing if not in_head(k)]
+    bad_unexpected = [k for k in unexpected if not in_head(k)]
+    bad_shapes = [k for k in shapes if not in_head(k)]
+    if bad_missing or bad_unexpected or bad_shapes:
+        fix = (
+            "check model.num_classes / model.small_stem against the weights, or drop "
+            "model.pretrained_strict=true to re-initialise a classifier head of another size"
+            if strict
+            else "check the architecture, model.small_stem, model.width or the image and patch "
+            "size against the weights"
         )
-    model.load_state_dict(sd)
+        raise ConfigError(
+            f"pretrained weights {p.name} do not fit the model: missing {bad_missing[:5]}, "
+            f"unexpected {bad_unexpected[:5]}, shape mismatch {bad_shapes[:5]} ({fix})"
+        )
+    load = {k: v for k, v in sd.items() if k in own and k not in skipped}
+    model.load_state_dict(load, strict=False)
+    if skipped:
+        theirs = [tuple(sd[k].shape) for k in skipped if k in sd and k.endswith("weight")]
+        mine = [tuple(own[k].shape) for k in skipped if k.endswith("weight")]
+        log.warning(
+            "model.pretrained: loaded %d of %d tensors from %s; classifier head %s "
+            "re-initialised (weights %s, model %s; model.pretrained_strict=true refuses instead)",
+            len(load),
+            len(own),
+            p.name,
+            "+".join(sorted({k.rsplit(".", 1)[0] for k in skipped})),
+            theirs[0] if theirs else "absent",
+            mine[0] if mine else "?",
+        )
     return model
 
 
@@ -88,6 +139,7 @@ def _resnet(
     pretrained: str | None,
     zero_init_residual: bool,
     width: int = 64,
+    pretrained_strict: bool = False,
 ) -> nn.Module:
     if num_classes is None:
         raise ConfigError("model.num_classes is unknown; set it or data.num_classes")
@@ -100,7 +152,7 @@ def _resnet(
         _set_width(model, width, num_classes)
     if small_stem:
         _small_stem(model)
-    return load_pretrained(model, pretrained)
+    return load_pretrained(model, pretrained, pretrained_strict)
 
 
 @MODELS.register("resnet18")
@@ -110,6 +162,7 @@ def resnet18(
     pretrained: str | None = None,
     zero_init_residual: bool = False,
     width: int = 64,
+    pretrained_strict: bool = False,
 ) -> nn.Module:
     """torchvision ResNet-18; input ``[B, 3, H, W]``, output logits ``[B, num_classes]``.
 
@@ -117,7 +170,9 @@ def resnet18(
     """
     from torchvision.models import resnet18 as tv
 
-    return _resnet(tv, num_classes, small_stem, pretrained, zero_init_residual, width)
+    return _resnet(
+        tv, num_classes, small_stem, pretrained, zero_init_residual, width, pretrained_strict
+    )
 
 
 @MODELS.register("resnet50")
@@ -127,6 +182,7 @@ def resnet50(
     pretrained: str | None = None,
     zero_init_residual: bool = False,
     width: int = 64,
+    pretrained_strict: bool = False,
 ) -> nn.Module:
     """torchvision ResNet-50; input ``[B, 3, H, W]``, output logits ``[B, num_classes]``.
 
@@ -134,7 +190,9 @@ def resnet50(
     """
     from torchvision.models import resnet50 as tv
 
-    return _resnet(tv, num_classes, small_stem, pretrained, zero_init_residual, width)
+    return _resnet(
+        tv, num_classes, small_stem, pretrained, zero_init_residual, width, pretrained_strict
+    )
 
 
 @MODELS.register("timm")
@@ -143,6 +201,7 @@ def timm_model(
     num_classes: int | None = 1000,
     pretrained: str | None = None,
     kwargs: dict | None = None,
+    pretrained_strict: bool = False,
 ) -> nn.Module:
     """Any ``timm`` architecture by name (``timm.create_model(arch, pretrained=False, ...)``)."""
     import timm
@@ -157,8 +216,12 @@ def timm_model(
     if num_classes is None:
         raise ConfigError("model.num_classes is unknown; set it or data.num_classes")
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **(kwargs or {}))
-    return load_pretrained(model, pretrained)
+    return load_pretrained(model, pretrained, pretrained_strict)
 
+
+#: A patch grid smaller than this per side, from the architecture's own patch size (the user
+#: did not choose it), is refused: ``model=vit`` on 32 px digits would be 2x2 patches of 16 px.
+MIN_DEFAULT_GRID = 4
 
 _VIT_OVERRIDES = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
@@ -176,6 +239,7 @@ def vit(
     drop_path_rate: float = 0.0,
     pretrained: str | None = None,
     kwargs: dict | None = None,
+    pretrained_strict: bool = False,
 ) -> nn.Module:
     """A timm vision transformer (``deit_tiny_patch16_224``, ``deit_small_patch16_224``,
     ``vit_base_patch16_224``, ...) built from scratch; input ``[B, 3, img_size, img_size]``,
@@ -218,9 +282,17 @@ def vit(
         **args,
     )
     patch = model.patch_embed.patch_size
+    grid = min(img_size // patch[0], img_size // patch[1])
+    if patch_size is None and grid < MIN_DEFAULT_GRID:
+        fit = max(1, img_size // 8)
+        raise ConfigError(
+            f"model=vit at {img_size} px with {arch}'s own {patch[0]} px patches is a "
+            f"{grid}x{grid} patch grid; set model.patch_size={fit} (an "
+            f"{img_size // fit}x{img_size // fit} grid), e.g. +experiment=vit_digits_fst on digits"
+        )
     if img_size % patch[0] or img_size % patch[1]:
         raise ValueError(
             f"model.img_size={img_size} is not a multiple of the patch size {tuple(patch)}: "
             "the last pixels would be dropped; pick data.image_size / model.patch_size to fit"
         )
-    return load_pretrained(model, pretrained)
+    return load_pretrained(model, pretrained, pretrained_strict)

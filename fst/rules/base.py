@@ -19,7 +19,8 @@ same methods or are tested against them.
 
 Adding a GEMM mode: one rule class in the module of its equation (``forward.py``,
 ``input_grad.py``, ``weight_grad.py``) or of its method (``released.py``, ``meprop.py``,
-``resprop.py``), registered under its key, plus its test (see README, "Adding a strategy").
+``resprop.py``), registered under its key, plus its test (see docs/strategies.md, "Adding a
+strategy or a GEMM mode").
 
 Per-layer state (masks and gradients that live across steps). A rule that reads or writes
 state a layer keeps between steps (the mask a sparsifier holds for DPF, RigL, ASP; the previous
@@ -85,7 +86,7 @@ class Rule:
         return ""
 
     def formula(self, plan: Strategy) -> str:
-        """The GEMM as written in the README's strategy table, e.g. ``"S(W^T) dY"``."""
+        """The GEMM as written in the strategy table of docs/strategies.md, e.g. ``"S(W^T) dY"``."""
         raise NotImplementedError
 
     def tensor_core(self, plan: Strategy) -> bool:

@@ -182,6 +182,21 @@ def test_find_resume_falls_back_to_previous_good_checkpoint(tmp_path, caplog):
     assert find_resume(tmp_path) is None
 
 
+def test_without_keep_previous_the_prev_copy_goes_and_best_is_the_fallback(tmp_path):
+    """trainer.keep_checkpoints=last_best (the default): no .prev file survives a save, and a
+    damaged last.pt falls back to best.pt."""
+    d = tmp_path / "checkpoints"
+    save_checkpoint(d / "last.pt", _state(1.0))
+    save_checkpoint(d / "last.pt", _state(2.0))  # keep_previous=True: last.prev.pt now exists
+    assert (d / "last.prev.pt").is_file()
+    save_checkpoint(d / "last.pt", _state(3.0), keep_previous=False)
+    save_checkpoint(d / "best.pt", _state(3.0), keep_previous=False)
+    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "last.pt"]
+    assert load_checkpoint(d / "last.pt")["step"] == 3
+    (d / "last.pt").write_bytes((d / "last.pt").read_bytes()[:100])  # truncated
+    assert find_resume(tmp_path) == d / "best.pt"
+
+
 def _mlp(hidden: int = 8, out: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, out))
 

@@ -61,6 +61,9 @@ def test_digits_run_writes_metrics_summary_and_checkpoints(tmp_path):
     assert last["config"]["sparsity"]["strategy"] == "fst"
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "config_resolved.yaml").is_file()
+    # Issue 26: the default keeps last.pt and best.pt only, and a finished run leaves no lock.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert not (tmp_path / ".lock").exists()
 
 
 def _final_weights(run_dir):
@@ -106,6 +109,21 @@ def test_resume_auto_finds_sibling_run(tmp_path):
     later = tmp_path / "name" / "seed0" / "2026-01-02_00-00-00"
     summary = train(compose([*base, "trainer.epochs=2", "resume=auto"]), run_dir=later)
     assert summary["run_dir"] == str(first.resolve()) and summary["steps"] == 2
+
+
+def test_resume_auto_skips_a_same_name_run_with_other_settings(tmp_path, caplog):
+    """Issue 26: the default name does not show data.image_size or model.width; resume=auto
+    matches by the resolved settings, so another image size starts fresh instead of failing."""
+    base = [*SHRINK, *TINY_DIGITS, *TINY_RESNET, "trainer.limit_train_batches=1"]
+    first = tmp_path / "name" / "seed0" / "2026-01-01_00-00-00"
+    train(compose(base), run_dir=first)
+    later = tmp_path / "name" / "seed0" / "2026-01-02_00-00-00"
+    with caplog.at_level("WARNING"):
+        summary = train(compose([*base, "data.image_size=8", "resume=auto"]), run_dir=later)
+    assert summary["run_dir"] == str(later.resolve()) and summary["resumed_from"] is None
+    assert "1 resolved setting(s) differ (data.image_size: checkpoint 16 vs this run 8)" in (
+        caplog.text
+    )
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
@@ -163,3 +181,32 @@ def test_every_experiment_runs_shrunk(name, tiny_imagefolder, tmp_path):
     assert summary["name"] == cfg.name and summary["steps"] == 1
     assert summary["strategy"] == cfg.sparsity.strategy
     assert 0.0 <= summary["val/top1"] <= 100.0
+
+
+def test_finetune_from_a_local_state_dict_with_another_head(tmp_path, caplog):
+    """Issue 26: model.pretrained with a 1000-class head trains a 10-class digits run."""
+    import timm
+
+    path = tmp_path / "imagenet-head.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), path)
+    base = [*SHRINK, *TINY_DIGITS, *TINY_RESNET, f"model.pretrained={path}"]
+    with caplog.at_level("WARNING"):
+        summary = train(compose(base), run_dir=tmp_path / "run")
+    assert summary["steps"] == 2
+    assert "classifier head fc re-initialised (weights (1000," in caplog.text
+    with pytest.raises(ConfigError, match=r"shape mismatch \['fc.weight', 'fc.bias'\]"):
+        train(compose([*base, "model.pretrained_strict=true"]), run_dir=tmp_path / "strict")
+
+
+def test_checkpoints_from_before_the_new_keys_still_resume():
+    """A checkpoint's config written before model.pretrained_strict and
+    trainer.keep_checkpoints existed: both differences are allowed on resume."""
+    from omegaconf import OmegaConf
+
+    from fst.engine.resume import _compare
+
+    cfg = compose([*SHRINK, *TINY_DIGITS])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["model"]["pretrained_strict"], old["trainer"]["keep_checkpoints"]
+    changes, refused = _compare(cfg, old)
+    assert refused == [] and len(changes) == 2, (changes, refused)

@@ -173,7 +173,15 @@ def build_template(root: Path) -> Path:
 
     torch.set_num_threads(1)
     run_dir = root / EARLIER
-    cfg = compose([*TINY, f"output_root={root}", "trainer.checkpoint_every_n_steps=1"])
+    # keep_checkpoints=all: the .prev copies the resume fallback faults damage and fall back to.
+    cfg = compose(
+        [
+            *TINY,
+            f"output_root={root}",
+            "trainer.checkpoint_every_n_steps=1",
+            "trainer.keep_checkpoints=all",
+        ]
+    )
     train(cfg, run_dir=run_dir)
     assert (run_dir / "checkpoints" / "last.prev.pt").is_file()
     os.utime(run_dir / "checkpoints" / "best.pt", (1, 1))  # oldest: the last fallback

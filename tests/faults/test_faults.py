@@ -20,12 +20,15 @@ def earlier_template(tmp_path_factory) -> Path:
     return build_template(tmp_path_factory.mktemp("earlier"))
 
 
-def _params():
+def _params() -> list:
+    """A list, not a generator (pytest deprecates generators as parametrize values)."""
+    params = []
     for f in FAULTS:
         marks = [pytest.mark.slow] if f.slow else []
         if "skip_if_cuda" in f.marks:
             marks.append(pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"))
-        yield pytest.param(f, id=f.id, marks=marks)
+        params.append(pytest.param(f, id=f.id, marks=marks))
+    return params
 
 
 def _kept(env: Env) -> None:

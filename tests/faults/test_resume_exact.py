@@ -171,7 +171,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(reference, tmp_path):
 def test_external_sigterm_and_corrupt_last_checkpoint_fall_back(reference, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        _train_cmd(run_dir, "trainer.checkpoint_every_n_steps=1"),
+        _train_cmd(run_dir, "trainer.checkpoint_every_n_steps=1", "trainer.keep_checkpoints=all"),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,

@@ -58,3 +58,11 @@ def test_detection_batches_count_their_images():
     rec = {"train/loss": 15.509, "train/lr": 0.002, "train/img_per_s": 0.4804}
     assert bar_postfix(rec) == {"loss": "15.509", "lr": "0.002", "img_s": "0.48"}
     assert bar_postfix({**rec, "train/img_per_s": 1234.4})["img_s"] == "1234"
+
+
+def test_batch_lines_say_batches_not_batchs(caplog):
+    """Issue 26 item 10: detection eval logged "3/3 batchs"."""
+    with caplog.at_level(logging.INFO, logger="fst.progress"):
+        list(track(range(3), "eval", unit="batch", stream=io.StringIO(), every_s=0.0))
+    msg = caplog.records[-1].getMessage()
+    assert msg.startswith("eval: 3/3 batches (100%)") and "batches/s" in msg, msg

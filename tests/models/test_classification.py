@@ -36,6 +36,34 @@ def test_pretrained_from_local_file(tmp_path):
     m = MODELS.get("resnet18")(num_classes=5, small_stem=True, pretrained=str(path))
     assert torch.equal(m.fc.weight, src.fc.weight)
     with pytest.raises(ValueError, match="do not fit.*num_classes"):
-        MODELS.get("resnet18")(num_classes=6, small_stem=True, pretrained=str(path))
+        MODELS.get("resnet18")(
+            num_classes=6, small_stem=True, pretrained=str(path), pretrained_strict=True
+        )
+    with pytest.raises(ValueError, match=r"do not fit.*conv1\.weight.*model\.small_stem"):
+        MODELS.get("resnet18")(num_classes=5, small_stem=False, pretrained=str(path))
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         MODELS.get("resnet18")(num_classes=5, pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_finetune_torchvision_resnet18_state_dict_reinitialises_the_head(tmp_path, caplog):
+    """Issue 26: an ImageNet-layout torchvision resnet18 state_dict (1000 classes; random init
+    saved locally, nothing downloaded) fine-tunes a 10-class model: all but fc load."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    src = resnet18(weights=None)
+    path = tmp_path / "resnet18-local.pth"
+    torch.save(src.state_dict(), path)
+    torch.manual_seed(1)
+    fresh_fc = MODELS.get("resnet18")(num_classes=10).fc.weight.clone()
+    torch.manual_seed(1)
+    with caplog.at_level("WARNING"):
+        m = MODELS.get("resnet18")(num_classes=10, pretrained=str(path))
+    assert torch.equal(m.conv1.weight, src.conv1.weight)
+    assert torch.equal(m.layer4[1].bn2.running_var, src.layer4[1].bn2.running_var)
+    assert m.fc.weight.shape == (10, 512) and torch.equal(m.fc.weight, fresh_fc)
+    lines = [r.getMessage() for r in caplog.records if "model.pretrained" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "loaded 120 of 122 tensors" in lines[0] and "head fc re-initialised" in lines[0]
+    assert "(1000, 512)" in lines[0] and "(10, 512)" in lines[0]
+    assert "pretrained_strict=true" in lines[0]

@@ -54,12 +54,35 @@ def test_vit_builder_sizes_and_errors(tmp_path):
         MODELS.get("vit")(arch="deit_tiny_patch16", num_classes=3)
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         MODELS.get("vit")(**{**TINY, "img_size": 22})
+    with pytest.raises(ValueError, match=r"2x2 patch grid; set model.patch_size=4 \(an 8x8 grid\)"):
+        MODELS.get("vit")(arch="deit_tiny_patch16_224", num_classes=10, img_size=32)
     with pytest.raises(ValueError, match="dynamic_img_size"):
         MODELS.get("vit")(**{**TINY, "kwargs": {"dynamic_img_size": True}})
     path = tmp_path / "vit.pt"
     torch.save(model.state_dict(), path)
     again = MODELS.get("vit")(**TINY, pretrained=str(path))
     assert torch.equal(again.pos_embed, model.pos_embed)
+
+
+def test_finetune_a_timm_vit_state_dict_with_another_head(tmp_path, caplog):
+    """Issue 26: a timm ViT's state_dict with a 1000-class head fine-tunes a 3-class vit."""
+    import timm
+
+    shape = {
+        k: TINY[k]
+        for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    }
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=1000, reg_tokens=2, **shape)
+    path = tmp_path / "vit-local.pth"
+    torch.save(src.state_dict(), path)
+    with caplog.at_level("WARNING"):
+        m = MODELS.get("vit")(**TINY, pretrained=str(path))
+    assert torch.equal(m.pos_embed, src.pos_embed)
+    assert torch.equal(m.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
+    assert m.head.weight.shape == (3, 16)
+    assert "classifier head head re-initialised (weights (1000, 16), model (3, 16)" in caplog.text
+    with pytest.raises(ValueError, match=r"shape mismatch \['head.weight', 'head.bias'\]"):
+        MODELS.get("vit")(**TINY, pretrained=str(path), pretrained_strict=True)
 
 
 @pytest.mark.parametrize(
