@@ -663,10 +663,9 @@ def check_types(cfg: DictConfig) -> None:
             except InterpolationResolutionError:
                 continue
             want = types.get(str(key))
-            if want is not None and not _fits(value, want):
-                names = "/".join(
-                    sorted("null" if t is type(None) else t.__name__ for t in want)
-                )
+            # null: the engine or the task fills it in (e.g. num_classes from the data)
+            if want is not None and value is not None and not _fits(value, want):
+                names = "/".join(sorted("null" if t is type(None) else t.__name__ for t in want))
                 raise ConfigError(
                     f"{group}.{key}={_shown(value)} is not a valid {names}; pass e.g. "
                     f"{group}.{key}={_example(cfg, group, str(key))}"

@@ -71,7 +71,12 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     world_size = world_size_from_env() if world_size is None else world_size
+    device = check_device(cfg)
+    _check_precision_and_batch(cfg, device, world_size)
 
+
+def check_device(cfg: DictConfig) -> torch.device:
+    """``trainer.device`` exists here and ``backend`` runs on it (train.py and eval.py)."""
     device_name = str(_get(cfg, "trainer.device", "auto"))
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -97,7 +102,10 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
                 f"backend={backend} runs only on CUDA GPUs but this run is on {device.type}; "
                 "use backend=native (or backend=reference) on CPU"
             )
+    return device
 
+
+def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size: int) -> None:
     precision = str(_get(cfg, "trainer.precision", "32"))
     if precision == "16" and device.type != "cuda":
         raise ConfigError(
@@ -116,10 +124,12 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
     accum = int(_get(cfg, "trainer.accumulate_grad_batches", 1))
     if accum < 1:
         raise ConfigError(f"trainer.accumulate_grad_batches={accum}; it must be >= 1")
+    if batch is not None and int(batch) < 1:
+        raise ConfigError(f"data.batch_size={batch}: a global batch is at least 1; e.g. 32")
     if batch is not None:
         batch = int(batch)
         parts = world_size * accum
-        if batch < 1 or batch % parts:
+        if batch % parts:
             lower = max(parts, batch // parts * parts)
             raise ConfigError(
                 f"data.batch_size={batch} (global) is not divisible by {world_size} process(es) x "
