@@ -349,9 +349,10 @@ def _check_values(cfg: DictConfig) -> None:
         v = node.get(key) if node is not None else None
         if v is not None and int(v) < 0:
             raise ConfigError(f"{key}={v}: use N >= 1 steps, or 0 for never")
-    if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1"):
+    if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP"):
         raise ConfigError(
-            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, SIGUSR1"
+            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, "
+            "SIGUSR1, SIGHUP"
         )
     lr = OmegaConf.select(cfg, "optim.lr", throw_on_missing=False)
     if lr is not None and not float(lr) > 0:
@@ -553,7 +554,7 @@ RANGES: dict[str, Range] = {
 }
 DEFAULT_RANGE = Range(0, why="no setting of fst takes a negative value")
 #: Groups whose numbers are checked (``hydra`` is Hydra's own).
-RANGED_GROUPS = ("model", "data", "optim", "sched", "loss", "trainer", "logger", "sparsity")
+RANGED_GROUPS = ("data", "model", "optim", "sched", "loss", "trainer", "logger", "sparsity")
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 

@@ -195,7 +195,7 @@ def _unknown_key(config_name: str, overrides: list[str], key: str) -> str:
             f"{group} builder, add it with +{key}={value}"
         )
     close = difflib.get_close_matches(leaf, sorted(keys | extra), n=1)
-    hint = f"; did you mean {group}.{close[0]}?" if close else ""
+    hint = f"; did you mean {f'{group}.' if group else ''}{close[0]}?" if close else ""
     where = group or "the config"
     return f"unknown config key {key}{hint} Valid keys for {where}: {', '.join(sorted(keys))}" + (
         "" if close else f"; fix the key or drop {key}"

@@ -5,7 +5,9 @@
 * ``resume=auto``: the newest loadable checkpoint (``last.pt``, falling back over every surviving
   one) of *this run*, i.e. written with the same ``name`` and ``seed``: first in the launch's
   own directory, then (single runs) in the sibling run directories next to it and under
-  ``${output_root}/${name}/seed${seed}/``, newest first. The run continues in its own directory.
+  ``${output_root}/${name}/seed${seed}/``, the most recently written first (checkpoint and
+  metrics file times, not the directory's timestamp name: a node whose clock was behind names
+  its run as older). The run continues in its own directory.
   A multirun job only looks in its own directory (re-launch the sweep with the same
   ``hydra.sweep.dir``). Nothing found: a fresh run.
 * ``resume=PATH``: that checkpoint file, or the newest loadable one in that run directory; the
@@ -71,7 +73,7 @@ MAY_CHANGE: dict[str, str] = {
     "trainer.skip_nonfinite": "non-finite policy from the next step on",
     "trainer.max_nonfinite_skips": "non-finite policy from the next step on",
     "trainer.debug_*": "fault injection (tests)",
-    "data.root": "the same data read from another place",
+    "data.root": "the same data read from another place (its files and labels are compared)",
     "data.num_workers": "loading only",
     "data.pin_memory": "loading only",
     "data.val_batch_size": "evaluation batching only",
@@ -116,9 +118,24 @@ def auto_candidates(cfg: DictConfig, run_dir: Path, mode: str | None) -> list[Pa
     if mode != "MULTIRUN":
         parents = [run_dir.parent, Path(str(cfg.output_root)) / str(cfg.name) / f"seed{cfg.seed}"]
         for parent in dict.fromkeys(p.resolve() for p in parents if p.is_dir()):
-            sib = sorted((d for d in parent.iterdir() if d.is_dir()), key=lambda d: d.name)
+            sib = sorted((d for d in parent.iterdir() if d.is_dir()), key=_last_written)
             dirs += [d for d in reversed(sib) if d.resolve() != run_dir.resolve()]
     return list(dict.fromkeys(dirs))
+
+
+def _last_written(run_dir: Path) -> tuple[float, str]:
+    """When a run last wrote its progress (its newest checkpoint or metrics line, else the
+    directory itself), as recorded by the file system: the directory name is a timestamp of
+    the clock of whichever node started the run, which may be behind."""
+    from fst.engine.checkpoint import CHECKPOINT_DIRNAME
+
+    times = []
+    for p in (*run_dir.glob(f"{CHECKPOINT_DIRNAME}/*.pt"), run_dir / "metrics.jsonl", run_dir):
+        try:
+            times.append(p.stat().st_mtime)
+        except OSError:
+            pass
+    return (max(times, default=0.0), run_dir.name)
 
 
 def locate(cfg: DictConfig, run_dir: Path, mode: str | None = None) -> ResumePoint | None:

@@ -501,6 +501,7 @@ class Trainer:
                 "epoch": p.epoch,
                 "global_batch": self.global_batch,
                 "samples_consumed": p.step_in_epoch * self.global_batch,
+                "order": self.sampler.order,
             },
             "rng": rng,  # one entry per rank
             "last_val": dict(self.last_val),
@@ -545,6 +546,10 @@ class Trainer:
         check_state_dict_compatible(model, state["model"], source=source)
         p = Progress(**state["progress"])
         saved_batch = state.get("sampler", {}).get("global_batch", self.global_batch)
+        from fst.engine.sampler import LEGACY_ORDER
+
+        # a run keeps the data order it started with (checkpoints before issue 27: seed + epoch)
+        self.sampler.order = state.get("sampler", {}).get("order", LEGACY_ORDER)
         from fst.engine.resume import ResumeError
 
         if p.step_in_epoch and saved_batch != self.global_batch:

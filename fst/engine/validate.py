@@ -148,12 +148,30 @@ def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ConfigError(f"{key}={value!r}; it must be a step number >= 0 or null")
 
+    pretrained = _get(cfg, "model.pretrained")
+    if pretrained and Path(str(pretrained)).expanduser().is_file():
+        _check_torch_file(Path(str(pretrained)).expanduser(), "model.pretrained")
+
     resume = _get(cfg, "resume")
     if resume not in (None, "auto") and not Path(str(resume)).exists():
         raise ConfigError(
             f"resume={resume}: no such file or directory; pass a checkpoint file, a run "
             "directory, resume=auto (latest run of this name and seed) or leave it null"
         )
+
+
+def _check_torch_file(path: Path, key: str) -> None:
+    """``path`` is a file written by ``torch.save`` (a zip archive, or the legacy pickle)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":
+        return
+    raise ConfigError(
+        f"{key}={path} is not a file written by torch.save (a text file? a download that "
+        "failed?); pass a state_dict saved with torch.save(model.state_dict(), PATH)"
+    )
 
 
 def backend_needs_cuda(name: str) -> bool:
