@@ -1,4 +1,4 @@
-"""Every shell command of README.md and results/README.md runs as written (shrunk) and leaves
+"""Every shell command of README.md, results/README.md and docs/faults.md runs as written (shrunk) and leaves
 the checkout unchanged.
 
 **Extraction** (:func:`readme_commands`), in file order:
@@ -50,7 +50,7 @@ from tests.conftest import ROOT, make_imagefolder
 
 pytestmark = pytest.mark.slow
 
-READMES = ("README.md", "results/README.md")
+READMES = ("README.md", "results/README.md", "docs/faults.md")
 PROGRAMS = ("python", "torchrun", "pip", "bash", "conda", "wandb", "srun")
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=(\"[^\"]*\"|'[^']*'|\S*)$")
 
@@ -321,6 +321,11 @@ COMMANDS: dict[str, Run | Same | Skip] = {
     ),
     "srun python train.py ... hydra.run.dir=runs/my_run resume=auto": Skip(SLURM),
     "[ $? -eq 75 ]": Skip(SLURM),
+    # ---- docs/faults.md
+    "srun torchrun --nproc_per_node=8 train.py ... hydra.run.dir=runs/my_run resume=auto": Skip(
+        SLURM
+    ),
+    "[ -e runs/my_run/PREEMPTED ]": Skip(SLURM),
     'scontrol requeue "$SLURM_JOB_ID"': Skip(SLURM),
     # ---- paper vs released code
     "python train.py +experiment=table5_released data.root=/data/imagenet": Run(IMAGENET),

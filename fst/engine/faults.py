@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: (``EX_TEMPFAIL``, sysexits.h). Schedulers and wrappers can requeue on it; 0 means finished,
 #: 1 means failed.
 PREEMPTED_EXIT_CODE = 75
+#: Written into the run directory by a preempted run (removed when it is continued): what a job
+#: script checks under torchrun, which reports 1 instead of the workers' 75.
+PREEMPTED_MARKER = "PREEMPTED"
 #: Exit status after Ctrl-C (SIGINT), checkpoint written: 128 + 2, what shells report.
 INTERRUPTED_EXIT_CODE = 130
 

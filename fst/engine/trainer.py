@@ -54,7 +54,13 @@ from fst.engine.checkpoint import (
     save_checkpoint,
 )
 from fst.engine.config import TrainerConfig
-from fst.engine.faults import NonFiniteError, NonFiniteGuard, PreemptionHandler
+from fst.engine.faults import (
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_MARKER,
+    NonFiniteError,
+    NonFiniteGuard,
+    PreemptionHandler,
+)
 from fst.engine.sampler import ResumableSampler
 from fst.layers import set_decay_scale
 from fst.types import DataBundle
@@ -414,6 +420,10 @@ class Trainer:
         if not saved:  # a second save of this step would push the older one out of .prev
             self.save(LAST)
         self.logger.finish(exit_code=1)
+        if self.dist.is_main and self.preempt.exit_code == PREEMPTED_EXIT_CODE:
+            # torchrun reports 1 for any failed worker, whatever its status: the marker is how a
+            # job script run under torchrun knows to requeue (README: "Preemption")
+            (self.run_dir / PREEMPTED_MARKER).write_text(f"{self.preempt.signal_name}\n")
         fdist.barrier()
         self.preempt.exit_preempted()
 

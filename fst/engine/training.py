@@ -468,6 +468,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         else:
             seed_everything(int(cfg.seed) + setup.dist.rank)
         if setup.dist.is_main:
+            from fst.engine.faults import PREEMPTED_MARKER
+
+            (setup.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)  # continued now
             _write_config_files(cfg, setup.run_dir, resumed_step)
             _log_header(cfg, trainer, parts)
         started = True

@@ -4,7 +4,7 @@ Each ``Fault`` is run by ``tests/faults/test_faults.py``, which asserts the exit
 the output contains every ``message`` fragment (the cause) and every ``fix`` fragment, and that
 the earlier result next to it (``harness.EARLIER``) kept every byte. ``check`` adds assertions
 of its own (what was or was not written). ``python tests/faults/table.py`` prints the table the
-README's "When things go wrong" section shows (a test keeps the two equal).
+docs/faults.md shows (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -374,6 +374,8 @@ def _checkpointed(step_min: int) -> Callable[[Env, Result], None]:
         state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
         assert state["global_step"] >= step_min and state["step_in_epoch"] >= 1
         assert not (run / "summary.json").exists()
+        if result.status == PREEMPTED:  # the marker a job script checks under torchrun
+            assert (run / "PREEMPTED").is_file()
 
     return check
 
