@@ -788,6 +788,28 @@ def _orders_differ(env: Env) -> Result:
                   f"of {len(seen)} (seed, epoch) pairs; each epoch's order from SeedSequence")  # fmt: skip
 
 
+def _hidden_folder(env: Env) -> Result:
+    """A hidden folder holding images next to the class folders (e.g. .ipynb_checkpoints)."""
+    from PIL import Image
+
+    root = _imagefolder(env, per_class=4, size=12)
+    for split in ("train", "val"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (12, 12)).save(root / split / ".ipynb_checkpoints" / "0.png")
+    return _imagenet(f"data.root={root}")(env)
+
+
+def _symlink_loop(env: Env) -> Result:
+    """A symbolic link inside a class folder pointing back at it."""
+    root = _imagefolder(env, per_class=4, size=12)
+    os.symlink(".", root / "train" / "cat" / "loop")
+    return _imagenet(f"data.root={root}")(env)
+
+
+def _twelve_samples(env: Env, result: Result) -> None:
+    assert "12 train / 12 val samples" in result.text, result.text
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -1357,6 +1379,12 @@ FAULTS: list[Fault] = [
     Fault("data-order-seed-epoch", "data", 'seed 0 epoch 1 ordered as seed 1 epoch 0 (correlated seeds)',
           _orders_differ, OK, ('9 distinct orders of 9',),
           ('SeedSequence',), None),
+    Fault("data-hidden-folder", "data", "a hidden folder with images beside the class folders",
+          _hidden_folder, OK, ("ignoring hidden folder(s) .ipynb_checkpoints",),
+          ("rename without the leading dot to make one a class",), _twelve_samples),
+    Fault("data-symlink-loop", "data", "a symbolic link loop inside a class folder",
+          _symlink_loop, OK, ("reached again through symbolic links",),
+          ("each image counts once",), _twelve_samples),
 ]
 # fmt: on
 
