@@ -810,6 +810,21 @@ def _twelve_samples(env: Env, result: Result) -> None:
     assert "12 train / 12 val samples" in result.text, result.text
 
 
+def _bomb(env: Env) -> Result:
+    """An image over PIL's decompression-bomb limit (2 x MAX_IMAGE_PIXELS; the limit lowered to
+    100 px here, so that a 20x20 image counts as one) with ``data.on_error=skip``."""
+    from PIL import Image
+
+    real = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100
+    root = _imagefolder(env, per_class=4, size=12)
+    Image.new("RGB", (20, 20)).save(root / "train" / "cat" / "bomb.png")
+    try:
+        return _imagenet("data.on_error=skip", "data.loader=pil")(env)
+    finally:
+        Image.MAX_IMAGE_PIXELS = real
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -1385,6 +1400,9 @@ FAULTS: list[Fault] = [
     Fault("data-symlink-loop", "data", "a symbolic link loop inside a class folder",
           _symlink_loop, OK, ("reached again through symbolic links",),
           ("each image counts once",), _twelve_samples),
+    Fault("data-decompression-bomb", "data", "a decompression-bomb-sized image (`on_error=skip`)",
+          _bomb, OK, ("skipping unreadable image", "bomb.png"),
+          ("unreadable_images_skipped",)),
 ]
 # fmt: on
 
