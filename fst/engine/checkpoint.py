@@ -133,6 +133,17 @@ def write_error(path: Path, e: OSError) -> CheckpointError:
         free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
     except OSError:
         free = ""
+    if path.is_dir() or e.errno == errno.EISDIR:
+        return CheckpointError(
+            f"cannot write checkpoint {path}: a directory of that name is in the way (errno "
+            f"{e.errno}); move or remove that directory, then resume with resume=auto"
+        )
+    if not path.parent.is_dir():
+        return CheckpointError(
+            f"cannot write checkpoint {path}: its folder {path.parent} no longer exists (the run "
+            "directory was deleted or moved while the run was writing it); the checkpoints of "
+            "this run are gone with it, so start the run again (resume=auto finds nothing there)"
+        )
     kept = (
         f" The previous {path.name} is intact (nothing was replaced)."
         if path.exists()
@@ -310,6 +321,10 @@ def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
         for name in (LAST, previous_path(LAST).name):
             if (d / name).is_file():
                 ordered.append(d / name)
+            elif (d / name).exists():
+                log.warning(
+                    "skipping %s: it is not a file (a directory?); move or remove it", d / name
+                )
     others = [
         p for d in dirs if d.is_dir() for p in d.glob("*.pt") if p not in ordered and p.is_file()
     ]

@@ -445,6 +445,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                         "resume: applying changed settings: %s", "; ".join(setup.resume.changes)
                     )
         parts, env = build_parts(cfg, setup)
+        if setup.resume_path is None and cfg.model.get("pretrained"):
+            _check_finite_pretrained(cfg, parts.model)
         trainer = Trainer(parts, trainer_settings(cfg), env)
         resumed_step = None
         if setup.resume_path is not None:
@@ -504,6 +506,20 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         if setup.claim is not None:
             setup.claim.release()
         root.setLevel(level)
+
+
+def _check_finite_pretrained(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Weights loaded from ``model.pretrained`` hold no NaN/Inf (else the first step would be
+    reported as divergence, with advice about the learning rate)."""
+    from fst.engine.checkpoint import nonfinite_entries
+
+    bad = nonfinite_entries(model.state_dict())
+    if bad:
+        raise ConfigError(
+            f"model.pretrained={cfg.model.pretrained} holds non-finite values (NaN/Inf) in "
+            f"{len(bad)} tensor(s), e.g. {bad[0]}; these weights are broken: pass other "
+            "weights, or model.pretrained=null to start from scratch"
+        )
 
 
 def _check_same_data(cfg: DictConfig, state: dict, now: dict, setup: RunSetup) -> None:

@@ -825,6 +825,32 @@ def _bomb(env: Env) -> Result:
         Image.MAX_IMAGE_PIXELS = real
 
 
+def _add_missing_image(blob: dict) -> None:
+    blob["images"].append({"id": 2, "file_name": "2.jpg", "width": 32, "height": 24})
+    blob["annotations"].append(
+        {"id": 8, "image_id": 2, "category_id": 1, "bbox": [1, 2, 10, 5], "iscrowd": 0}
+    )
+
+
+def _nan_pretrained(env: Env) -> Result:
+    from fst.models import MODELS
+
+    sd = MODELS.get("resnet18")(num_classes=10, small_stem=True, width=8).state_dict()
+    sd["conv1.weight"].fill_(float("nan"))
+    torch.save(sd, env.tmp / "nan.pt")
+    return env.train(f"model.pretrained={env.tmp / 'nan.pt'}")
+
+
+def _last_is_dir(env: Env) -> Result:
+    """``checkpoints/last.pt`` is a directory (e.g. made by a mistyped copy command)."""
+    last = env.earlier / "checkpoints" / "last.pt"
+    last.unlink()
+    last.mkdir()
+    (last / "x").write_text("in the way")
+    env.before = _digest_except_checkpoints(env)
+    return env.train("resume=auto", "trainer.epochs=2")
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -1403,6 +1429,16 @@ FAULTS: list[Fault] = [
     Fault("data-decompression-bomb", "data", "a decompression-bomb-sized image (`on_error=skip`)",
           _bomb, OK, ("skipping unreadable image", "bomb.png"),
           ("unreadable_images_skipped",)),
+    Fault("data-coco-missing-image", "data", "a COCO annotation naming an image missing on disk",
+          _coco(_add_missing_image), FAILED,
+          ("names 1 image(s) missing from", "2.jpg, image id 2"),
+          ("restore those files, or remove their entries",), nothing_written),
+    Fault("config-pretrained-nan", "config", "`model.pretrained=` weights holding NaN",
+          _nan_pretrained, FAILED, ("holds non-finite values (NaN/Inf) in 1 tensor(s)",),
+          ("these weights are broken",), nothing_written),
+    Fault("ckpt-last-is-dir", "checkpoint", "`checkpoints/last.pt` is a directory",
+          _last_is_dir, FAILED, ("last.pt: it is not a file", "a directory of that name is in the way"),
+          ("move or remove that directory",)),
 ]
 # fmt: on
 
