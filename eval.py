@@ -18,6 +18,7 @@ from fst.engine.faults import install_startup_handlers
 from fst.engine.launch import check_command
 
 install_startup_handlers()
+sys.stdout.reconfigure(errors="backslashreplace")  # non-UTF-8 file names in log lines
 run_cli(check_command, "eval", sys.argv[1:])  # one line per mistake, before Hydra's directory
 
 

@@ -29,6 +29,7 @@ from fst.engine.faults import install_startup_handlers  # noqa: E402
 from fst.engine.launch import check_command  # noqa: E402
 
 install_startup_handlers()
+sys.stdout.reconfigure(errors="backslashreplace")  # non-UTF-8 file names in log lines
 sys.argv = normalize_overrides(sys.argv)  # `+experiment=X` and `experiment=X` both work
 # Every config mistake is one line, before Hydra creates the run directory.
 run_cli(check_overrides, sys.argv[1:])

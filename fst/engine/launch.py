@@ -9,7 +9,8 @@ runs first, in ``train.py`` and ``eval.py``, before ``hydra.main``:
    Hydra's errors become one line: an unknown key with the closest valid key of its group
    (the group's config file and its builder's arguments), a grammar error with the quoting
    that fixes it, an unknown group option with the valid choices;
-2. ``fst.engine.config.validate_config`` checks every key, type and range (train.py);
+2. ``fst.engine.config.validate_config`` checks every key, type and range (train.py); eval.py's
+   ``export=``/``output=`` may not name a file of a training run;
 3. where the job would write: ``output_root`` and ``name`` give a path under ``output_root``
    that can be created (no file or broken link in its way, writable, not on a full disk,
    components of at most 255 bytes, no ``..``, no unexpanded ``~``);
@@ -68,6 +69,11 @@ def check_command(config_name: str, argv: Sequence[str]) -> DictConfig | None:
             out = None if multirun else cfg.hydra.run.dir
             check_output_path(cfg, out, multirun)
         else:
+            from fst.engine.evaluation import refuse_run_file
+
+            for key in ("export", "output"):
+                if cfg.get(key):
+                    refuse_run_file(Path(str(cfg[key])), key)
             check_output_path(cfg, cfg.hydra.run.dir, False)
         trainer = cfg.get("trainer") or {}
         check_environment(trainer.get("num_threads") if "trainer" in cfg else cfg.num_threads)

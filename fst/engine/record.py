@@ -44,6 +44,6 @@ def data_fingerprint(dataset: Any) -> dict[str, Any]:
         h = hashlib.sha1()
         for path, label in samples:
             parts = str(path).replace("\\", "/").rsplit("/", 2)[-2:]
-            h.update(f"{'/'.join(parts)}\t{label}\n".encode())
+            h.update(f"{'/'.join(parts)}\t{label}\n".encode("utf-8", "surrogateescape"))
         out["files_sha1"] = h.hexdigest()
     return out

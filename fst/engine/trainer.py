@@ -34,7 +34,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -553,8 +553,20 @@ class Trainer:
         checkpoint's step (``fst.engine.resume`` decides which settings may change).
         """
         model = unwrap(self.model)
+        from fst.engine.resume import ResumeError
+
+        lacking = [
+            k for k in ("model", "progress", "optimizer", "scheduler", "scaler") if k not in state
+        ]
+        if lacking:
+            raise ResumeError(
+                f"checkpoint {source} lacks {', '.join(repr(k) for k in lacking)} (written by an "
+                "older fst, or not a training checkpoint), so the run cannot continue exactly; "
+                f"start a new run from its weights with resume=null model.pretrained={source}"
+            )
         check_state_dict_compatible(model, state["model"], source=source)
-        p = Progress(**state["progress"])
+        known = {f.name for f in fields(Progress)}
+        p = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         saved_batch = state.get("sampler", {}).get("global_batch", self.global_batch)
         from fst.engine.sampler import LEGACY_ORDER
 

@@ -366,7 +366,11 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+    # A file name that is not valid UTF-8 (surrogate escapes) is written escaped, not dropped
+    # with a "--- Logging error ---" traceback.
+    handler = logging.FileHandler(
+        run_dir / "train.log", encoding="utf-8", errors="backslashreplace"
+    )
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     return handler

@@ -63,7 +63,7 @@ def _imagefolder(env: Env, **kw) -> Path:
     return make_imagefolder(env.tmp / "imagenet", **kw)
 
 
-def _imagenet(*extra: str, damage: str | None = None) -> Callable[[Env], Result]:
+def _imagenet(*extra: str, damage: str | None = None, run_dir=None) -> Callable[[Env], Result]:
     """A run on a tiny ImageFolder tree; ``damage``: a file made unreadable first."""
 
     def act(env: Env) -> Result:
@@ -80,6 +80,7 @@ def _imagenet(*extra: str, damage: str | None = None) -> Callable[[Env], Result]
             "data.batch_size=4",
             "data.val_batch_size=4",
             *[e.replace("<root>", str(root)) for e in extra],
+            run_dir=run_dir,
         )
 
     return act
@@ -851,6 +852,36 @@ def _last_is_dir(env: Env) -> Result:
     return env.train("resume=auto", "trainer.epochs=2")
 
 
+def _old_checkpoint(env: Env, p: Path) -> Path:
+    """A checkpoint of an older fst: no 'scaler' and no 'progress' entry."""
+    state = torch.load(p, weights_only=True)
+    del state["scaler"], state["progress"]
+    torch.save(state, p)
+    return p
+
+
+def _non_utf8_name(env: Env) -> Result:
+    """An unreadable image whose file name is not valid UTF-8 (``data.on_error=skip``)."""
+    root = _imagefolder(env, per_class=4, size=12)
+    bad = os.fsencode(root / "val" / "cat") + b"/0caf\xe9.png"  # in the first val batch
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    return _imagenet("data.on_error=skip", "data.loader=pil", run_dir=env.tmp / "run")(env)
+
+
+def _skip_in_train_log(env: Env, result: Result) -> None:
+    log_text = (env.tmp / "run" / "train.log").read_text()
+    assert "skipping unreadable image" in log_text and "0caf\\udce9.png" in log_text, log_text
+    assert "Logging error" not in result.text
+
+
+def _one_line(env: Env, result: Result) -> None:
+    """The real command: one line on the terminal, and no directory left by Hydra."""
+    lines = [line for line in result.text.splitlines() if line.strip()]
+    assert len(lines) == 1, result.text
+    nothing_written(env, result)
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -1439,6 +1470,25 @@ FAULTS: list[Fault] = [
     Fault("ckpt-last-is-dir", "checkpoint", "`checkpoints/last.pt` is a directory",
           _last_is_dir, FAILED, ("last.pt: it is not a file", "a directory of that name is in the way"),
           ("move or remove that directory",)),
+    Fault("ckpt-old-missing-keys", "checkpoint", "an old checkpoint missing newer entries",
+          _resume_with(_old_checkpoint), FAILED, ("lacks 'progress', 'scaler'",),
+          ("resume=null model.pretrained=",), nothing_written),
+    Fault("data-non-utf8-name", "data", "an unreadable image whose name is not valid UTF-8",
+          _non_utf8_name, OK, ("skipping unreadable image",),
+          ("unreadable_images_skipped",), _skip_in_train_log),
+    Fault("config-cli-misspelt-data-key", "config", "`python train.py data.imagesize=16` (the real command)",
+          lambda env: env.train_cli("data.imagesize=16"), FAILED,
+          ("unknown config key data.imagesize",), ("did you mean data.image_size?",), _one_line,
+          slow=True),
+    Fault("config-cli-out-of-range", "config", "`python train.py sched.min_lr=-0.05` (the real command)",
+          lambda env: env.train_cli("sched.min_lr=-0.05"), FAILED,
+          ("sched.min_lr=-0.05 is out of range",), ("a negative lr is gradient ascent",),
+          _one_line, slow=True),
+    Fault("eval-cli-export-over-best", "eval", "`python eval.py ... export=RUN/checkpoints/best.pt`",
+          lambda env: env.cli("eval.py", f"checkpoint={env.earlier}", f"output_root={env.out}",
+                              f"export={env.earlier / 'checkpoints' / 'best.pt'}"), FAILED,
+          ("inside a run's checkpoints/ folder",), ("eval.py never writes over",), _one_line,
+          slow=True),
 ]
 # fmt: on
 
