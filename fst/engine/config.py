@@ -17,6 +17,13 @@ A run config is composed by Hydra from ``configs/config.yaml`` and its groups. T
 strategy option the chosen strategy ignores). Missing values (``???``) are reported by
 ``missing_keys`` once ``resume`` had the chance to fill them from the checkpoint.
 
+Types and ranges (issue 27), one place for every value: ``check_types`` checks each key of the
+registry groups against its builder's annotation (``data.image_size=sixteen`` is not an int) and
+``seed``; ``check_ranges`` checks every number of every group against ``RANGES`` (by key, e.g.
+``loss.label_smoothing`` in [0, 1), ``sched.min_lr`` >= 0, ``data.batch_size`` >= 1, ``seed`` in
+0..2**32-1), and any number not listed against ``DEFAULT_RANGE`` (>= 0: no setting of fst takes
+a negative value). ``fst.engine.launch`` runs all of this before Hydra creates a directory.
+
 ``validate_config(cfg)`` raises ``ConfigError`` naming the offending key and the valid choices.
 ``normalize_overrides`` lets ``+experiment=NAME`` and ``experiment=NAME`` both work although
 ``experiment: null`` sits in the defaults list (Hydra itself only accepts the second form).
