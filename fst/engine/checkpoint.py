@@ -103,7 +103,9 @@ def save_checkpoint(
     state = redact_secrets(dict(state))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A run's checkpoints/ folder is made only inside its existing run directory: one
+        # deleted while the run was writing it is reported, not silently made again.
+        path.parent.mkdir(parents=path.parent.name != CHECKPOINT_DIRNAME, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()

@@ -882,6 +882,28 @@ def _one_line(env: Env, result: Result) -> None:
     nothing_written(env, result)
 
 
+def _run_dir_deleted(env: Env) -> Result:
+    """The run directory is deleted while the run writes it (before its second checkpoint)."""
+    import shutil as sh
+
+    import fst.engine.trainer as trainer_mod
+
+    real, calls, run = trainer_mod.save_checkpoint, [], env.tmp / "run"
+
+    def save(path, state, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            sh.rmtree(run)
+        return real(path, state, **kw)
+
+    trainer_mod.save_checkpoint = save
+    try:
+        return env.train("trainer.checkpoint_every_n_steps=1", "trainer.limit_train_batches=3",
+                         run_dir=run)  # fmt: skip
+    finally:
+        trainer_mod.save_checkpoint = real
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -1489,6 +1511,9 @@ FAULTS: list[Fault] = [
                               f"export={env.earlier / 'checkpoints' / 'best.pt'}"), FAILED,
           ("inside a run's checkpoints/ folder",), ("eval.py never writes over",), _one_line,
           slow=True),
+    Fault("disk-run-dir-deleted", "disk", "the run directory deleted while the run writes it",
+          _run_dir_deleted, FAILED, ("no longer exists (the run directory was deleted or moved",),
+          ("start the run again",)),
 ]
 # fmt: on
 
