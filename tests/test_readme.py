@@ -357,6 +357,11 @@ COMMANDS: dict[str, Run | Same | Skip] = {
     ),
     "srun python train.py ... hydra.run.dir=runs/my_run resume=auto": Skip(SLURM),
     "[ $? -eq 75 ]": Skip(SLURM),
+    # ---- docs/faults.md
+    "srun torchrun --nproc_per_node=8 train.py ... hydra.run.dir=runs/my_run resume=auto": Skip(
+        SLURM
+    ),
+    "[ -e runs/my_run/PREEMPTED ]": Skip(SLURM),
     'scontrol requeue "$SLURM_JOB_ID"': Skip(SLURM),
     # ---- paper vs released code
     "python train.py +experiment=table5_released data.root=/data/imagenet": Run(IMAGENET),

@@ -153,7 +153,7 @@ def check_imagefolder_root(root: str | None, num_classes: int | None = None) -> 
         d = r / split
         if not d.is_dir():
             raise _layout_error(root, f"missing {split}/ folder")
-        cls = sorted(p.name for p in d.iterdir() if p.is_dir())
+        cls = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not cls:
             raise _layout_error(root, f"{split}/ has no class folders")
         empty = [

@@ -205,6 +205,15 @@ class CocoDetection(Dataset):
         ids = sorted(self.coco.imgs)
         if train:
             ids = [i for i in ids if len(self._annotations(i)[0])]
+        # Every image the annotations name must be on disk: found now, not as a crash mid-epoch.
+        missing = [i for i in ids if not (image_dir / self.coco.imgs[i]["file_name"]).is_file()]
+        if missing:
+            first = self.coco.imgs[missing[0]]
+            raise MissingFileError(
+                f"{ann_file} names {len(missing)} image(s) missing from {image_dir} (e.g. "
+                f"{first['file_name']}, image id {missing[0]}); restore those files, or remove "
+                "their entries from the annotation file"
+            )
         self.ids = ids
 
     @property

@@ -71,7 +71,13 @@ def load_image(path: str | os.PathLike):
         with open(path, "rb") as f:
             img = Image.open(f)
             return _to_rgb(img)  # converting forces the full decode inside the try
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,  # larger than PIL's MAX_IMAGE_PIXELS limit allows
+    ) as e:
         raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
 
 

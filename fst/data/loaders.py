@@ -32,10 +32,12 @@ as with ``decode_device=cpu``.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -47,6 +49,8 @@ from fst.types import ConfigError
 
 from . import jpeg
 from .classification import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
 
 #: ``LOADERS[data.loader](root, train=..., image_size=..., resize_size=..., decode_device=...)``
 #: -> ``(dataset, collate_fn)``: an ``ImageFolder`` of one split and its collate (None: default).
@@ -307,17 +311,64 @@ def augment_for(train: bool, image_size: int, resize_size: int) -> Augment:
     return TrainAugment(image_size) if train else ValAugment(image_size, resize_size)
 
 
+def image_folder(root: str | Path, **kwargs: Any) -> Dataset:
+    """torchvision's ``ImageFolder``, minus two surprises: hidden folders (``.ipynb_checkpoints``,
+    ``.snapshot``, ...) are neither classes nor sample folders, and a file reached twice through
+    symbolic links (a link loop inside a class folder, followed until the OS gives up, would
+    multiply that class) counts once."""
+    from torchvision.datasets import ImageFolder
+
+    class _Folder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            dirs = [e.name for e in os.scandir(directory) if e.is_dir()]
+            hidden = sorted(d for d in dirs if d.startswith("."))
+            if hidden:
+                log.warning(
+                    "%s: ignoring hidden folder(s) %s (not classes); rename without the leading "
+                    "dot to make one a class",
+                    directory,
+                    ", ".join(hidden),
+                )
+            classes = sorted(d for d in dirs if not d.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {c: i for i, c in enumerate(classes)}
+
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
+                         allow_empty=False):  # fmt: skip
+            samples = ImageFolder.make_dataset(
+                directory, class_to_idx, extensions, is_valid_file, allow_empty
+            )
+            seen, out = set(), []
+            for path, target in samples:
+                rel = Path(path).relative_to(directory).parts
+                real = os.path.realpath(path)
+                if any(p.startswith(".") for p in rel[:-1]) or real in seen:
+                    continue
+                seen.add(real)
+                out.append((path, target))
+            if len(out) < len(samples):
+                log.warning(
+                    "%s: skipped %d file(s) in hidden folders or reached again through symbolic "
+                    "links (a link loop?); each image counts once",
+                    directory,
+                    len(samples) - len(out),
+                )
+            return out
+
+    return _Folder(str(root), **kwargs)
+
+
 @LOADERS.register("pil")
 def pil_folder(
     root: str | Path, *, train: bool, image_size: int, resize_size: int, decode_device: str = "cpu"
 ) -> tuple[Dataset, None]:
     """PIL decode and ``torchvision.transforms`` on PIL images in the workers."""
-    from torchvision.datasets import ImageFolder
-
     from fst.data.images import load_image
 
     tf = augment_for(train, image_size, resize_size).pil_transform()
-    return ImageFolder(str(root), transform=tf, loader=load_image), None
+    return image_folder(root, transform=tf, loader=load_image), None
 
 
 @LOADERS.register("torchvision")
@@ -326,13 +377,11 @@ def torchvision_folder(
 ) -> tuple[Dataset, Callable | None]:
     """libjpeg-turbo decode + ``transforms.v2`` in the workers (``decode_device=cpu``), or bytes
     in the workers and batched nvJPEG + augmentation on the GPU (``decode_device=cuda``)."""
-    from torchvision.datasets import ImageFolder
-
     augment = augment_for(train, image_size, resize_size)
     if decode_device == "cuda":
-        ds = ImageFolder(str(root), transform=DrawParams(augment), loader=read_encoded)
+        ds = image_folder(root, transform=DrawParams(augment), loader=read_encoded)
         return ds, collate_encoded
-    return ImageFolder(str(root), transform=TensorTransform(augment), loader=jpeg.read_rgb), None
+    return image_folder(root, transform=TensorTransform(augment), loader=jpeg.read_rgb), None
 
 
 @LOADERS.register("dali")

@@ -108,7 +108,9 @@ def save_checkpoint(
     state = redact_secrets(dict(state))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A run's checkpoints/ folder is made only inside its existing run directory: one
+        # deleted while the run was writing it is reported, not silently made again.
+        path.parent.mkdir(parents=path.parent.name != CHECKPOINT_DIRNAME, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -140,6 +142,17 @@ def write_error(path: Path, e: OSError) -> CheckpointError:
         free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
     except OSError:
         free = ""
+    if path.is_dir() or e.errno == errno.EISDIR:
+        return CheckpointError(
+            f"cannot write checkpoint {path}: a directory of that name is in the way (errno "
+            f"{e.errno}); move or remove that directory, then resume with resume=auto"
+        )
+    if not path.parent.is_dir():
+        return CheckpointError(
+            f"cannot write checkpoint {path}: its folder {path.parent} no longer exists (the run "
+            "directory was deleted or moved while the run was writing it); the checkpoints of "
+            "this run are gone with it, so start the run again (resume=auto finds nothing there)"
+        )
     kept = (
         f" The previous {path.name} is intact (nothing was replaced)."
         if path.exists()
@@ -317,6 +330,10 @@ def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
         for name in (LAST, previous_path(LAST).name):
             if (d / name).is_file():
                 ordered.append(d / name)
+            elif (d / name).exists():
+                log.warning(
+                    "skipping %s: it is not a file (a directory?); move or remove it", d / name
+                )
     others = [
         p for d in dirs if d.is_dir() for p in d.glob("*.pt") if p not in ordered and p.is_file()
     ]

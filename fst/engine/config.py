@@ -17,6 +17,13 @@ A run config is composed by Hydra from ``configs/config.yaml`` and its groups. T
 strategy option the chosen strategy ignores). Missing values (``???``) are reported by
 ``missing_keys`` once ``resume`` had the chance to fill them from the checkpoint.
 
+Types and ranges (issue 27), one place for every value: ``check_types`` checks each key of the
+registry groups against its builder's annotation (``data.image_size=sixteen`` is not an int) and
+``seed``; ``check_ranges`` checks every number of every group against ``RANGES`` (by key, e.g.
+``loss.label_smoothing`` in [0, 1), ``sched.min_lr`` >= 0, ``data.batch_size`` >= 1, ``seed`` in
+0..2**32-1), and any number not listed against ``DEFAULT_RANGE`` (>= 0: no setting of fst takes
+a negative value). ``fst.engine.launch`` runs all of this before Hydra creates a directory.
+
 ``validate_config(cfg)`` raises ``ConfigError`` naming the offending key and the valid choices.
 ``normalize_overrides`` lets ``+experiment=NAME`` and ``experiment=NAME`` both work although
 ``experiment: null`` sits in the defaults list (Hydra itself only accepts the second form).
@@ -315,7 +322,9 @@ def validate_config(cfg: DictConfig) -> None:
     _check_keys("sched", _group_keys(cfg, "sched"), valid | {"name"}, open_)
 
     _check_sparsity(cfg)
+    check_types(cfg)
     _check_values(cfg)
+    check_ranges(cfg)
 
 
 def _check_values(cfg: DictConfig) -> None:
@@ -357,9 +366,10 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.keep_checkpoints={keep!r}; valid choices: {', '.join(KEEP_CHECKPOINTS)}"
         )
-    if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1"):
+    if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP"):
         raise ConfigError(
-            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, SIGUSR1"
+            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, "
+            "SIGUSR1, SIGHUP"
         )
     lr = OmegaConf.select(cfg, "optim.lr", throw_on_missing=False)
     if lr is not None and not float(lr) > 0:
@@ -475,3 +485,253 @@ def sparsifier_params(cfg: DictConfig) -> dict[str, Any]:
     """The sparsity group's schedule parameters of the strategy's sparsifier (issue 12)."""
     keys = _schedule_keys(cfg)
     return {str(k): v for k, v in cfg.sparsity.items() if k in keys}
+
+
+# --------------------------------------------------------------------------------------------
+# types and ranges of every value (issue 27): one table, checked before anything is built
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed range: ``lo <= v`` (``lo < v`` with ``lo_open``), ``v <= hi`` (``v < hi``
+    with ``hi_open``); ``integer``: whole numbers only; ``why``: the fix, for the message."""
+
+    lo: float | None = 0
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    why: str = ""
+
+    def holds(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+    def text(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        if self.hi is None:
+            return f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        lo = f"{self.lo:g} {'<' if self.lo_open else '<='} "
+        return f"{kind} {lo}x {'<' if self.hi_open else '<='} {self.hi:.10g}"
+
+
+SEED_MAX = 2**32 - 1
+_POS_INT = Range(1, integer=True)
+_NONNEG_INT = Range(0, integer=True)
+_UNIT_OPEN = Range(0, 1, hi_open=True)
+#: Ranges by dotted key (``*`` matches one level: any group's key of that name). Every other
+#: number of the config must still be >= 0 (``DEFAULT_RANGE``): no setting of fst takes a
+#: negative value.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, SEED_MAX, integer=True, why="e.g. seed=0"),
+    "loss.label_smoothing": Range(0, 1, hi_open=True, why="0 (off) to below 1, e.g. 0.1"),
+    "optim.lr": Range(0, lo_open=True, why="a positive learning rate, e.g. 0.1"),
+    "optim.weight_decay": Range(0, why="0 (off) or a positive decay, e.g. 5e-4"),
+    "optim.momentum": Range(0, 1, hi_open=True, why="0 to below 1, e.g. 0.9"),
+    "optim.betas": Range(0, 1, hi_open=True, why="two numbers 0 to below 1, e.g. [0.9, 0.999]"),
+    "sched.min_lr": Range(0, why="0 or a positive final lr (a negative lr is gradient ascent)"),
+    "sched.warmup_epochs": Range(0, why="0 (no warm-up) or a positive number of epochs"),
+    "sched.warmup_start_factor": Range(0, 1, why="a fraction of optim.lr, 0 to 1, e.g. 0.1"),
+    "sched.gamma": Range(0, 1, lo_open=True, why="a factor 0 < gamma <= 1, e.g. 0.1"),
+    "sched.milestones": Range(0, integer=True, why="epoch numbers >= 0, e.g. [30, 60, 90]"),
+    "data.batch_size": Range(1, integer=True, why="a global batch of at least 1, e.g. 32"),
+    "data.val_batch_size": Range(1, integer=True, why="at least 1, or null for data.batch_size"),
+    "data.num_workers": Range(0, integer=True, why="0 (load in the main process) or more"),
+    "data.image_size": Range(1, integer=True, why="a side length in pixels, e.g. 32"),
+    "data.resize_size": Range(1, integer=True, why="a side length in pixels, e.g. 256"),
+    "data.num_classes": Range(2, integer=True, why="at least 2 classes, or null to count them"),
+    "data.val_fraction": Range(0, 1, lo_open=True, hi_open=True, why="a share between 0 and 1"),
+    "data.num_train": _POS_INT,
+    "data.num_val": _POS_INT,
+    "data.max_objects": _POS_INT,
+    "data.distractor": Range(0, 1, why="a probability 0 to 1"),
+    "model.width": Range(1, integer=True, why="channels of the first stage, e.g. 64"),
+    "model.num_classes": Range(2, integer=True, why="at least 2 classes, or null"),
+    "model.img_size": _POS_INT,
+    "model.patch_size": _POS_INT,
+    "model.embed_dim": _POS_INT,
+    "model.depth": _POS_INT,
+    "model.num_heads": _POS_INT,
+    "model.mlp_ratio": Range(0, lo_open=True),
+    "model.drop_path_rate": Range(0, 1, hi_open=True, why="a probability 0 to below 1"),
+    "model.min_size": _POS_INT,
+    "model.max_size": _POS_INT,
+    "trainer.epochs": _POS_INT,
+    "trainer.accumulate_grad_batches": _POS_INT,
+    "trainer.num_threads": Range(0, integer=True, why="a thread count, 0 or null: automatic"),
+    "trainer.max_nonfinite_skips": _NONNEG_INT,
+    "trainer.checkpoint_every_n_steps": _NONNEG_INT,
+    "logger.diagnostics_every_n_steps": _NONNEG_INT,
+    "sparsity.decay": Range(0, why="the SR-STE decay, 0 (off) or e.g. 2e-4"),
+    "*.log_images": _NONNEG_INT,
+}
+DEFAULT_RANGE = Range(0, why="no setting of fst takes a negative value")
+#: Groups whose numbers are checked (``hydra`` is Hydra's own).
+RANGED_GROUPS = ("data", "model", "optim", "sched", "loss", "trainer", "logger", "sparsity")
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _annotation_types(annotation: Any) -> set[type] | None:
+    """``{int, NoneType}`` for ``'int | None'``; None when the annotation is anything else."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if not text:
+        return None
+    out: set[type] = set()
+    for part in (p.strip() for p in text.replace("Optional[", "").rstrip("]").split("|")):
+        if part == "None":
+            out.add(type(None))
+        elif part in _TYPES:
+            out.add(_TYPES[part])
+        else:
+            return None
+    return out or None
+
+
+def _fits(value: Any, types: set[type]) -> bool:
+    if value is None:
+        return type(None) in types
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int):
+        return bool(types & {int, float})
+    if isinstance(value, float):
+        return float in types
+    return type(value) in types
+
+
+def _builder_types(cfg: DictConfig, group: str) -> dict[str, set[type]]:
+    """``{key: allowed types}`` of a registry group's keys, from its builder's annotations."""
+    from fst.data import DATASETS
+    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
+    from fst.models import MODELS
+
+    registry = {"model": MODELS, "data": DATASETS, "optim": OPTIMIZERS, "sched": SCHEDULERS}[group]
+    name = cfg[group].get("name")
+    if name not in registry:
+        return {}
+    params = inspect.signature(registry.get(name)).parameters
+    out = {}
+    for key, p in params.items():
+        types = _annotation_types(p.annotation)
+        if types is not None:
+            out[key] = types
+    if group == "data":
+        for f in fields(DataLoaderConfig):
+            if f.name != "name":
+                out[f.name] = _annotation_types(f.type) or out.get(f.name)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _range_for(key: str) -> Range:
+    if key in RANGES:
+        return RANGES[key]
+    group, _, leaf = key.partition(".")
+    return RANGES.get(f"*.{leaf}", DEFAULT_RANGE)
+
+
+def _numbers(value: Any) -> list[Any]:
+    """The numbers in a value (a list's elements one level down), booleans excluded."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise ``ConfigError`` if the number(s) of ``key`` fall outside ``RANGES``."""
+    import math
+
+    rng = _range_for(key)
+    for v in _numbers(value):
+        bad = not math.isfinite(v) or not rng.holds(v)
+        if rng.integer and isinstance(v, float) and not v.is_integer():
+            bad = True
+        if bad:
+            raise ConfigError(
+                f"{key}={_shown(value)} is out of range: it must be {rng.text()}; "
+                + (f"use {rng.why}" if rng.why else f"pass {key}=<a value in that range>")
+            )
+
+
+def check_types(cfg: DictConfig) -> None:
+    """``seed`` and every key of the registry groups against its type (the builders'
+    annotations; the fixed groups are typed by their dataclasses): one line naming the key,
+    the value and an example."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(
+            f"seed={_shown(seed)} is not a whole number; pass e.g. seed=0 (0..{SEED_MAX})"
+        )
+    for group in ("model", "data", "optim", "sched"):
+        types = _builder_types(cfg, group)
+        node = cfg.get(group)
+        for key in node.keys():
+            if OmegaConf.is_missing(node, key):
+                continue
+            try:
+                value = node[key]
+            except InterpolationResolutionError:
+                continue
+            want = types.get(str(key))
+            # null: the engine or the task fills it in (e.g. num_classes from the data)
+            if want is not None and value is not None and not _fits(value, want):
+                names = "/".join(sorted("null" if t is type(None) else t.__name__ for t in want))
+                raise ConfigError(
+                    f"{group}.{key}={_shown(value)} is not a valid {names}; pass e.g. "
+                    f"{group}.{key}={_example(cfg, group, str(key))}"
+                )
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every number of the config against its range (``RANGES``, else >= 0)."""
+    check_value("seed", cfg.get("seed"))
+    for group in RANGED_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        _check_ranges(node, group)
+
+
+def _check_ranges(node: DictConfig, prefix: str) -> None:
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            continue
+        try:
+            value = node[key]
+        except OmegaConfBaseException:
+            continue
+        full = f"{prefix}.{key}"
+        if isinstance(value, DictConfig):
+            if full not in ("model.kwargs",):
+                _check_ranges(value, full)
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_object(value)
+        check_value(full, value)
+
+
+def _example(cfg: DictConfig, group: str, key: str) -> Any:
+    """The builder's default for ``group.key`` (the fix's example value)."""
+    from fst.data import DATASETS
+    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
+    from fst.models import MODELS
+
+    registry = {"model": MODELS, "data": DATASETS, "optim": OPTIMIZERS, "sched": SCHEDULERS}[group]
+    try:
+        p = inspect.signature(registry.get(cfg[group].name)).parameters.get(key)
+    except Exception:  # noqa: BLE001 - only an example
+        p = None
+    if p is not None and p.default is not inspect.Parameter.empty and p.default is not None:
+        return p.default
+    f = next((f for f in fields(DataLoaderConfig) if f.name == key), None)
+    if f is not None and f.default not in (None, MISSING):
+        return f.default
+    return "<number>"

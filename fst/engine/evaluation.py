@@ -96,14 +96,25 @@ def export_nm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else ``last.pt``)."""
-    from fst.engine.checkpoint import BEST, CHECKPOINT_DIRNAME, LAST, CheckpointError
+    return checkpoint_candidates(path)[0]
+
+
+def checkpoint_candidates(path: str | Path) -> list[Path]:
+    """The files ``checkpoint=path`` may mean, in order: the file itself; for a run directory
+    its ``best.pt`` then ``last.pt`` (and their ``.prev`` copies), so that a damaged ``best.pt``
+    falls back to ``last.pt``."""
+    from fst.engine.checkpoint import BEST, CHECKPOINT_DIRNAME, LAST, CheckpointError, previous_path
 
     p = Path(str(path)).expanduser()
     if p.is_dir():
+        found = []
         for d in (p / CHECKPOINT_DIRNAME, p):
             for name in (BEST, LAST):
-                if (d / name).is_file():
-                    return d / name
+                for f in (d / name, previous_path(d / name)):
+                    if f.is_file() and f not in found:
+                        found.append(f)
+        if found:
+            return found
         raise CheckpointError(
             f"checkpoint={path}: that run directory has no checkpoints/best.pt or last.pt "
             "(was it run with trainer.save_checkpoints=false?); pass a checkpoint file"
@@ -113,7 +124,84 @@ def resolve_checkpoint(path: str | Path) -> Path:
             f"checkpoint={path}: no such checkpoint file or run directory; pass a file such as "
             "outputs/NAME/seed0/DATE/checkpoints/best.pt, or the run directory"
         )
-    return p
+    return [p]
+
+
+def _load_first(path: str | Path) -> tuple[Path, dict]:
+    """The first loadable candidate of ``checkpoint=path`` (warning about each skipped one)."""
+    from fst.engine.checkpoint import CheckpointError, load_checkpoint
+
+    candidates = checkpoint_candidates(path)
+    errors = []
+    for c in candidates:
+        try:
+            return c, load_checkpoint(c)
+        except CheckpointError as e:
+            if len(candidates) == 1:
+                raise CheckpointError(
+                    f"{e} (eval.py: pass the run directory to fall back to its other "
+                    "checkpoints, or another checkpoint file)"
+                ) from None
+            errors.append(str(e).split(";")[0])
+            log.warning("eval: skipping checkpoint %s: %s", c, errors[-1])
+    raise CheckpointError(
+        f"checkpoint={path}: no loadable checkpoint in that run directory ({'; '.join(errors)}); "
+        "the run's checkpoints are damaged: train again, or pass a copy of a good checkpoint"
+    )
+
+
+#: Files of a run directory that eval.py must never write over.
+PROTECTED_NAMES = ("summary.json", "metrics.jsonl", "config_resolved.yaml", "train.log",
+                   "summary.txt")  # fmt: skip
+
+
+def refuse_run_file(path: Path, key: str) -> None:
+    """``export=``/``output=`` may not name a file of a training run: anything under a
+    ``checkpoints/`` folder, a run's own record (``summary.json``, ...) or a training
+    checkpoint (raises ``ConfigError``)."""
+    from fst.engine.checkpoint import CHECKPOINT_DIRNAME
+    from fst.engine.rundir import holds_run
+
+    p = path.expanduser().resolve()
+    why = None
+    if CHECKPOINT_DIRNAME in p.parts[:-1]:
+        why = f"it is inside a run's {CHECKPOINT_DIRNAME}/ folder"
+    elif p.name in PROTECTED_NAMES and holds_run(p.parent):
+        why = f"it is the run's own {p.name}"
+    elif p.is_file() and p.suffix in (".pt", ".pth"):
+        try:
+            import zipfile
+
+            with zipfile.ZipFile(p) as z:
+                if any(n.endswith("/data.pkl") for n in z.namelist()) and _is_training_ckpt(p):
+                    why = "it is a training checkpoint"
+        except (OSError, zipfile.BadZipFile):
+            pass
+    if why:
+        raise ConfigError(
+            f"{key}={path}: {why}; eval.py never writes over a training run's files. Write "
+            f"elsewhere, e.g. {key}=" + ("resnet18_24.pt" if key == "export" else "metrics.json")
+        )
+
+
+def _is_training_ckpt(p: Path) -> bool:
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not loadable: not a checkpoint to protect
+        return False
+    return isinstance(state, dict) and "config" in state and "meta" in state
+
+
+def _check_finite_weights(stored: Mapping[str, Any], source: str, key: str) -> None:
+    from fst.engine.checkpoint import nonfinite_entries
+
+    bad = nonfinite_entries(stored)
+    if bad:
+        raise ConfigError(
+            f"{key}={source} holds non-finite values (NaN/Inf) in {len(bad)} tensor(s), e.g. "
+            f"{bad[0]}: its metrics would be meaningless; evaluate the run's checkpoint, or "
+            "export the weights again from a good one (export=FILE)"
+        )
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -128,12 +216,14 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     from fst.engine.record import run_record
     from fst.engine.trainer import autocast, val_loader
     from fst.engine.training import build_sparse_model
-    from fst.engine.validate import check_data, resolve_device
+    from fst.engine.validate import check_data, check_device, resolve_device
     from fst.sparsifier import restore_sparsifier
     from fst.tasks import TASKS
 
-    ckpt_path = resolve_checkpoint(cfg.checkpoint)
-    state = load_checkpoint(ckpt_path)
+    for key in ("export", "output"):
+        if cfg.get(key):
+            refuse_run_file(Path(str(cfg[key])), key)
+    ckpt_path, state = _load_first(cfg.checkpoint)
     if "config" not in state or "model" not in state:
         raise ConfigError(
             f"{ckpt_path} is not a checkpoint written by train.py (it has no 'config'/'model' "
@@ -152,6 +242,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     if cfg.get("num_workers") is not None:
         run.data.num_workers = cfg.num_workers
     validate_config(run)
+    check_device(run)  # the device and backend exist here (as train.py checks)
     check_data(run.data)
     device = resolve_device(str(cfg.device))
 
@@ -160,13 +251,21 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     model = build_sparse_model(task, run)
     check_state_dict_compatible(model, state["model"], source=str(ckpt_path))
     model.load_state_dict(state["model"])
+    _check_finite_weights(state["model"], str(ckpt_path), "checkpoint")
     # Issue 12: masks a sparsifier holds (DPF, RigL, ASP) come from the checkpoint too.
     restore_sparsifier(model, state.get("sparsifier"), source=str(ckpt_path))
     weights_path = Path(str(cfg.weights)).expanduser() if cfg.get("weights") else None
     if weights_path is not None:
         stored = load_checkpoint(weights_path)
+        if isinstance(stored.get("model"), dict) and "config" in stored:
+            raise ConfigError(
+                f"weights={weights_path} is a training checkpoint (dense W by design, not its "
+                "2:4 weights); evaluate it with checkpoint=" + str(weights_path) + ", or write "
+                "its 2:4 weights with export=FILE and pass that as weights="
+            )
         stored = stored.get("model", stored) if isinstance(stored.get("model"), dict) else stored
         check_state_dict_compatible(model, stored, source=str(weights_path))
+        _check_finite_weights(stored, str(weights_path), "weights")
     else:
         stored = export_nm_state_dict(model)
     result: dict[str, Any] = {
@@ -240,14 +339,28 @@ PRINTED = ("checkpoint", "weights", "nm_checked", "nm_ok", "nm_layers_checked", 
 def run_eval(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """``eval.py``: evaluate, print the metrics, and fail (``FstError``, exit status 1) when a
     layer is not 2:4 (see the module docstring for what is checked)."""
-    from fst.engine.rundir import remove_if_empty
+    from fst.engine.rundir import claim, remove_if_empty
     from fst.types import FstError
 
+    # Each evaluation gets a directory of its own (<stamp>_2, ... when two start in the same
+    # second), like a training run; an explicit output= needs none.
+    own = None
+    if out_dir is not None and not cfg.get("output"):
+        own = claim(out_dir)
     try:
-        result = evaluate_checkpoint(cfg, out_dir=out_dir)
+        result = evaluate_checkpoint(cfg, out_dir=own.path if own else out_dir)
     except BaseException:
+        if own is not None:
+            own.discard()
         remove_if_empty(Path(out_dir) if out_dir else None)  # the launch's empty directory
         raise
+    finally:
+        if own is not None:
+            own.release()
+    if own is not None and own.path != Path(out_dir):
+        remove_if_empty(Path(out_dir))
+    elif own is None:
+        remove_if_empty(Path(out_dir) if out_dir else None)
     for k, v in result.items():
         if k.startswith("val/") or k in PRINTED:
             print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")

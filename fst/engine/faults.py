@@ -2,7 +2,9 @@
 
 Preemption and Ctrl-C
     ``PreemptionHandler`` turns SIGTERM (sent by SLURM/Kubernetes before killing a job), SIGUSR1
-    (SLURM's ``--signal=USR1@<seconds>`` warning) and SIGINT (Ctrl-C) into a flag. The trainer
+    (SLURM's ``--signal=USR1@<seconds>`` warning), SIGHUP (the terminal or ssh session closed)
+    and SIGINT (Ctrl-C) into a flag. Before training starts, ``startup_handler`` (installed by
+    ``train.py`` as its first statement) makes the same signals exit 75 (130) at once. The trainer
     checks ``.requested`` after every optimizer step, writes ``last.pt`` and leaves with
     ``exit_preempted()``: the process ends with ``PREEMPTED_EXIT_CODE`` (75, ``EX_TEMPFAIL`` from
     sysexits.h: "try again later"; 130 = 128 + SIGINT after Ctrl-C, as shells report it), or,
@@ -40,10 +42,38 @@ log = logging.getLogger(__name__)
 #: (``EX_TEMPFAIL``, sysexits.h). Schedulers and wrappers can requeue on it; 0 means finished,
 #: 1 means failed.
 PREEMPTED_EXIT_CODE = 75
+#: Written into the run directory by a preempted run (removed when it is continued): what a job
+#: script checks under torchrun, which reports 1 instead of the workers' 75.
+PREEMPTED_MARKER = "PREEMPTED"
 #: Exit status after Ctrl-C (SIGINT), checkpoint written: 128 + 2, what shells report.
 INTERRUPTED_EXIT_CODE = 130
 
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
+#: Signals handled from process start (``install_startup_handlers``) until training starts.
+STARTUP_SIGNALS = DEFAULT_SIGNALS
+
+
+def startup_handler(signum: int, frame: Any) -> None:
+    """Before training starts there is nothing to checkpoint: leave at once with 75 (130 after
+    Ctrl-C), as a preempted run does; ``fst.engine.training`` removes the run directory this
+    launch made (nothing was written to it), so the requeued command starts cleanly."""
+    code = INTERRUPTED_EXIT_CODE if signum == signal.SIGINT else PREEMPTED_EXIT_CODE
+    os.write(
+        2,
+        f"fst: received {signal.Signals(signum).name} before training started; nothing to "
+        f"checkpoint, exiting with status {code} (run the same command again to start "
+        "it)\n".encode(),
+    )
+    raise SystemExit(code)
+
+
+def install_startup_handlers() -> None:
+    """``train.py``/``eval.py`` call this first: TERM, USR1, HUP (75) and INT (130) end the
+    process cleanly during start-up; the trainer's ``PreemptionHandler`` takes over while it
+    trains and hands back to these afterwards."""
+    if threading.current_thread() is threading.main_thread():
+        for name in STARTUP_SIGNALS:
+            signal.signal(_signal_number(name), startup_handler)
 
 
 def _signal_number(sig: int | str) -> int:
@@ -178,7 +208,7 @@ class PreemptionHandler:
         code = self.exit_code
         prev = self._previous.get(signum) if signum is not None else None
         self.__exit__(None, None, None)
-        if callable(prev) and prev is not signal.default_int_handler:
+        if callable(prev) and prev not in (signal.default_int_handler, startup_handler):
             log.info("handing %s over to the previous handler %r", self.signal_name, prev)
             prev(signum, None)
         what = "interrupted" if code == INTERRUPTED_EXIT_CODE else "preempted"

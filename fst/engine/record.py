@@ -26,3 +26,24 @@ def run_meta(cfg: Any, num_classes: int | None) -> dict[str, Any]:
     meta = run_record(cfg)
     meta.pop("name")
     return {**meta, "num_classes": num_classes}
+
+
+def data_fingerprint(dataset: Any) -> dict[str, Any]:
+    """What identifies a data set independently of where it is stored: its size and, for an
+    ImageFolder (``.samples``, through wrappers' ``.dataset``), a hash of every sample's
+    ``class/file`` name and label. A resume compares it with the checkpoint's, so ``data.root``
+    may move the same data but not point at other data."""
+    import hashlib
+
+    out: dict[str, Any] = {"samples": len(dataset)}
+    node, seen = dataset, 0
+    while node is not None and not hasattr(node, "samples") and seen < 8:
+        node, seen = getattr(node, "dataset", None), seen + 1
+    samples = getattr(node, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple):
+        h = hashlib.sha1()
+        for path, label in samples:
+            parts = str(path).replace("\\", "/").rsplit("/", 2)[-2:]
+            h.update(f"{'/'.join(parts)}\t{label}\n".encode("utf-8", "surrogateescape"))
+        out["files_sha1"] = h.hexdigest()
+    return out

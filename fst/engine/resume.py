@@ -6,9 +6,11 @@
   one) of *this run*, i.e. written with the same ``name`` and ``seed`` and the same resolved
   settings (apart from ``MAY_CHANGE``): first in the launch's own directory, then (single runs)
   in the sibling run directories next to it and under ``${output_root}/${name}/seed${seed}/``,
-  newest first. A sibling with the same name but other settings (say ``model.width=16`` against
-  64: the default name does not show the width) is skipped with a warning naming the
-  differences, so it is not continued by mistake. The run continues in its own directory.
+  the most recently written first (checkpoint and metrics file times, not the directory's
+  timestamp name: a node whose clock was behind names its run as older). A sibling with the
+  same name but other settings (say ``model.width=16`` against 64: the default name does not
+  show the width) is skipped with a warning naming the differences, so it is not continued by
+  mistake. The run continues in its own directory.
   A multirun job only looks in its own directory (re-launch the sweep with the same
   ``hydra.sweep.dir``). Nothing found: a fresh run.
 * ``resume=PATH``: that checkpoint file, or the newest loadable one in that run directory; the
@@ -75,7 +77,7 @@ MAY_CHANGE: dict[str, str] = {
     "trainer.skip_nonfinite": "non-finite policy from the next step on",
     "trainer.max_nonfinite_skips": "non-finite policy from the next step on",
     "trainer.debug_*": "fault injection (tests)",
-    "data.root": "the same data read from another place",
+    "data.root": "the same data read from another place (its files and labels are compared)",
     "data.num_workers": "loading only",
     "data.pin_memory": "loading only",
     "data.val_batch_size": "evaluation batching only",
@@ -121,9 +123,24 @@ def auto_candidates(cfg: DictConfig, run_dir: Path, mode: str | None) -> list[Pa
     if mode != "MULTIRUN":
         parents = [run_dir.parent, Path(str(cfg.output_root)) / str(cfg.name) / f"seed{cfg.seed}"]
         for parent in dict.fromkeys(p.resolve() for p in parents if p.is_dir()):
-            sib = sorted((d for d in parent.iterdir() if d.is_dir()), key=lambda d: d.name)
+            sib = sorted((d for d in parent.iterdir() if d.is_dir()), key=_last_written)
             dirs += [d for d in reversed(sib) if d.resolve() != run_dir.resolve()]
     return list(dict.fromkeys(dirs))
+
+
+def _last_written(run_dir: Path) -> tuple[float, str]:
+    """When a run last wrote its progress (its newest checkpoint or metrics line, else the
+    directory itself), as recorded by the file system: the directory name is a timestamp of
+    the clock of whichever node started the run, which may be behind."""
+    from fst.engine.checkpoint import CHECKPOINT_DIRNAME
+
+    times = []
+    for p in (*run_dir.glob(f"{CHECKPOINT_DIRNAME}/*.pt"), run_dir / "metrics.jsonl", run_dir):
+        try:
+            times.append(p.stat().st_mtime)
+        except OSError:
+            pass
+    return (max(times, default=0.0), run_dir.name)
 
 
 def locate(cfg: DictConfig, run_dir: Path, mode: str | None = None) -> ResumePoint | None:

@@ -38,7 +38,13 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 #: Files whose presence means a directory holds (part of) a run.
-RESULT_NAMES = ("metrics.jsonl", "summary.json", "config_resolved.yaml", CHECKPOINT_DIRNAME)
+RESULT_NAMES = (
+    "metrics.jsonl",
+    "summary.json",
+    "config_resolved.yaml",
+    CHECKPOINT_DIRNAME,
+    "eval_metrics.json",  # an eval.py directory
+)
 #: What a launch writes before its first training step (removed again by ``discard``).
 SETUP_NAMES = (LOCK_NAME, ".hydra", "train.log", "config_resolved.yaml")
 

@@ -1,6 +1,8 @@
 """A seeded, epoch-dependent, shardable sampler that can start mid-epoch (exact resume).
 
-Epoch ``e`` uses the permutation ``randperm(n, generator=seed + e)`` of the whole dataset, cut
+Epoch ``e`` uses the permutation of the whole dataset drawn from numpy's
+``SeedSequence([seed, e])`` (the pair itself is the entropy: no two seed/epoch pairs share an
+order, so seed 0's epoch 1 is not seed 1's epoch 0 and multi-seed runs are independent), cut
 to a whole number of *global* batches (the tail is dropped, so every optimizer step sees exactly
 ``global_batch`` samples), and rank ``r`` of ``W`` takes every ``W``-th index starting at ``r``.
 Consecutive runs of ``global_batch / W`` indices of each rank therefore form the same global
@@ -13,10 +15,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from fst.types import ConfigError
+
+#: The data-order scheme a checkpoint records (``order`` in its ``sampler`` entry): "seed+epoch"
+#: (checkpoints written before issue 27, generator seed ``seed + epoch``) or "seed,epoch".
+ORDER = "seed,epoch"
+LEGACY_ORDER = "seed+epoch"
+
+
+def permutation(n: int, seed: int, epoch: int, order: str = ORDER) -> torch.Tensor:
+    """Epoch ``epoch``'s order of ``n`` samples. ``ORDER``: numpy's PCG64 seeded with
+    ``SeedSequence([seed, epoch])`` (torch's CPU generator keeps only 32 bits of its seed, so
+    packing the pair into one seed would collide); ``LEGACY_ORDER``: ``randperm`` seeded with
+    ``seed + epoch``, as checkpoints written before issue 27 expect."""
+    if order == LEGACY_ORDER:
+        g = torch.Generator()
+        g.manual_seed(seed + epoch)
+        return torch.randperm(n, generator=g)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])))
+    return torch.from_numpy(rng.permutation(n))
 
 
 class ResumableSampler(Sampler[int]):
@@ -44,6 +65,7 @@ class ResumableSampler(Sampler[int]):
         self.seed, self.shuffle = seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
+        self.order = ORDER  # a resumed run keeps its checkpoint's (``Trainer.load_state_dict``)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -64,9 +86,7 @@ class ResumableSampler(Sampler[int]):
     def indices(self) -> list[int]:
         """This rank's indices of the current epoch, from the skip point on."""
         if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            perm = torch.randperm(self.n, generator=g)
+            perm = permutation(self.n, self.seed, self.epoch, self.order)
         else:
             perm = torch.arange(self.n)
         perm = perm[: self.batches_per_epoch * self.global_batch]

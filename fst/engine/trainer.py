@@ -34,7 +34,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,13 @@ from fst.engine.checkpoint import (
     save_checkpoint,
 )
 from fst.engine.config import TrainerConfig
-from fst.engine.faults import NonFiniteError, NonFiniteGuard, PreemptionHandler
+from fst.engine.faults import (
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_MARKER,
+    NonFiniteError,
+    NonFiniteGuard,
+    PreemptionHandler,
+)
 from fst.engine.sampler import ResumableSampler
 from fst.layers import set_decay_scale
 from fst.types import DataBundle
@@ -414,6 +420,10 @@ class Trainer:
         if not saved:  # a second save of this step would push the older one out of .prev
             self.save(LAST)
         self.logger.finish(exit_code=1)
+        if self.dist.is_main and self.preempt.exit_code == PREEMPTED_EXIT_CODE:
+            # torchrun reports 1 for any failed worker, whatever its status: the marker is how a
+            # job script run under torchrun knows to requeue (README: "Preemption")
+            (self.run_dir / PREEMPTED_MARKER).write_text(f"{self.preempt.signal_name}\n")
         fdist.barrier()
         self.preempt.exit_preempted()
 
@@ -501,6 +511,7 @@ class Trainer:
                 "epoch": p.epoch,
                 "global_batch": self.global_batch,
                 "samples_consumed": p.step_in_epoch * self.global_batch,
+                "order": self.sampler.order,
             },
             "rng": rng,  # one entry per rank
             "last_val": dict(self.last_val),
@@ -542,9 +553,25 @@ class Trainer:
         checkpoint's step (``fst.engine.resume`` decides which settings may change).
         """
         model = unwrap(self.model)
+        from fst.engine.resume import ResumeError
+
+        lacking = [
+            k for k in ("model", "progress", "optimizer", "scheduler", "scaler") if k not in state
+        ]
+        if lacking:
+            raise ResumeError(
+                f"checkpoint {source} lacks {', '.join(repr(k) for k in lacking)} (written by an "
+                "older fst, or not a training checkpoint), so the run cannot continue exactly; "
+                f"start a new run from its weights with resume=null model.pretrained={source}"
+            )
         check_state_dict_compatible(model, state["model"], source=source)
-        p = Progress(**state["progress"])
+        known = {f.name for f in fields(Progress)}
+        p = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         saved_batch = state.get("sampler", {}).get("global_batch", self.global_batch)
+        from fst.engine.sampler import LEGACY_ORDER
+
+        # a run keeps the data order it started with (checkpoints before issue 27: seed + epoch)
+        self.sampler.order = state.get("sampler", {}).get("order", LEGACY_ORDER)
         from fst.engine.resume import ResumeError
 
         if p.step_in_epoch and saved_batch != self.global_batch:

@@ -36,7 +36,7 @@ from fst.engine.config import (
     trainer_settings,
     validate_config,
 )
-from fst.engine.record import EMBEDDED_DATASETS, run_meta, run_record
+from fst.engine.record import EMBEDDED_DATASETS, data_fingerprint, run_meta, run_record
 from fst.types import ConfigError, FstError
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,22 @@ def build_sparse_model(task, cfg: DictConfig) -> torch.nn.Module:
     import fst
 
     model = task.build_model()
-    return fst.sparsify(
-        model,
-        strategy=cfg.sparsity.strategy,
-        backend=cfg.backend.name,
-        decay=float(cfg.sparsity.decay),
-        exclude=list(cfg.sparsity.exclude),
-        **sparsity_options(cfg),
-    )
+    try:
+        return fst.sparsify(
+            model,
+            strategy=cfg.sparsity.strategy,
+            backend=cfg.backend.name,
+            decay=float(cfg.sparsity.decay),
+            exclude=list(cfg.sparsity.exclude),
+            **sparsity_options(cfg),
+        )
+    except ValueError as e:
+        if "exclude pattern" not in str(e):
+            raise
+        raise ConfigError(
+            f"sparsity.exclude={list(cfg.sparsity.exclude)}: {e}; fix the patterns (fnmatch, "
+            "e.g. sparsity.exclude=[conv1,fc]) or use sparsity.exclude=[]"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +354,10 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
         checkpoint_extra={
             "config": resolved,
             "meta": run_meta(cfg, getattr(task, "num_classes", None)),
+            "data_fingerprint": {
+                "train": data_fingerprint(data.train),
+                "val": data_fingerprint(data.val),
+            },
         },
     )
     return parts, env
@@ -357,7 +369,11 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+    # A file name that is not valid UTF-8 (surrogate escapes) is written escaped, not dropped
+    # with a "--- Logging error ---" traceback.
+    handler = logging.FileHandler(
+        run_dir / "train.log", encoding="utf-8", errors="backslashreplace"
+    )
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     return handler
@@ -365,12 +381,22 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
 
 def _write_config_files(cfg: DictConfig, run_dir: Path, resumed_step: int | None) -> None:
     """``config_resolved.yaml`` (the settings in force) and, for a new run, ``.hydra/``. A
-    resumed run whose settings changed keeps the previous file as ``config_resolved.step<N>``."""
+    resumed run whose settings changed keeps the previous file as ``config_resolved.step<N>``
+    (never overwritten), and a finished run's ``summary.json`` as ``summary.step<N>.json``."""
     resolved = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
     path = run_dir / "config_resolved.yaml"
     if resumed_step is not None and path.is_file() and path.read_text() != resolved:
-        path.replace(run_dir / f"config_resolved.step{resumed_step}.yaml")
+        kept = run_dir / f"config_resolved.step{resumed_step}.yaml"
+        # Already there: an earlier resume from this same step was stopped before it kept a
+        # step, so the current file produced nothing; the record of steps 1..N stays as is.
+        if not kept.exists():
+            path.replace(kept)
     path.write_text(resolved)
+    summary = run_dir / "summary.json"
+    if resumed_step is not None and summary.is_file():
+        # A finished run continued (more epochs): its summary describes the shorter run; keep
+        # it under the step it describes until this run writes its own.
+        summary.replace(run_dir / f"summary.step{resumed_step}.json")
     hydra_dir = run_dir / ".hydra"
     if hydra_dir.exists():
         return
@@ -426,12 +452,15 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                         "resume: applying changed settings: %s", "; ".join(setup.resume.changes)
                     )
         parts, env = build_parts(cfg, setup)
+        if setup.resume_path is None and cfg.model.get("pretrained"):
+            _check_finite_pretrained(cfg, parts.model)
         trainer = Trainer(parts, trainer_settings(cfg), env)
         resumed_step = None
         if setup.resume_path is not None:
             from fst.engine.checkpoint import load_checkpoint
 
             state = setup.resume.state if setup.resume else load_checkpoint(setup.resume_path)
+            _check_same_data(cfg, state, env.checkpoint_extra["data_fingerprint"], setup)
             trainer.load_state_dict(state, source=str(setup.resume_path))
             resumed_step = trainer.progress.global_step
             log.info(
@@ -448,6 +477,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         else:
             seed_everything(int(cfg.seed) + setup.dist.rank)
         if setup.dist.is_main:
+            from fst.engine.faults import PREEMPTED_MARKER
+
+            (setup.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)  # continued now
             _write_config_files(cfg, setup.run_dir, resumed_step)
             _log_header(cfg, trainer, parts)
         started = True
@@ -481,6 +513,43 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         if setup.claim is not None:
             setup.claim.release()
         root.setLevel(level)
+
+
+def _check_finite_pretrained(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Weights loaded from ``model.pretrained`` hold no NaN/Inf (else the first step would be
+    reported as divergence, with advice about the learning rate)."""
+    from fst.engine.checkpoint import nonfinite_entries
+
+    bad = nonfinite_entries(model.state_dict())
+    if bad:
+        raise ConfigError(
+            f"model.pretrained={cfg.model.pretrained} holds non-finite values (NaN/Inf) in "
+            f"{len(bad)} tensor(s), e.g. {bad[0]}; these weights are broken: pass other "
+            "weights, or model.pretrained=null to start from scratch"
+        )
+
+
+def _check_same_data(cfg: DictConfig, state: dict, now: dict, setup: RunSetup) -> None:
+    """A resume reads the data its checkpoint was trained on (``data.root`` may move it, not
+    replace it): the files and labels must match the checkpoint's fingerprint."""
+    from fst.engine.resume import ResumeError
+
+    saved = state.get("data_fingerprint")
+    if not saved:  # a checkpoint from before the fingerprint: nothing to compare
+        return
+    for split in ("train", "val"):
+        a, b = saved.get(split) or {}, now.get(split) or {}
+        if a and b and a != b:
+            what = (
+                f"{a.get('samples')} vs {b.get('samples')} samples"
+                if a.get("samples") != b.get("samples")
+                else "the same number of samples but other files or labels"
+            )
+            raise ResumeError(
+                f"cannot resume {setup.resume_path}: data.root={cfg.data.get('root')} holds "
+                f"other {split} data than the checkpoint's run ({what}); point data.root at the "
+                "data the run was trained on, or start a new run (resume=null)"
+            )
 
 
 def _final_line(summary: dict[str, Any]) -> str:

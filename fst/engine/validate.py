@@ -71,7 +71,12 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     world_size = world_size_from_env() if world_size is None else world_size
+    device = check_device(cfg)
+    _check_precision_and_batch(cfg, device, world_size)
 
+
+def check_device(cfg: DictConfig) -> torch.device:
+    """``trainer.device`` exists here and ``backend`` runs on it (train.py and eval.py)."""
     device_name = str(_get(cfg, "trainer.device", "auto"))
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -97,7 +102,10 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
                 f"backend={backend} runs only on CUDA GPUs but this run is on {device.type}; "
                 "use backend=native (or backend=reference) on CPU"
             )
+    return device
 
+
+def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size: int) -> None:
     precision = str(_get(cfg, "trainer.precision", "32"))
     if precision == "16" and device.type != "cuda":
         raise ConfigError(
@@ -116,10 +124,12 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
     accum = int(_get(cfg, "trainer.accumulate_grad_batches", 1))
     if accum < 1:
         raise ConfigError(f"trainer.accumulate_grad_batches={accum}; it must be >= 1")
+    if batch is not None and int(batch) < 1:
+        raise ConfigError(f"data.batch_size={batch}: a global batch is at least 1; e.g. 32")
     if batch is not None:
         batch = int(batch)
         parts = world_size * accum
-        if batch < 1 or batch % parts:
+        if batch % parts:
             lower = max(parts, batch // parts * parts)
             raise ConfigError(
                 f"data.batch_size={batch} (global) is not divisible by {world_size} process(es) x "
@@ -138,12 +148,30 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ConfigError(f"{key}={value!r}; it must be a step number >= 0 or null")
 
+    pretrained = _get(cfg, "model.pretrained")
+    if pretrained and Path(str(pretrained)).expanduser().is_file():
+        _check_torch_file(Path(str(pretrained)).expanduser(), "model.pretrained")
+
     resume = _get(cfg, "resume")
     if resume not in (None, "auto") and not Path(str(resume)).exists():
         raise ConfigError(
             f"resume={resume}: no such file or directory; pass a checkpoint file, a run "
             "directory, resume=auto (latest run of this name and seed) or leave it null"
         )
+
+
+def _check_torch_file(path: Path, key: str) -> None:
+    """``path`` is a file written by ``torch.save`` (a zip archive, or the legacy pickle)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":
+        return
+    raise ConfigError(
+        f"{key}={path} is not a file written by torch.save (a text file? a download that "
+        "failed?); pass a state_dict saved with torch.save(model.state_dict(), PATH)"
+    )
 
 
 def backend_needs_cuda(name: str) -> bool:

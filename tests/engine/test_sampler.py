@@ -49,3 +49,22 @@ def test_errors():
         ResumableSampler(5, 8)
     with pytest.raises(ValueError, match="not divisible"):
         ResumableSampler(50, 9, world_size=2)
+
+
+def test_no_two_seed_epoch_pairs_share_an_order():
+    """Issue 27: seed 0's epoch 1 was seed 1's epoch 0 (generator seed + epoch)."""
+    from fst.engine.sampler import LEGACY_ORDER, ResumableSampler
+
+    orders = {}
+    for seed in range(4):
+        for epoch in range(4):
+            s = ResumableSampler(64, 8, seed=seed)
+            s.set_epoch(epoch)
+            orders[(seed, epoch)] = tuple(s.indices())
+    assert len(set(orders.values())) == len(orders)
+    # a checkpoint written before keeps its (seed + epoch) order on resume
+    a, b = ResumableSampler(64, 8, seed=1), ResumableSampler(64, 8, seed=0)
+    a.order = b.order = LEGACY_ORDER
+    a.set_epoch(0)
+    b.set_epoch(1)
+    assert a.indices() == b.indices()

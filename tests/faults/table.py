@@ -4,7 +4,7 @@ Each ``Fault`` is run by ``tests/faults/test_faults.py``, which asserts the exit
 the output contains every ``message`` fragment (the cause) and every ``fix`` fragment, and that
 the earlier result next to it (``harness.EARLIER``) kept every byte. ``check`` adds assertions
 of its own (what was or was not written). ``python tests/faults/table.py`` prints the table the
-README's "When things go wrong" section shows (a test keeps the two equal).
+docs/faults.md shows (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # `python tests/faults/table.py`
 
 import torch
 
-from tests.faults.harness import NAME, RUN, TINY, Env, Result, wait_for_step
+from tests.faults.harness import NAME, RUN, TINY, Env, Result, digest, wait_for_step
 
 # Exit statuses (fst.engine.cli): 0 finished, 1 failed, 75 preempted, 130 interrupted (Ctrl-C).
 OK, FAILED, PREEMPTED, INTERRUPTED = 0, 1, 75, 130
@@ -63,7 +63,7 @@ def _imagefolder(env: Env, **kw) -> Path:
     return make_imagefolder(env.tmp / "imagenet", **kw)
 
 
-def _imagenet(*extra: str, damage: str | None = None) -> Callable[[Env], Result]:
+def _imagenet(*extra: str, damage: str | None = None, run_dir=None) -> Callable[[Env], Result]:
     """A run on a tiny ImageFolder tree; ``damage``: a file made unreadable first."""
 
     def act(env: Env) -> Result:
@@ -80,6 +80,7 @@ def _imagenet(*extra: str, damage: str | None = None) -> Callable[[Env], Result]
             "data.batch_size=4",
             "data.val_batch_size=4",
             *[e.replace("<root>", str(root)) for e in extra],
+            run_dir=run_dir,
         )
 
     return act
@@ -374,6 +375,8 @@ def _checkpointed(step_min: int) -> Callable[[Env, Result], None]:
         state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
         assert state["global_step"] >= step_min and state["step_in_epoch"] >= 1
         assert not (run / "summary.json").exists()
+        if result.status == PREEMPTED:  # the marker a job script checks under torchrun
+            assert (run / "PREEMPTED").is_file()
 
     return check
 
@@ -572,6 +575,333 @@ def _resume_epochs(env: Env) -> Result:
     assert first.status == 0, first
     env.before = _digest_except_checkpoints(env)
     return env.train("resume=auto", "trainer.epochs=1")
+
+
+# --------------------------------------------------------------------------------------------
+# issue 27: the command line checked before Hydra starts (fst.engine.launch), eval.py's writes,
+# signals at start-up, resume records
+# --------------------------------------------------------------------------------------------
+
+
+def cmd(*overrides: str, env_vars: dict | None = None, config: str = "config", base=TINY):
+    """What train.py (eval.py) does with its command line before Hydra creates a directory:
+    ``fst.engine.launch.check_command``, in-process (the same function, no subprocess)."""
+
+    def act(env: Env) -> Result:
+        from fst.engine.launch import check_command
+
+        first = [*base] if config == "config" else []
+        saved = {k: os.environ.get(k) for k in (env_vars or {})}
+        os.environ.update(env_vars or {})
+        try:
+            return env.call(check_command, config, [*first, f"output_root={env.out}", *overrides])
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+    return act
+
+
+def _full_disk(env: Env) -> Result:
+    import shutil as sh
+
+    import fst.engine.launch as launch
+
+    real = sh.disk_usage
+    launch.shutil.disk_usage = lambda p: sh._ntuple_diskusage(10**12, 10**12, 0)
+    try:
+        return cmd()(env)
+    finally:
+        launch.shutil.disk_usage = real
+
+
+def _output_root_is(make: Callable[[Env], str]) -> Callable[[Env], Result]:
+    return lambda env: cmd(f"output_root={make(env)}")(env)
+
+
+def _a_file(env: Env) -> str:
+    (env.tmp / "afile").write_text("not a directory")
+    return str(env.tmp / "afile")
+
+
+def _dangling(env: Env) -> str:
+    os.symlink(env.tmp / "gone", env.tmp / "link")
+    return str(env.tmp / "link")
+
+
+def _text_weights(env: Env) -> Result:
+    (env.tmp / "weights.pt").write_text("<html>404 not found</html>")
+    return env.train(f"model.pretrained={env.tmp / 'weights.pt'}")
+
+
+def _eval_refused(**paths: Callable[[Env], Path]) -> Callable[[Env], Result]:
+    def act(env: Env) -> Result:
+        return env.eval(f"checkpoint={env.earlier}", *[f"{k}={f(env)}" for k, f in paths.items()])
+
+    return act
+
+
+def _in_ckpts(name: str) -> Callable[[Env], Path]:
+    return lambda env: env.earlier / "checkpoints" / name
+
+
+def _eval_twice(env: Env) -> Result:
+    """Two evaluations given the same directory (started in the same second)."""
+    first = env.eval(f"checkpoint={env.earlier}")
+    assert first.status == 0, first
+    return env.eval(f"checkpoint={env.earlier}")
+
+
+def _two_metrics(env: Env, result: Result) -> None:
+    assert (env.tmp / "eval" / "eval_metrics.json").is_file()
+    assert (env.tmp / "eval_2" / "eval_metrics.json").is_file()
+
+
+def _nan_export(env: Env) -> Result:
+    export = env.tmp / "deploy.pt"
+    assert env.eval(f"checkpoint={env.earlier}", f"export={export}").status == 0
+    sd = torch.load(export, weights_only=True)
+    sd["fc.weight"][0, 0] = float("nan")
+    torch.save(sd, export)
+    return env.eval(f"checkpoint={env.earlier}", f"weights={export}")
+
+
+def _eval_damaged_best(env: Env) -> Result:
+    best = env.earlier / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:4000])
+    env.before = digest(env.earlier)
+    return env.eval(f"checkpoint={env.earlier}")
+
+
+def _startup_signal(sig: str, where: str = "fst.engine.validate.check_data"):
+    """A signal while the run starts (e.g. scanning a large ImageFolder), in-process: the
+    handlers train.py installs first, the signal sent from inside the data check."""
+
+    def act(env: Env) -> Result:
+        import importlib
+
+        from fst.engine.faults import install_startup_handlers
+
+        mod_name, fn_name = where.rsplit(".", 1)
+        mod = importlib.import_module(mod_name)
+        real = getattr(mod, fn_name)
+        saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP,
+                                                  signal.SIGINT)}  # fmt: skip
+
+        def slow_check(*a, **k):
+            os.kill(os.getpid(), getattr(signal, sig))
+            return real(*a, **k)
+
+        install_startup_handlers()
+        setattr(mod, fn_name, slow_check)
+        try:
+            return env.train()
+        finally:
+            setattr(mod, fn_name, real)
+            for s, h in saved.items():
+                signal.signal(s, h)
+
+    return act
+
+
+def _sigterm_at_import(env: Env) -> Result:
+    """SIGTERM a moment after train.py starts (while Python imports torch)."""
+    import time
+
+    proc = env.popen("train.py", *TINY, f"output_root={env.out}")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return Result(proc.returncode, out)
+
+
+def _resume_kept_record(env: Env) -> Result:
+    """Data loss 4: resumed with lr A and killed before a checkpoint (it left config_resolved
+    .step2.yaml and an A config), then resumed again with lr B."""
+    import shutil as sh
+
+    run = env.earlier
+    sh.copy(run / "config_resolved.yaml", run / "config_resolved.step2.yaml")
+    text = (run / "config_resolved.yaml").read_text().replace("lr: 0.02", "lr: 0.01")
+    (run / "config_resolved.yaml").write_text(text)
+    env.before = _digest_except_checkpoints(env)
+    env.kept_record = (run / "config_resolved.step2.yaml").read_bytes()
+    return env.train("resume=auto", "trainer.epochs=2", "optim.lr=0.005")
+
+
+def _record_kept(env: Env, result: Result) -> None:
+    assert (env.earlier / "config_resolved.step2.yaml").read_bytes() == env.kept_record
+    assert "lr: 0.005" in (env.earlier / "config_resolved.yaml").read_text()
+
+
+def _extend_preempted(env: Env) -> Result:
+    """A finished run extended by an epoch and preempted in it."""
+    env.before = _digest_except_checkpoints(env)
+    env.old_summary = (env.earlier / "summary.json").read_bytes()
+    return env.train("resume=auto", "trainer.epochs=2", "trainer.debug_signal_at_step=3")
+
+
+def _summary_not_stale(env: Env, result: Result) -> None:
+    assert not (env.earlier / "summary.json").exists()
+    assert (env.earlier / "summary.step2.json").read_bytes() == env.old_summary
+
+
+def _clock_behind(env: Env) -> Result:
+    """A run of the same name+seed whose directory name is newer (its node's clock was ahead)
+    but which last wrote long ago: resume=auto continues the run written most recently."""
+    import shutil as sh
+
+    other = env.earlier.with_name("2099-01-01_00-00-00")
+    sh.copytree(env.earlier, other)
+    for p in [other, *other.rglob("*")]:
+        os.utime(p, (1, 1))
+    env.before = _digest_except_checkpoints(env)
+    return env.train("resume=auto", "trainer.epochs=2")
+
+
+def _resumed_newest(env: Env, result: Result) -> None:
+    assert f"resumed from {env.earlier / 'checkpoints'}" in result.text, result.text
+
+
+def _other_data(env: Env) -> Result:
+    """resume=auto with data.root pointing at another data set of the same classes."""
+    first = _imagenet()(env)
+    assert first.status == 0, first
+    from tests.conftest import make_imagefolder
+
+    other = make_imagefolder(env.tmp / "other", per_class=5, size=12)
+    return _imagenet("resume=auto", "trainer.epochs=2", f"data.root={other}")(env)
+
+
+def _orders_differ(env: Env) -> Result:
+    """Data order: no two (seed, epoch) pairs share a permutation (seed 0 epoch 1 was seed 1
+    epoch 0 before)."""
+    from fst.engine.sampler import ResumableSampler
+
+    seen = {}
+    for seed in range(3):
+        for epoch in range(3):
+            s = ResumableSampler(1437, 8, seed=seed)
+            s.set_epoch(epoch)
+            seen[(seed, epoch)] = tuple(s.indices()[:64])
+    distinct = len(set(seen.values())) == len(seen)
+    return Result(OK if distinct else FAILED, f"{len(set(seen.values()))} distinct orders "
+                  f"of {len(seen)} (seed, epoch) pairs; each epoch's order from SeedSequence")  # fmt: skip
+
+
+def _hidden_folder(env: Env) -> Result:
+    """A hidden folder holding images next to the class folders (e.g. .ipynb_checkpoints)."""
+    from PIL import Image
+
+    root = _imagefolder(env, per_class=4, size=12)
+    for split in ("train", "val"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (12, 12)).save(root / split / ".ipynb_checkpoints" / "0.png")
+    return _imagenet(f"data.root={root}")(env)
+
+
+def _symlink_loop(env: Env) -> Result:
+    """A symbolic link inside a class folder pointing back at it."""
+    root = _imagefolder(env, per_class=4, size=12)
+    os.symlink(".", root / "train" / "cat" / "loop")
+    return _imagenet(f"data.root={root}")(env)
+
+
+def _twelve_samples(env: Env, result: Result) -> None:
+    assert "12 train / 12 val samples" in result.text, result.text
+
+
+def _bomb(env: Env) -> Result:
+    """An image over PIL's decompression-bomb limit (2 x MAX_IMAGE_PIXELS; the limit lowered to
+    100 px here, so that a 20x20 image counts as one) with ``data.on_error=skip``."""
+    from PIL import Image
+
+    real = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100
+    root = _imagefolder(env, per_class=4, size=12)
+    Image.new("RGB", (20, 20)).save(root / "train" / "cat" / "bomb.png")
+    try:
+        return _imagenet("data.on_error=skip", "data.loader=pil")(env)
+    finally:
+        Image.MAX_IMAGE_PIXELS = real
+
+
+def _add_missing_image(blob: dict) -> None:
+    blob["images"].append({"id": 2, "file_name": "2.jpg", "width": 32, "height": 24})
+    blob["annotations"].append(
+        {"id": 8, "image_id": 2, "category_id": 1, "bbox": [1, 2, 10, 5], "iscrowd": 0}
+    )
+
+
+def _nan_pretrained(env: Env) -> Result:
+    from fst.models import MODELS
+
+    sd = MODELS.get("resnet18")(num_classes=10, small_stem=True, width=8).state_dict()
+    sd["conv1.weight"].fill_(float("nan"))
+    torch.save(sd, env.tmp / "nan.pt")
+    return env.train(f"model.pretrained={env.tmp / 'nan.pt'}")
+
+
+def _last_is_dir(env: Env) -> Result:
+    """``checkpoints/last.pt`` is a directory (e.g. made by a mistyped copy command)."""
+    last = env.earlier / "checkpoints" / "last.pt"
+    last.unlink()
+    last.mkdir()
+    (last / "x").write_text("in the way")
+    env.before = _digest_except_checkpoints(env)
+    return env.train("resume=auto", "trainer.epochs=2")
+
+
+def _old_checkpoint(env: Env, p: Path) -> Path:
+    """A checkpoint of an older fst: no 'scaler' and no 'progress' entry."""
+    state = torch.load(p, weights_only=True)
+    del state["scaler"], state["progress"]
+    torch.save(state, p)
+    return p
+
+
+def _non_utf8_name(env: Env) -> Result:
+    """An unreadable image whose file name is not valid UTF-8 (``data.on_error=skip``)."""
+    root = _imagefolder(env, per_class=4, size=12)
+    bad = os.fsencode(root / "val" / "cat") + b"/0caf\xe9.png"  # in the first val batch
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    return _imagenet("data.on_error=skip", "data.loader=pil", run_dir=env.tmp / "run")(env)
+
+
+def _skip_in_train_log(env: Env, result: Result) -> None:
+    log_text = (env.tmp / "run" / "train.log").read_text()
+    assert "skipping unreadable image" in log_text and "0caf\\udce9.png" in log_text, log_text
+    assert "Logging error" not in result.text
+
+
+def _one_line(env: Env, result: Result) -> None:
+    """The real command: one line on the terminal, and no directory left by Hydra."""
+    lines = [line for line in result.text.splitlines() if line.strip()]
+    assert len(lines) == 1, result.text
+    nothing_written(env, result)
+
+
+def _run_dir_deleted(env: Env) -> Result:
+    """The run directory is deleted while the run writes it (before its second checkpoint)."""
+    import shutil as sh
+
+    import fst.engine.trainer as trainer_mod
+
+    real, calls, run = trainer_mod.save_checkpoint, [], env.tmp / "run"
+
+    def save(path, state, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            sh.rmtree(run)
+        return real(path, state, **kw)
+
+    trainer_mod.save_checkpoint = save
+    try:
+        return env.train("trainer.checkpoint_every_n_steps=1", "trainer.limit_train_batches=3",
+                         run_dir=run)  # fmt: skip
+    finally:
+        trainer_mod.save_checkpoint = real
 
 
 # --------------------------------------------------------------------------------------------
@@ -881,6 +1211,309 @@ FAULTS: list[Fault] = [
     Fault("ddp-rank0-data-missing", "ddp", "2 DDP processes, data missing (rank 0 checks)",
           _ddp_rank0_failure, FAILED, ("error: data.root=",),
           ("Expected ImageFolder layout",), _once("error: data.root="), slow=True),
+    # ---------------------------------------------------------------- issue 27
+    Fault("config-key-data", "config", 'a misspelt key in `data` (`data.imagesize=16`)',
+          cmd("data.imagesize=16"), FAILED, ('unknown config key data.imagesize',),
+          ('did you mean data.image_size?',), nothing_written),
+    Fault("config-key-model", "config", 'a misspelt key in `model` (`model.widht=16`)',
+          cmd("model.widht=16"), FAILED, ('unknown config key model.widht',),
+          ('did you mean model.width?',), nothing_written),
+    Fault("config-key-optim", "config", 'a misspelt key in `optim` (`optim.lrr=0.1`)',
+          cmd("optim.lrr=0.1"), FAILED, ('unknown config key optim.lrr',),
+          ('did you mean optim.lr?',), nothing_written),
+    Fault("config-key-sched", "config", 'a misspelt key in `sched` (`sched.min_lrr=0`)',
+          cmd("sched.min_lrr=0"), FAILED, ('unknown config key sched.min_lrr',),
+          ('did you mean sched.min_lr?',), nothing_written),
+    Fault("config-key-loss", "config", 'a misspelt key in `loss` (`loss.label_smooth=0.1`)',
+          cmd("loss.label_smooth=0.1"), FAILED, ('unknown config key loss.label_smooth',),
+          ('did you mean loss.label_smoothing?',), nothing_written),
+    Fault("config-key-sparsity", "config", 'a misspelt key in `sparsity` (`sparsity.decya=0`)',
+          cmd("sparsity.decya=0"), FAILED, ('unknown config key sparsity.decya',),
+          ('did you mean sparsity.decay?',), nothing_written),
+    Fault("config-key-logger", "config", 'a misspelt key in `logger` (`logger.diagnostics_every=5`)',
+          cmd("logger.diagnostics_every=5"), FAILED, ('unknown config key logger.diagnostics_every',),
+          ('did you mean logger.diagnostics_every_n_steps?',), nothing_written),
+    Fault("config-key-backend", "config", 'a misspelt key in `backend` (`backend.nam=native`)',
+          cmd("backend.nam=native"), FAILED, ('unknown config key backend.nam',),
+          ('did you mean backend.name?',), nothing_written),
+    Fault("config-key-top", "config", 'a misspelt key in `sed` (`sed=3`)',
+          cmd("sed=3"), FAILED, ('unknown config key sed',),
+          ('did you mean seed?',), nothing_written),
+    Fault("config-key-multirun", "config", 'a misspelt key in a multirun (`-m seed=0,1 data.imagesize=3`)',
+          cmd("-m", "seed=0,1", "data.imagesize=3"), FAILED, ('unknown config key data.imagesize',),
+          ('did you mean data.image_size?',), nothing_written),
+    Fault("config-key-eval", "eval", 'a misspelt eval.py key (`chekpoint=`)',
+          cmd("chekpoint=x.pt", config="eval"), FAILED, ('unknown config key chekpoint',),
+          ('did you mean checkpoint?',), nothing_written),
+    Fault("config-type-image-size", "config", 'a value of the wrong type (`data.image_size=sixteen`)',
+          cmd("data.image_size=sixteen"), FAILED, ("data.image_size='sixteen' is not a valid int",),
+          ('e.g. data.image_size=32',), nothing_written),
+    Fault("config-type-lr", "config", 'a value of the wrong type (`optim.lr=abc`)',
+          cmd("optim.lr=abc"), FAILED, ("optim.lr='abc' is not a valid float",),
+          ('e.g. optim.lr=0.1',), nothing_written),
+    Fault("config-type-momentum", "config", 'a value of the wrong type (`optim.momentum=fast`)',
+          cmd("optim.momentum=fast"), FAILED, ("optim.momentum='fast' is not a valid float",),
+          ('e.g. optim.momentum=0.9',), nothing_written),
+    Fault("config-type-seed", "config", 'a value of the wrong type (`seed=abc`)',
+          cmd("seed=abc"), FAILED, ("seed='abc' is not a whole number",),
+          ('e.g. seed=0',), nothing_written),
+    Fault("config-type-seed-float", "config", 'a value of the wrong type (`seed=1.5`)',
+          cmd("seed=1.5"), FAILED, ('seed=1.5 is not a whole number',),
+          ('e.g. seed=0',), nothing_written),
+    Fault("config-type-width", "config", 'a value of the wrong type (`model.width=wide`)',
+          cmd("model.width=wide"), FAILED, ("model.width='wide' is not a valid int",),
+          ('e.g. model.width=64',), nothing_written),
+    Fault("config-type-shift", "config", 'a value of the wrong type (`data.augment_shift=1.5`)',
+          cmd("data.augment_shift=1.5"), FAILED, ('data.augment_shift=1.5 is not a valid int',),
+          ('e.g. data.augment_shift=2',), nothing_written),
+    Fault("config-range-seed-huge", "config", 'an out-of-range value (`seed=123456789012345678901`)',
+          cmd("seed=123456789012345678901"), FAILED, ('seed=123456789012345678901 is out of range',),
+          ('e.g. seed=0',), nothing_written),
+    Fault("config-range-seed-negative", "config", 'an out-of-range value (`seed=-1`)',
+          cmd("seed=-1"), FAILED, ('seed=-1 is out of range',),
+          ('e.g. seed=0',), nothing_written),
+    Fault("config-range-num-workers", "config", 'an out-of-range value (`data.num_workers=-1`)',
+          cmd("data.num_workers=-1"), FAILED, ('data.num_workers=-1 is out of range',),
+          ('0 (load in the main process) or more',), nothing_written),
+    Fault("config-range-val-batch", "config", 'an out-of-range value (`data.val_batch_size=-1`)',
+          cmd("data.val_batch_size=-1"), FAILED, ('data.val_batch_size=-1 is out of range',),
+          ('or null for data.batch_size',), nothing_written),
+    Fault("config-range-image-size-zero", "config", 'an out-of-range value (`data.image_size=0`)',
+          cmd("data.image_size=0"), FAILED, ('data.image_size=0 is out of range',),
+          ('a side length in pixels',), nothing_written),
+    Fault("config-range-batch-zero", "config", 'an out-of-range value (`data.batch_size=0`)',
+          cmd("data.batch_size=0"), FAILED, ('data.batch_size=0 is out of range',),
+          ('a global batch of at least 1',), nothing_written),
+    Fault("config-range-batch-negative", "config", 'an out-of-range value (`data.batch_size=-8`)',
+          cmd("data.batch_size=-8"), FAILED, ('data.batch_size=-8 is out of range',),
+          ('a global batch of at least 1',), nothing_written),
+    Fault("config-range-weight-decay", "config", 'an out-of-range value (`optim.weight_decay=-0.1`)',
+          cmd("optim.weight_decay=-0.1"), FAILED, ('optim.weight_decay=-0.1 is out of range',),
+          ('0 (off) or a positive decay',), nothing_written),
+    Fault("config-range-min-lr", "config", 'an out-of-range value (`sched.min_lr=-0.05`)',
+          cmd("sched.min_lr=-0.05"), FAILED, ('sched.min_lr=-0.05 is out of range',),
+          ('a negative lr is gradient ascent',), nothing_written),
+    Fault("config-range-warmup-factor", "config", 'an out-of-range value (`sched.warmup_start_factor=-1`)',
+          cmd("sched.warmup_start_factor=-1"), FAILED, ('sched.warmup_start_factor=-1 is out of range',),
+          ('a fraction of optim.lr, 0 to 1',), nothing_written),
+    Fault("config-range-warmup-epochs", "config", 'an out-of-range value (`sched.warmup_epochs=-1`)',
+          cmd("sched.warmup_epochs=-1"), FAILED, ('sched.warmup_epochs=-1 is out of range',),
+          ('0 (no warm-up)',), nothing_written),
+    Fault("config-range-label-smoothing", "config", 'an out-of-range value (`loss.label_smoothing=1.5`)',
+          cmd("loss.label_smoothing=1.5"), FAILED, ('loss.label_smoothing=1.5 is out of range',),
+          ('0 (off) to below 1',), nothing_written),
+    Fault("config-range-momentum-range", "config", 'an out-of-range value (`optim.momentum=1.5`)',
+          cmd("optim.momentum=1.5"), FAILED, ('optim.momentum=1.5 is out of range',),
+          ('0 to below 1',), nothing_written),
+    Fault("config-range-augment", "config", 'an out-of-range value (`data.augment_shift=-2`)',
+          cmd("data.augment_shift=-2"), FAILED, ('data.augment_shift=-2 is out of range',),
+          ('no setting of fst takes a negative value',), nothing_written),
+    Fault("config-range-val-fraction", "config", 'an out-of-range value (`data.val_fraction=1.5`)',
+          cmd("data.val_fraction=1.5"), FAILED, ('data.val_fraction=1.5 is out of range',),
+          ('a share between 0 and 1',), nothing_written),
+    Fault("config-range-width-zero", "config", 'an out-of-range value (`model.width=0`)',
+          cmd("model.width=0"), FAILED, ('model.width=0 is out of range',),
+          ('channels of the first stage',), nothing_written),
+    Fault("config-range-num-classes", "config", 'an out-of-range value (`data.num_classes=1`)',
+          cmd("data.num_classes=1"), FAILED, ('data.num_classes=1 is out of range',),
+          ('at least 2 classes',), nothing_written),
+    Fault("config-range-threads", "config", 'an out-of-range value (`trainer.num_threads=-2`)',
+          cmd("trainer.num_threads=-2"), FAILED, ('trainer.num_threads=-2 is out of range',),
+          ('0 or null: automatic',), nothing_written),
+    Fault("config-range-max-skips", "config", 'an out-of-range value (`trainer.max_nonfinite_skips=-1`)',
+          cmd("trainer.max_nonfinite_skips=-1"), FAILED, ('trainer.max_nonfinite_skips=-1 is out of range',),
+          ('pass trainer.max_nonfinite_skips=<a value in that range>',), nothing_written),
+    Fault("config-range-clip-inf", "config", 'an out-of-range value (`trainer.grad_clip_norm=inf`)',
+          cmd("trainer.grad_clip_norm=inf"), FAILED, ('trainer.grad_clip_norm=inf is out of range',),
+          ('no setting of fst takes a negative value',), nothing_written),
+    Fault("config-range-lr-nan", "config", 'an out-of-range value (`optim.lr=nan`)',
+          cmd("optim.lr=nan"), FAILED, ('optim.lr=nan',),
+          ('use a positive lr',), nothing_written),
+    Fault("config-range-betas", "config", 'AdamW betas out of range (`optim.betas=[0.9,1.5]`)',
+          cmd("optim=adamw", "optim.betas=[0.9,1.5]"), FAILED, ('optim.betas=[0.9, 1.5] is out of range',),
+          ('two numbers 0 to below 1',), nothing_written),
+    Fault("config-range-gamma", "config", 'a step schedule with `sched.gamma=0`',
+          cmd("sched=step", "sched.gamma=0"), FAILED, ('sched.gamma=0 is out of range',),
+          ('a factor 0 < gamma <= 1',), nothing_written),
+    Fault("config-range-milestones", "config", 'fractional milestones (`sched.milestones=[1.5]`)',
+          cmd("sched=step", "sched.milestones=[1.5]"), FAILED, ('sched.milestones=[1.5] is out of range',),
+          ('epoch numbers >= 0',), nothing_written),
+    Fault("config-range-rotate", "config", 'a negative augmentation parameter (`data.rotate_deg=-3`)',
+          cmd("data=digits_hard", "data.rotate_deg=-3"), FAILED, ('data.rotate_deg=-3 is out of range',),
+          ('no setting of fst takes a negative value',), nothing_written),
+    Fault("config-range-drop-path", "config", '`model.drop_path_rate=1.5` (ViT)',
+          cmd("model=vit", "model.drop_path_rate=1.5", base=RUN), FAILED, ('model.drop_path_rate=1.5 is out of range',),
+          ('a probability 0 to below 1',), nothing_written),
+    Fault("config-range-in-run", "config", 'an out-of-range value in a run (`loss.label_smoothing=1.5`)',
+          train("loss.label_smoothing=1.5"), FAILED, ('loss.label_smoothing=1.5 is out of range',),
+          ('0 (off) to below 1',), nothing_written),
+    Fault("config-range-decay-run", "config", 'a negative weight decay in a run',
+          train("optim.weight_decay=-0.1"), FAILED, ('optim.weight_decay=-0.1 is out of range',),
+          ('0 (off) or a positive decay',), nothing_written),
+    Fault("env-fst-threads-negative", "config", '`FST_NUM_THREADS=-1` in the environment',
+          cmd(env_vars={"FST_NUM_THREADS": "-1"}), FAILED, ("FST_NUM_THREADS='-1' must be >= 0",),
+          ('fix or unset it',), nothing_written),
+    Fault("env-fst-threads-abc", "config", '`FST_NUM_THREADS=abc` in the environment',
+          cmd(env_vars={"FST_NUM_THREADS": "abc"}), FAILED, ("FST_NUM_THREADS='abc' is not a thread count",),
+          ('fix or unset it',), nothing_written),
+    Fault("env-omp-threads-abc", "config", '`OMP_NUM_THREADS=abc` in the environment',
+          cmd(env_vars={"OMP_NUM_THREADS": "abc"}), FAILED, ("OMP_NUM_THREADS='abc' is not a thread count",),
+          ('fix or unset it',), nothing_written),
+    Fault("env-stray-world-size", "config", '`WORLD_SIZE=2` in the environment',
+          cmd(env_vars={"WORLD_SIZE": "2"}), FAILED, ('WORLD_SIZE=2 is set but this process was not started by torchrun',),
+          ('unset WORLD_SIZE',), nothing_written),
+    Fault("config-grammar-unicode", "config", 'a non-ASCII value unquoted (`name=é`)',
+          cmd("name=é"), FAILED, ("cannot parse the override 'name=é'",),
+          ('quote the value',), nothing_written),
+    Fault("config-grammar-tilde", "config", '`~` unquoted (`output_root=~/runs`)',
+          cmd("output_root=~/runs"), FAILED, ("cannot parse the override 'output_root=~/runs'",),
+          ('quote the value',), nothing_written),
+    Fault("path-output-root-tilde", "config", "`output_root='~/runs'` (not expanded)",
+          cmd("output_root='~/runs'"), FAILED, ("'~' is not expanded in output_root",),
+          ('write output_root=$HOME/runs',), nothing_written),
+    Fault("path-name-dotdot", "config", '`name=../../x` (outside `output_root`)',
+          cmd("name=../../x"), FAILED, ("name='../../x' would write outside output_root",),
+          ("a run name is a relative path without '..'",), nothing_written),
+    Fault("path-name-absolute", "config", 'an absolute `name=/tmp/x`',
+          cmd("name=/tmp/x"), FAILED, ("name='/tmp/x' would write outside output_root",),
+          ('e.g. name=my_run',), nothing_written),
+    Fault("path-name-too-long", "config", 'a 300-character `name`',
+          cmd("name=" + "a" * 300), FAILED, ('has a component of 300 bytes',),
+          ('use a shorter name=',), nothing_written),
+    Fault("path-output-root-file", "config", '`output_root` is a file',
+          _output_root_is(_a_file), FAILED, ('is a file, not a directory',),
+          ('choose another output_root=',), nothing_written),
+    Fault("path-output-root-dangling", "config", '`output_root` is a broken symbolic link',
+          _output_root_is(_dangling), FAILED, ('is a broken symbolic link',),
+          ('create the target or choose another output_root=',), nothing_written),
+    Fault("path-output-root-unwritable", "config", '`output_root` where no directory can be made (`/proc/x`)',
+          cmd("output_root=/proc/fst_runs"), FAILED, ('cannot create a directory in /proc',),
+          ('choose a writable output_root=',), nothing_written),
+    Fault("path-disk-full", "disk", 'the disk under `output_root` is full at launch',
+          _full_disk, FAILED, ('the disk holding',),
+          ('free space there or choose another output_root=',), nothing_written),
+    Fault("config-interpolation", "config", 'an interpolation to a missing key (`name=${nope}`)',
+          cmd("name=${nope}"), FAILED, ('invalid config:',),
+          ("Interpolation key 'nope' not found",), nothing_written),
+    Fault("config-unknown-option-model", "config", 'an unknown model option (`model=resnet19`)',
+          cmd("model=resnet19"), FAILED, ("Could not find 'model/resnet19'",),
+          ("Available options in 'model'", 'resnet18'), nothing_written),
+    Fault("config-unknown-option-data", "config", 'an unknown data option (`data=imagenet1k`)',
+          cmd("data=imagenet1k"), FAILED, ("Could not find 'data/imagenet1k'",),
+          ("Available options in 'data'", 'imagenet'), nothing_written),
+    Fault("config-exclude-no-match", "config", '`sparsity.exclude` matching no layer',
+          train("sparsity.exclude=[nope]"), FAILED, ('match no Conv2d/Linear of the model',),
+          ('fix the patterns',), nothing_written),
+    Fault("config-pretrained-text", "config", '`model.pretrained=` a text file',
+          _text_weights, FAILED, ('is not a file written by torch.save',),
+          ('torch.save(model.state_dict(), PATH)',), nothing_written),
+    Fault("eval-export-over-best", "eval", '`export=RUN/checkpoints/best.pt` (would replace the checkpoint)',
+          _eval_refused(export=_in_ckpts("best.pt")), FAILED, ("inside a run's checkpoints/ folder",),
+          ("eval.py never writes over a training run's files",), None),
+    Fault("eval-export-into-ckpts", "eval", "`export=` a new file in a run's `checkpoints/`",
+          _eval_refused(export=_in_ckpts("deploy.pt")), FAILED, ("inside a run's checkpoints/ folder",),
+          ('Write elsewhere',), None),
+    Fault("eval-output-over-summary", "eval", '`output=RUN/summary.json`',
+          _eval_refused(output=lambda env: env.earlier / "summary.json"), FAILED, ("it is the run's own summary.json",),
+          ('Write elsewhere',), None),
+    Fault("eval-output-over-metrics", "eval", '`output=RUN/metrics.jsonl`',
+          _eval_refused(output=lambda env: env.earlier / "metrics.jsonl"), FAILED, ("it is the run's own metrics.jsonl",),
+          ('Write elsewhere',), None),
+    Fault("eval-export-over-train-ckpt", "eval", '`export=` a copy of a training checkpoint',
+          _eval_refused(export=lambda env: env.checkpoint_copy()), FAILED, ('it is a training checkpoint',),
+          ('Write elsewhere',), None),
+    Fault("eval-same-second", "eval", 'two evaluations started in the same second',
+          _eval_twice, OK, ('val/top1',),
+          ('output:',), _two_metrics),
+    Fault("eval-nan-weights", "eval", '`weights=` an export holding a NaN',
+          _nan_export, FAILED, ('holds non-finite values (NaN/Inf) in 1 tensor(s)',),
+          ('export the weights again',), None),
+    Fault("eval-damaged-best", "eval", 'a damaged `best.pt` (falls back to `last.pt`)',
+          _eval_damaged_best, OK, ('skipping checkpoint',),
+          ('checkpoint:', 'last.pt'), None),
+    Fault("eval-train-ckpt-as-weights", "eval", 'a training checkpoint given as `weights=`',
+          lambda env: env.eval(f"checkpoint={env.earlier}", f"weights={env.earlier / 'checkpoints' / 'last.pt'}"), FAILED, ('is a training checkpoint (dense W by design',),
+          ('evaluate it with checkpoint=',), None),
+    Fault("eval-cuda-without-gpu", "eval", '`eval.py device=cuda` without a GPU',
+          lambda env: env.eval(f"checkpoint={env.earlier}", "device=cuda"), FAILED, ('CUDA is not available',),
+          ('use trainer.device=cpu',), None, marks=("skip_if_cuda",)),
+    Fault("eval-sparse24-without-gpu", "eval", '`eval.py backend=sparse24` without a GPU',
+          lambda env: env.eval(f"checkpoint={env.earlier}", "backend=sparse24", "device=cpu"), FAILED, ('runs only on CUDA GPUs',),
+          ('use backend=native',), None, marks=("skip_if_cuda",)),
+    Fault("signal-sighup", "signal", 'SIGHUP mid-epoch (the ssh session closed)',
+          train("trainer.debug_signal_at_step=1", "trainer.debug_signal=SIGHUP"), PREEMPTED, ('received SIGHUP', 'checkpoint written, exiting with status 75'),
+          ('resume=auto',), _checkpointed(1)),
+    Fault("signal-startup-sigterm", "signal", 'SIGTERM during start-up (e.g. scanning a large ImageFolder)',
+          _startup_signal("SIGTERM"), PREEMPTED, ('received SIGTERM before training started',),
+          ('run the same command again',), nothing_written),
+    Fault("signal-startup-sigusr1", "signal", 'SIGUSR1 during start-up (e.g. scanning a large ImageFolder)',
+          _startup_signal("SIGUSR1"), PREEMPTED, ('received SIGUSR1 before training started',),
+          ('run the same command again',), nothing_written),
+    Fault("signal-startup-sighup", "signal", 'SIGHUP during start-up (e.g. scanning a large ImageFolder)',
+          _startup_signal("SIGHUP"), PREEMPTED, ('received SIGHUP before training started',),
+          ('run the same command again',), nothing_written),
+    Fault("signal-startup-sigint", "signal", 'Ctrl-C during start-up',
+          _startup_signal("SIGINT"), INTERRUPTED, ('received SIGINT before training started',),
+          ('run the same command again',), nothing_written),
+    Fault("signal-sigterm-at-import", "signal", 'SIGTERM while train.py imports (first second)',
+          _sigterm_at_import, PREEMPTED, ('while starting; exiting with 75',),
+          ('exiting with 75',), nothing_written, slow=True),
+    Fault("resume-record-kept", "resume", 'resumed twice from one step with different lr (`config_resolved.step<N>.yaml`)',
+          _resume_kept_record, OK, ('applying changed settings',),
+          ('resumed from',), _record_kept),
+    Fault("resume-extend-preempted", "resume", 'a finished run extended (`trainer.epochs=2`) and preempted',
+          _extend_preempted, PREEMPTED, ('received SIGTERM',),
+          ('resume=auto',), _summary_not_stale),
+    Fault("resume-auto-clock-behind", "resume", '`resume=auto` with a newer-named but older run (clock behind)',
+          _clock_behind, OK, ('resumed from',),
+          ('resumed from',), _resumed_newest),
+    Fault("resume-other-data", "resume", '`resume=auto` with `data.root` at other data, same classes',
+          _other_data, FAILED, ("holds other train data than the checkpoint's run",),
+          ('point data.root at the data the run was trained on',), None),
+    Fault("data-order-seed-epoch", "data", 'seed 0 epoch 1 ordered as seed 1 epoch 0 (correlated seeds)',
+          _orders_differ, OK, ('9 distinct orders of 9',),
+          ('SeedSequence',), None),
+    Fault("data-hidden-folder", "data", "a hidden folder with images beside the class folders",
+          _hidden_folder, OK, ("ignoring hidden folder(s) .ipynb_checkpoints",),
+          ("rename without the leading dot to make one a class",), _twelve_samples),
+    Fault("data-symlink-loop", "data", "a symbolic link loop inside a class folder",
+          _symlink_loop, OK, ("reached again through symbolic links",),
+          ("each image counts once",), _twelve_samples),
+    Fault("data-decompression-bomb", "data", "a decompression-bomb-sized image (`on_error=skip`)",
+          _bomb, OK, ("skipping unreadable image", "bomb.png"),
+          ("unreadable_images_skipped",)),
+    Fault("data-coco-missing-image", "data", "a COCO annotation naming an image missing on disk",
+          _coco(_add_missing_image), FAILED,
+          ("names 1 image(s) missing from", "2.jpg, image id 2"),
+          ("restore those files, or remove their entries",), nothing_written),
+    Fault("config-pretrained-nan", "config", "`model.pretrained=` weights holding NaN",
+          _nan_pretrained, FAILED, ("holds non-finite values (NaN/Inf) in 1 tensor(s)",),
+          ("these weights are broken",), nothing_written),
+    Fault("ckpt-last-is-dir", "checkpoint", "`checkpoints/last.pt` is a directory",
+          _last_is_dir, FAILED, ("last.pt: it is not a file", "a directory of that name is in the way"),
+          ("move or remove that directory",)),
+    Fault("ckpt-old-missing-keys", "checkpoint", "an old checkpoint missing newer entries",
+          _resume_with(_old_checkpoint), FAILED, ("lacks 'progress', 'scaler'",),
+          ("resume=null model.pretrained=",), nothing_written),
+    Fault("data-non-utf8-name", "data", "an unreadable image whose name is not valid UTF-8",
+          _non_utf8_name, OK, ("skipping unreadable image",),
+          ("unreadable_images_skipped",), _skip_in_train_log),
+    Fault("config-cli-misspelt-data-key", "config", "a misspelt data key, real command (train.py `data.imagesize=16`)",
+          lambda env: env.train_cli("data.imagesize=16"), FAILED,
+          ("unknown config key data.imagesize",), ("did you mean data.image_size?",), _one_line,
+          slow=True),
+    Fault("config-cli-out-of-range", "config", "an out-of-range value, real command (train.py `sched.min_lr=-0.05`)",
+          lambda env: env.train_cli("sched.min_lr=-0.05"), FAILED,
+          ("sched.min_lr=-0.05 is out of range",), ("a negative lr is gradient ascent",),
+          _one_line, slow=True),
+    Fault("eval-cli-export-over-best", "eval", "eval.py, real command, `export=RUN/checkpoints/best.pt`",
+          lambda env: env.cli("eval.py", f"checkpoint={env.earlier}", f"output_root={env.out}",
+                              f"export={env.earlier / 'checkpoints' / 'best.pt'}"), FAILED,
+          ("inside a run's checkpoints/ folder",), ("eval.py never writes over",), _one_line,
+          slow=True),
+    Fault("disk-run-dir-deleted", "disk", "the run directory deleted while the run writes it",
+          _run_dir_deleted, FAILED, ("no longer exists (the run directory was deleted or moved",),
+          ("start the run again",)),
 ]
 # fmt: on
 
