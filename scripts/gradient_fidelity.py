@@ -1,0 +1,413 @@
+"""Gradient fidelity of every strategy: local and propagated error per layer, effect on a step.
+
+    python scripts/gradient_fidelity.py [--seeds 2] [--cases ...] [--out results]
+
+Measures, on one batch at given weights, how far each strategy's backward pass is from the
+exact backward pass of the same forward network (:mod:`fst.analysis.fidelity` defines the
+measures): per layer in depth order, the *local* error (the strategy's dX and dW from the
+layer's exact dY) and the *propagated* error (the whole backward pass with the strategy), and
+per strategy the cosine of the whole gradient and the one-step loss decrease against the exact
+gradient's. Issue 24: the paper's conjecture that gg/gx fail because the dY error accumulates
+over layers (Sec. 4), and whether IR recovers what the fixed X^T mask drops (Sec. 5.3).
+
+Cases (``--cases``; all CPU-sized, nothing downloads):
+
+- ``resnet18_init``: torchvision ResNet-18 (11 classes), random init, batch of random 224 px
+  crops of the 11 photographs shipped with scikit-image / scikit-learn, label = the photograph.
+- ``resnet18_photos``: the same network after ``--train-steps`` dense SGD steps on such crops
+  (other crops than the measured batch).
+- ``deit_tiny_init``: timm DeiT-Ti (224 px, 14x14 patch grid + class token), random init, the
+  same photographs.
+- ``vit_digits_init`` / ``vit_digits_trained``: the small ViT of ``+experiment=vit_digits_fst``
+  (32 px digits, patch 4: an 8x8 grid, width 64, depth 4) at random init and after
+  ``--vit-train-steps`` dense AdamW steps on the digits training split.
+
+Each case is repeated for ``--seeds`` seeds (weights, batch and training order all change).
+Writes ``gradient_fidelity.{csv,md,png}`` and ``gradient_fidelity_steps.csv`` under ``--out``.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from fst.analysis import fidelity, images, report  # noqa: E402
+
+CASES = (
+    "resnet18_init",
+    "resnet18_photos",
+    "deit_tiny_init",
+    "vit_digits_init",
+    "vit_digits_trained",
+)
+
+
+def _resnet18(seed: int, classes: int):
+    from fst.models.classification import resnet18
+
+    torch.manual_seed(seed)
+    return resnet18(num_classes=classes)
+
+
+def _deit_tiny(seed: int, classes: int):
+    from fst.models.classification import vit
+
+    torch.manual_seed(seed)
+    return vit("deit_tiny_patch16_224", num_classes=classes, img_size=224)
+
+
+def _vit_digits(seed: int):
+    from fst.models.classification import vit
+
+    torch.manual_seed(seed)
+    return vit(
+        "vit_tiny_patch16_224",
+        num_classes=10,
+        img_size=32,
+        patch_size=4,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        mlp_ratio=2.0,
+    )
+
+
+def _train_photos(model, steps: int, batch: int, seed: int, lr: float) -> None:
+    """Dense SGD (momentum 0.9, weight decay 5e-4) on fresh photograph crops every step."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for step in range(steps):
+        x, y = images.photo_crops(batch, seed=10_000 + 100 * seed + step)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def _digits(seed: int, n: int, train: bool):
+    from fst.data.classification import digits
+
+    bundle = digits(image_size=32, augment_shift=0)
+    part = bundle.train if train else bundle.val
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(part.labels), generator=g)[:n]
+    x = (part.images[idx].expand(-1, 3, -1, -1) - 0.5) / 0.5
+    return x.contiguous(), part.labels[idx].long()
+
+
+def _train_vit_digits(model, steps: int, batch: int, seed: int) -> float:
+    """Dense AdamW (lr 2e-3, weight decay 0.05: vit_digits_fst's) on the digits training split."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    model.train()
+    loss = float("nan")
+    for step in range(steps):
+        x, y = _digits(10_000 + 100 * seed + step, batch, train=True)
+        out = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        opt.zero_grad()
+        out.backward()
+        opt.step()
+        loss = float(out)
+    return loss
+
+
+def build_case(case: str, seed: int, args) -> tuple:
+    """(model, inputs, target, description) for one case and seed."""
+    classes = len(images.shipped_photo_names())
+    if case in ("resnet18_init", "resnet18_photos", "deit_tiny_init"):
+        x, y = images.photo_crops(args.batch, seed=seed)
+        if case == "deit_tiny_init":
+            return _deit_tiny(seed, classes), x, y, "DeiT-Ti, random init, 224 px photographs"
+        model = _resnet18(seed, classes)
+        if case == "resnet18_init":
+            return model, x, y, "ResNet-18, random init, 224 px photographs"
+        loss = _train_photos(model, args.train_steps, args.batch, seed, args.train_lr)
+        return (
+            model,
+            x,
+            y,
+            f"ResNet-18 after {args.train_steps} dense SGD steps on photograph crops "
+            f"(last train loss {loss:.2f}), 224 px",
+        )
+    model = _vit_digits(seed)
+    x, y = _digits(seed, args.vit_batch, train=False)
+    if case == "vit_digits_init":
+        return model, x, y, "vit_digits ViT (8x8 grid), random init, digits val"
+    loss = _train_vit_digits(model, args.vit_train_steps, args.vit_batch, seed)
+    return (
+        model,
+        x,
+        y,
+        f"vit_digits ViT after {args.vit_train_steps} dense AdamW steps on digits "
+        f"(last train loss {loss:.2f}), digits val",
+    )
+
+
+def _mean_std(vals):
+    t = torch.tensor([v for v in vals if v == v], dtype=torch.float64)
+    if not len(t):
+        return float("nan"), float("nan")
+    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
+
+
+def _depth(r):
+    return r["depth"]
+
+
+def summarise(layer_rows, step_rows, cases, strategies):
+    """Per case and strategy: means over seeds of the per-layer curves' key points."""
+    out = []
+    for case in cases:
+        for s in strategies:
+            rows = [r for r in layer_rows if r["case"] == case and r["strategy"] == s]
+            if not rows:
+                continue
+            seeds = sorted({r["seed"] for r in rows})
+            depth_max = max(r["depth"] for r in rows)
+
+            def per_seed(kind, key, pick, rows=rows, seeds=seeds):
+                vals = []
+                for sd in seeds:
+                    rr = [
+                        r
+                        for r in rows
+                        if r["seed"] == sd
+                        and r["kind"] == kind
+                        and r["sparse"]
+                        and r[key] == r[key]
+                    ]
+                    if rr:
+                        vals.append(pick(rr, key))
+                return vals
+
+            def mean_of(rr, key):
+                return sum(r[key] for r in rr) / len(rr)
+
+            def last(rr, key):  # the layer nearest the loss
+                return max(rr, key=_depth)[key]
+
+            def first(rr, key):  # the layer farthest from the loss (after the stem)
+                return min(rr, key=_depth)[key]
+
+            st = [r for r in step_rows if r["case"] == case and r["strategy"] == s]
+            row = {"case": case, "strategy": s, "seeds": len(seeds), "layers": depth_max + 1}
+            for name, kind, key, pick in (
+                ("local_dw", "local", "dw_rel", mean_of),
+                ("local_dx", "local", "dx_rel", mean_of),
+                ("prop_dw", "propagated", "dw_rel", mean_of),
+                ("prop_dw_last", "propagated", "dw_rel", last),
+                ("prop_dw_first", "propagated", "dw_rel", first),
+                ("prop_dx_last", "propagated", "dx_rel", last),
+                ("prop_dx_first", "propagated", "dx_rel", first),
+            ):
+                m, sd = _mean_std(per_seed(kind, key, pick))
+                row[name], row[name + "_std"] = m, sd
+            for key in ("grad_cos", "first_order_ratio", "decrease_ratio"):
+                m, sd = _mean_std([r[key] for r in st])
+                row[key], row[key + "_std"] = m, sd
+            out.append(row)
+    return out
+
+
+def plot(layer_rows, cases, strategies, path, titles):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("local", "dw_rel", "local dW error"),
+        ("propagated", "dw_rel", "propagated dW error"),
+        ("local", "dx_rel", "local dX error"),
+        ("propagated", "dx_rel", "propagated dX error"),
+    ]
+    fig, axes = plt.subplots(
+        len(panels), len(cases), figsize=(4.2 * len(cases), 3.0 * len(panels)), squeeze=False
+    )
+    cmap = plt.get_cmap("tab20")
+    drawn = [s for s in strategies if s not in fidelity.ALIASES]
+    for j, case in enumerate(cases):
+        for i, (kind, key, label) in enumerate(panels):
+            ax = axes[i][j]
+            for k, s in enumerate(drawn):
+                rows = [
+                    r
+                    for r in layer_rows
+                    if r["case"] == case and r["strategy"] == s and r["kind"] == kind
+                ]
+                depths = sorted({r["depth"] for r in rows})
+                mean, lo, hi, xs = [], [], [], []
+                for d in depths:
+                    v = [r[key] for r in rows if r["depth"] == d and r[key] == r[key]]
+                    if not v:
+                        continue
+                    xs.append(d)
+                    mean.append(sum(v) / len(v))
+                    lo.append(min(v))
+                    hi.append(max(v))
+                if not xs:
+                    continue
+                name = "wx = wx_sort" if s == "wx" and "wx_sort" in strategies else s
+                style = "--" if k >= 10 else "-"
+                ax.plot(xs, mean, style, color=cmap(k), label=name, lw=1.2)
+                ax.fill_between(xs, lo, hi, color=cmap(k), alpha=0.15, lw=0)
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_ylim(0, None)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(titles[case], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{label}\n||g - g_exact|| / ||g_exact||", fontsize=8)
+            if i == len(panels) - 1:
+                ax.set_xlabel("layer (forward order; the loss is on the right)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(m, s):
+    return "n/a" if m != m else f"{m:.3f} ± {s:.3f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", default="outputs/analysis", help="output directory (results/ only when asked)"
+    )
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument(
+        "--strategies", nargs="+", default=list(fidelity.STUDIED), choices=fidelity.STUDIED
+    )
+    p.add_argument("--seeds", type=int, default=1, help="seeds (0, 1, ...) of the 224 px cases")
+    p.add_argument(
+        "--vit-seeds", type=int, default=3, help="seeds of the vit_digits cases (cheap: 32 px)"
+    )
+    p.add_argument("--batch", type=int, default=16, help="photographs per batch (224 px)")
+    p.add_argument("--train-steps", type=int, default=20, help="dense steps for resnet18_photos")
+    p.add_argument("--train-lr", type=float, default=0.05)
+    p.add_argument("--vit-batch", type=int, default=64, help="digits per batch (vit_digits)")
+    p.add_argument("--vit-train-steps", type=int, default=300, help="for vit_digits_trained")
+    p.add_argument("--lr", type=float, default=0.02, help="SGD step of the one-step loss decrease")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.seeds < 1 or args.vit_seeds < 1:
+        p.error("--batch, --seeds and --vit-seeds must be >= 1")
+
+    t0 = time.time()
+    layer_rows, step_rows, titles = [], [], {}
+    for case in args.cases:
+        seeds = args.vit_seeds if case.startswith("vit_digits") else args.seeds
+        for seed in range(seeds):
+            tc = time.time()
+            model, x, y, desc = build_case(case, seed, args)
+            titles[case] = desc.split(" (last")[0]
+            rows, steps = fidelity.measure(model, x, y, args.strategies, lr=args.lr, seed=seed)
+            layer_rows += [{"case": case, "seed": seed, **r} for r in rows]
+            step_rows += [{"case": case, "seed": seed, "weights": desc, **r} for r in steps]
+            print(f"{case} seed {seed}: {desc}; {time.time() - tc:.0f} s", flush=True)
+    elapsed = time.time() - t0
+
+    out = Path(args.out)
+    report.write_csv(out / "gradient_fidelity.csv", layer_rows)
+    report.write_csv(out / "gradient_fidelity_steps.csv", step_rows)
+    summary = summarise(layer_rows, step_rows, args.cases, args.strategies)
+    plot(layer_rows, args.cases, args.strategies, out / "gradient_fidelity.png", titles)
+
+    sections = []
+    for case in args.cases:
+        weights = sorted({r["weights"] for r in step_rows if r["case"] == case})
+        rows = [
+            {
+                "strategy": r["strategy"],
+                "local_dw": _fmt(r["local_dw"], r["local_dw_std"]),
+                "local_dx": _fmt(r["local_dx"], r["local_dx_std"]),
+                "prop_dw_last": _fmt(r["prop_dw_last"], r["prop_dw_last_std"]),
+                "prop_dw_first": _fmt(r["prop_dw_first"], r["prop_dw_first_std"]),
+                "prop_dx_last": _fmt(r["prop_dx_last"], r["prop_dx_last_std"]),
+                "prop_dx_first": _fmt(r["prop_dx_first"], r["prop_dx_first_std"]),
+                "grad_cos": _fmt(r["grad_cos"], r["grad_cos_std"]),
+                "first_order_ratio": _fmt(r["first_order_ratio"], r["first_order_ratio_std"]),
+                "decrease_ratio": _fmt(r["decrease_ratio"], r["decrease_ratio_std"]),
+            }
+            for r in summary
+            if r["case"] == case
+        ]
+        layers = next((r["layers"] for r in summary if r["case"] == case), 0)
+        n_seeds = next((r["seeds"] for r in summary if r["case"] == case), 0)
+        sections.append(
+            f"### `{case}` ({layers} layers; {n_seeds} seed(s))\n\n"
+            + "".join(f"- {w}\n" for w in weights)
+            + "\n"
+            + report.markdown_table(
+                rows,
+                list(rows[0].keys()) if rows else [],
+                [
+                    "strategy",
+                    "local dW (mean over layers)",
+                    "local dX",
+                    "prop. dW, last layer",
+                    "prop. dW, first layer",
+                    "prop. dX, last layer",
+                    "prop. dX, first layer",
+                    "grad cos",
+                    "<g, g_exact> / |g_exact|^2",
+                    "loss decrease / exact",
+                ],
+            )
+        )
+    body = (
+        "Relative L2 error ||g - g_exact|| / ||g_exact|| of each sparse layer's dW and dX, "
+        "mean ± std over seeds; *local*: from the layer's exact dY; *propagated*: the whole "
+        "backward pass with the strategy; last layer = nearest the loss (where backpropagation "
+        "starts), first layer = farthest (its dX: the first layer whose input needs one). "
+        "Exact = the exact backward pass of the strategy's own forward network (S(W), T(W) or W; "
+        "see `fst/analysis/fidelity.py`). `grad cos`: cosine of all parameters' gradient with "
+        "the exact one; `<g, g_exact> / |g_exact|^2`: the first-order (small-step) ratio of the "
+        "loss decreases; `loss decrease / exact`: loss decrease of one SGD step (lr "
+        f"{args.lr}) with the strategy's gradient over that with the exact gradient, same batch. "
+        "`wx_sort` (dY S(X^T) with the sort-based magnitude mask, the bound IR approaches) has "
+        "exactly `wx`'s rules and is computed once. `mvue_exact`: `mvue` with "
+        f"`sparsity.estimator=exact`. Batch: {args.batch} photographs (224 px) or "
+        f"{args.vit_batch} digits (32 px). Wall time {elapsed:.0f} s.\n\n"
+        + "\n\n".join(sections)
+        + "\n\n![gradient fidelity](gradient_fidelity.png)\n"
+    )
+    report.write_markdown(
+        out / "gradient_fidelity.md", "Gradient fidelity of the strategies (issue 24)", body
+    )
+    cols = ("strategy", "local_dw", "prop_dw_last", "prop_dw_first", "grad_cos", "decrease_ratio")
+    for case in args.cases:
+        print(f"\n{case}")
+        print("  ".join(f"{c:>14s}" for c in cols))
+        for r in summary:
+            if r["case"] == case:
+                print(
+                    "  ".join(f"{r[c]:>14.4f}" if c != "strategy" else f"{r[c]:>14s}" for c in cols)
+                )
+    print(
+        json.dumps(
+            {
+                "seconds": round(elapsed, 1),
+                "out": str(out),
+                "cases": args.cases,
+                "seeds": {"224px": args.seeds, "vit_digits": args.vit_seeds},
+                "grad_cos": {
+                    f"{r['case']}/{r['strategy']}": round(r["grad_cos"], 4) for r in summary
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
