@@ -156,6 +156,32 @@ def _mean_std(vals):
     return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
 
 
+def _read_csvs(d: Path) -> tuple[list[dict], list[dict]]:
+    """The rows of an earlier run's ``gradient_fidelity{,_steps}.csv``, numbers parsed."""
+    import csv
+
+    def parse(v):
+        if v in ("True", "False"):
+            return v == "True"
+        try:
+            return int(v)
+        except ValueError:
+            pass
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    out = []
+    for name in ("gradient_fidelity.csv", "gradient_fidelity_steps.csv"):
+        path = d / name
+        if not path.is_file():
+            raise SystemExit(f"error: {path} does not exist; pass the --out of an earlier run")
+        with open(path, newline="") as f:
+            out.append([{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)])
+    return out[0], out[1]
+
+
 def _depth(r):
     return r["depth"]
 
@@ -189,11 +215,13 @@ def summarise(layer_rows, step_rows, cases, strategies):
             def mean_of(rr, key):
                 return sum(r[key] for r in rr) / len(rr)
 
-            def last(rr, key):  # the layer nearest the loss
-                return max(rr, key=_depth)[key]
+            def near(rr, key):  # the quarter of the layers nearest the loss
+                rr = sorted(rr, key=_depth)
+                return mean_of(rr[-max(1, len(rr) // 4) :], key)
 
-            def first(rr, key):  # the layer farthest from the loss (after the stem)
-                return min(rr, key=_depth)[key]
+            def far(rr, key):  # the quarter farthest from the loss
+                rr = sorted(rr, key=_depth)
+                return mean_of(rr[: max(1, len(rr) // 4)], key)
 
             st = [r for r in step_rows if r["case"] == case and r["strategy"] == s]
             row = {"case": case, "strategy": s, "seeds": len(seeds), "layers": depth_max + 1}
@@ -201,15 +229,19 @@ def summarise(layer_rows, step_rows, cases, strategies):
                 ("local_dw", "local", "dw_rel", mean_of),
                 ("local_dx", "local", "dx_rel", mean_of),
                 ("prop_dw", "propagated", "dw_rel", mean_of),
-                ("prop_dw_last", "propagated", "dw_rel", last),
-                ("prop_dw_first", "propagated", "dw_rel", first),
-                ("prop_dx_last", "propagated", "dx_rel", last),
-                ("prop_dx_first", "propagated", "dx_rel", first),
+                ("local_dw_near", "local", "dw_rel", near),
+                ("local_dw_far", "local", "dw_rel", far),
+                ("prop_dw_near", "propagated", "dw_rel", near),
+                ("prop_dw_far", "propagated", "dw_rel", far),
+                ("local_dx_near", "local", "dx_rel", near),
+                ("local_dx_far", "local", "dx_rel", far),
+                ("prop_dx_near", "propagated", "dx_rel", near),
+                ("prop_dx_far", "propagated", "dx_rel", far),
             ):
                 m, sd = _mean_std(per_seed(kind, key, pick))
                 row[name], row[name + "_std"] = m, sd
             for key in ("grad_cos", "first_order_ratio", "decrease_ratio"):
-                m, sd = _mean_std([r[key] for r in st])
+                m, sd = _mean_std([r.get(key, float("nan")) for r in st])
                 row[key], row[key + "_std"] = m, sd
             out.append(row)
     return out
@@ -267,7 +299,8 @@ def plot(layer_rows, cases, strategies, path, titles):
             if i == len(panels) - 1:
                 ax.set_xlabel("layer (forward order; the loss is on the right)", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+    ncol = min(len(labels), 7 if len(cases) > 2 else 3)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -299,13 +332,25 @@ def main(argv=None):
     p.add_argument("--vit-batch", type=int, default=64, help="digits per batch (vit_digits)")
     p.add_argument("--vit-train-steps", type=int, default=300, help="for vit_digits_trained")
     p.add_argument("--lr", type=float, default=0.02, help="SGD step of the one-step loss decrease")
+    p.add_argument(
+        "--from-csv",
+        default=None,
+        metavar="DIR",
+        help="measure nothing: rebuild the Markdown and the figure from DIR's two CSV files of "
+        "an earlier run (its --cases, --strategies, --batch, --vit-batch and --lr must be given "
+        "again)",
+    )
     args = p.parse_args(argv)
     if args.batch < 1 or args.seeds < 1 or args.vit_seeds < 1:
         p.error("--batch, --seeds and --vit-seeds must be >= 1")
 
     t0 = time.time()
     layer_rows, step_rows, titles = [], [], {}
-    for case in args.cases:
+    if args.from_csv:
+        layer_rows, step_rows = _read_csvs(Path(args.from_csv))
+        args.cases = [c for c in args.cases if any(r["case"] == c for r in step_rows)]
+        titles = {r["case"]: r["weights"].split(" (last")[0] for r in step_rows}
+    for case in [] if args.from_csv else args.cases:
         seeds = args.vit_seeds if case.startswith("vit_digits") else args.seeds
         for seed in range(seeds):
             tc = time.time()
@@ -318,27 +363,22 @@ def main(argv=None):
     elapsed = time.time() - t0
 
     out = Path(args.out)
-    report.write_csv(out / "gradient_fidelity.csv", layer_rows)
-    report.write_csv(out / "gradient_fidelity_steps.csv", step_rows)
+    if not args.from_csv or Path(args.from_csv).resolve() != out.resolve():
+        report.write_csv(out / "gradient_fidelity.csv", layer_rows)
+        report.write_csv(out / "gradient_fidelity_steps.csv", step_rows)
     summary = summarise(layer_rows, step_rows, args.cases, args.strategies)
     plot(layer_rows, args.cases, args.strategies, out / "gradient_fidelity.png", titles)
 
     sections = []
     for case in args.cases:
         weights = sorted({r["weights"] for r in step_rows if r["case"] == case})
+        cols = (
+            "local_dw_near", "local_dw_far", "prop_dw_near", "prop_dw_far",
+            "local_dx_near", "local_dx_far", "prop_dx_near", "prop_dx_far",
+            "grad_cos", "first_order_ratio", "decrease_ratio",
+        )  # fmt: skip
         rows = [
-            {
-                "strategy": r["strategy"],
-                "local_dw": _fmt(r["local_dw"], r["local_dw_std"]),
-                "local_dx": _fmt(r["local_dx"], r["local_dx_std"]),
-                "prop_dw_last": _fmt(r["prop_dw_last"], r["prop_dw_last_std"]),
-                "prop_dw_first": _fmt(r["prop_dw_first"], r["prop_dw_first_std"]),
-                "prop_dx_last": _fmt(r["prop_dx_last"], r["prop_dx_last_std"]),
-                "prop_dx_first": _fmt(r["prop_dx_first"], r["prop_dx_first_std"]),
-                "grad_cos": _fmt(r["grad_cos"], r["grad_cos_std"]),
-                "first_order_ratio": _fmt(r["first_order_ratio"], r["first_order_ratio_std"]),
-                "decrease_ratio": _fmt(r["decrease_ratio"], r["decrease_ratio_std"]),
-            }
+            {"strategy": r["strategy"], **{c: _fmt(r[c], r[c + "_std"]) for c in cols}}
             for r in summary
             if r["case"] == case
         ]
@@ -353,14 +393,16 @@ def main(argv=None):
                 list(rows[0].keys()) if rows else [],
                 [
                     "strategy",
-                    "local dW (mean over layers)",
-                    "local dX",
-                    "prop. dW, last layer",
-                    "prop. dW, first layer",
-                    "prop. dX, last layer",
-                    "prop. dX, first layer",
+                    "local dW, near",
+                    "local dW, far",
+                    "prop. dW, near",
+                    "prop. dW, far",
+                    "local dX, near",
+                    "local dX, far",
+                    "prop. dX, near",
+                    "prop. dX, far",
                     "grad cos",
-                    "<g, g_exact> / |g_exact|^2",
+                    "first-order ratio",
                     "loss decrease / exact",
                 ],
             )
@@ -368,24 +410,30 @@ def main(argv=None):
     body = (
         "Relative L2 error ||g - g_exact|| / ||g_exact|| of each sparse layer's dW and dX, "
         "mean ± std over seeds; *local*: from the layer's exact dY; *propagated*: the whole "
-        "backward pass with the strategy; last layer = nearest the loss (where backpropagation "
-        "starts), first layer = farthest (its dX: the first layer whose input needs one). "
+        "backward pass with the strategy; *near*: mean over the quarter of the sparse layers "
+        "nearest the loss (where backpropagation starts), *far*: over the quarter farthest from "
+        "it (for dX: of the layers whose input needs one). "
         "Exact = the exact backward pass of the strategy's own forward network (S(W), T(W) or W; "
         "see `fst/analysis/fidelity.py`). `grad cos`: cosine of all parameters' gradient with "
-        "the exact one; `<g, g_exact> / |g_exact|^2`: the first-order (small-step) ratio of the "
-        "loss decreases; `loss decrease / exact`: loss decrease of one SGD step (lr "
+        "the exact one; `first-order ratio` = <g, g_exact> / <g_exact, g_exact>, the small-step "
+        "limit of the ratio of the loss decreases; `loss decrease / exact`: loss decrease of one SGD step (lr "
         f"{args.lr}) with the strategy's gradient over that with the exact gradient, same batch. "
         "`wx_sort` (dY S(X^T) with the sort-based magnitude mask, the bound IR approaches) has "
         "exactly `wx`'s rules and is computed once. `mvue_exact`: `mvue` with "
         f"`sparsity.estimator=exact`. Batch: {args.batch} photographs (224 px) or "
-        f"{args.vit_batch} digits (32 px). Wall time {elapsed:.0f} s.\n\n"
+        f"{args.vit_batch} digits (32 px). "
+        + (
+            f"Rebuilt from the CSV files of `{args.from_csv}` (measured earlier).\n\n"
+            if args.from_csv
+            else f"Wall time {elapsed:.0f} s.\n\n"
+        )
         + "\n\n".join(sections)
         + "\n\n![gradient fidelity](gradient_fidelity.png)\n"
     )
     report.write_markdown(
         out / "gradient_fidelity.md", "Gradient fidelity of the strategies (issue 24)", body
     )
-    cols = ("strategy", "local_dw", "prop_dw_last", "prop_dw_first", "grad_cos", "decrease_ratio")
+    cols = ("strategy", "local_dw", "prop_dw_near", "prop_dw_far", "grad_cos", "decrease_ratio")
     for case in args.cases:
         print(f"\n{case}")
         print("  ".join(f"{c:>14s}" for c in cols))
