@@ -88,7 +88,7 @@ def _train_photos(model, steps: int, batch: int, seed: int, lr: float) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def _digits(seed: int, n: int, train: bool):
@@ -307,6 +307,37 @@ def plot(layer_rows, cases, strategies, path, titles):
     plt.close(fig)
 
 
+def key_numbers(summary, cases) -> str:
+    """The issue's two questions, answered per case from the summary (means over seeds)."""
+    lines = []
+    for case in cases:
+        by = {r["strategy"]: r for r in summary if r["case"] == case}
+
+        def get(s, k, by=by):
+            return by[s][k] if s in by else float("nan")
+
+        parts = []
+        for s in ("wg", "wx", "gg", "gx"):
+            if s in by:
+                parts.append(
+                    f"{s} {get(s, 'prop_dw_near'):.2f} -> {get(s, 'prop_dw_far'):.2f} "
+                    f"(local far {get(s, 'local_dw_far'):.2f})"
+                )
+        if parts:
+            lines.append(
+                f"- `{case}`, propagated dW error near the loss -> far from it: " + "; ".join(parts)
+            )
+        noir, ir, bound = (get(s, "local_dw") for s in ("fst_noir", "fst", "wx_sort"))
+        if noir == noir and ir == ir and bound == bound:
+            gap = noir - bound
+            share = (noir - ir) / gap if gap else float("nan")
+            lines.append(
+                f"- `{case}`, local dW error (mean over layers): fst_noir {noir:.3f}, fst {ir:.3f}, "
+                f"wx_sort {bound:.3f}: IR closes {share:.0%} of the gap to the sort-based S(X^T)"
+            )
+    return "\n".join(lines)
+
+
 def _fmt(m, s):
     return "n/a" if m != m else f"{m:.3f} ± {s:.3f}"
 
@@ -427,6 +458,9 @@ def main(argv=None):
             if args.from_csv
             else f"Wall time {elapsed:.0f} s.\n\n"
         )
+        + "## Key numbers\n\n"
+        + key_numbers(summary, args.cases)
+        + "\n\n## Per case\n\n"
         + "\n\n".join(sections)
         + "\n\n![gradient fidelity](gradient_fidelity.png)\n"
     )
