@@ -369,6 +369,12 @@ def main(argv=None):
     p.add_argument(
         "--vit-seeds", type=int, default=3, help="seeds of the vit_digits cases (cheap: 32 px)"
     )
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds run are first-seed, first-seed + 1, ... (to add seeds to an earlier run)",
+    )
     p.add_argument("--batch", type=int, default=16, help="photographs per batch (224 px)")
     p.add_argument("--train-steps", type=int, default=20, help="dense steps for resnet18_photos")
     p.add_argument("--train-lr", type=float, default=0.05)
@@ -377,11 +383,12 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.02, help="SGD step of the one-step loss decrease")
     p.add_argument(
         "--from-csv",
+        nargs="+",
         default=None,
         metavar="DIR",
-        help="measure nothing: rebuild the Markdown and the figure from DIR's two CSV files of "
-        "an earlier run (its --cases, --strategies, --batch, --vit-batch and --lr must be given "
-        "again)",
+        help="measure nothing: rebuild the Markdown and the figure from the two CSV files of "
+        "earlier runs in each DIR (rows pooled: runs of other seeds add up; their --cases, "
+        "--strategies, --batch, --vit-batch and --lr must be given again)",
     )
     args = p.parse_args(argv)
     if args.batch < 1 or args.seeds < 1 or args.vit_seeds < 1:
@@ -390,12 +397,15 @@ def main(argv=None):
     t0 = time.time()
     layer_rows, step_rows, titles = [], [], {}
     if args.from_csv:
-        layer_rows, step_rows = _read_csvs(Path(args.from_csv))
+        layer_rows, step_rows = [], []
+        for d in args.from_csv:
+            rows, steps = _read_csvs(Path(d))
+            layer_rows, step_rows = layer_rows + rows, step_rows + steps
         args.cases = [c for c in args.cases if any(r["case"] == c for r in step_rows)]
         titles = {r["case"]: r["weights"].split(" (last")[0] for r in step_rows}
     for case in [] if args.from_csv else args.cases:
         seeds = args.vit_seeds if case.startswith("vit_digits") else args.seeds
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             tc = time.time()
             model, x, y, desc = build_case(case, seed, args)
             titles[case] = desc.split(" (last")[0]
@@ -406,7 +416,7 @@ def main(argv=None):
     elapsed = time.time() - t0
 
     out = Path(args.out)
-    if not args.from_csv or Path(args.from_csv).resolve() != out.resolve():
+    if not args.from_csv or all(Path(d).resolve() != out.resolve() for d in args.from_csv):
         report.write_csv(out / "gradient_fidelity.csv", layer_rows)
         report.write_csv(out / "gradient_fidelity_steps.csv", step_rows)
     summary = summarise(layer_rows, step_rows, args.cases, args.strategies)
@@ -466,7 +476,8 @@ def main(argv=None):
         f"`sparsity.estimator=exact`. Batch: {args.batch} photographs (224 px) or "
         f"{args.vit_batch} digits (32 px). "
         + (
-            f"Rebuilt from the CSV files of `{args.from_csv}` (measured earlier).\n\n"
+            f"Rebuilt from the CSV files of {', '.join(f'`{d}`' for d in args.from_csv)} "
+            "(measured earlier).\n\n"
             if args.from_csv
             else f"Wall time {elapsed:.0f} s.\n\n"
         )
