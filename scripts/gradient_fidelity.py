@@ -1,6 +1,6 @@
 """Gradient fidelity of every strategy: local and propagated error per layer, effect on a step.
 
-    python scripts/gradient_fidelity.py [--cases ...] [--seeds 1] [--vit-seeds 3] [--out results]
+    python scripts/gradient_fidelity.py [--cases ...] [--seeds 1] [--vit-seeds 2] [--out results]
 
 Measures, on one batch at given weights, how far each strategy's backward pass is from the
 exact backward pass of the same forward network (:mod:`fst.analysis.fidelity` defines the

@@ -383,6 +383,17 @@ COMMANDS: dict[str, Run | Same | Skip] = {
     "python scripts/make_tables.py outputs/table1_discriminating --suffix _discriminating "
     "--tables table1 table5 --out results": Run("--out outputs/tables", group="t1_discriminating"),
     "python scripts/gradient_fidelity.py": Run(FIDELITY_SHRINK),
+    "OMP_NUM_THREADS=1 python scripts/gradient_fidelity.py --cases resnet18_init resnet18_photos "
+    "deit_tiny_init vit_digits_init vit_digits_trained --vit-seeds 3 --out outputs/gf_full": Run(
+        FIDELITY_SHRINK, group="fidelity"
+    ),
+    "OMP_NUM_THREADS=1 python scripts/gradient_fidelity.py --cases resnet18_init resnet18_photos "
+    "deit_tiny_init --first-seed 1 --out outputs/gf_seed1": Run(FIDELITY_SHRINK, group="fidelity"),
+    "python scripts/gradient_fidelity.py --from-csv outputs/gf_full outputs/gf_seed1 --cases "
+    "resnet18_init resnet18_photos deit_tiny_init vit_digits_init vit_digits_trained --out results": Run(
+        f"{FIDELITY_SHRINK} --out outputs/analysis",
+        group="fidelity",  # results/ only when asked
+    ),
     "python train.py -m +sweep=vit_digits output_root=outputs/vit_digits": Same(VIT_SWEEP),
 }
 
