@@ -72,7 +72,8 @@ Group directions (always the reduction dimension of the GEMM the pruned operand 
 - ``MVUE(dY)`` (``mvue``): 2 of every 4 consecutive output positions sampled with
   probabilities from their magnitudes and rescaled so that the estimate is unbiased
   (Chmiel et al., ICLR 2023; with T(W) in Eq. 1 and 2 it is the recipe of Hu et al., ICML 2024;
-  see :mod:`fst.rules.mvue`).
+  see :mod:`fst.rules.mvue`). Option ``estimator``: ``"approx"`` (default, Hu et al.'s
+  kernel) or ``"exact"`` (the minimum-variance 2:4 estimator).
 
 ``fst_released`` is the authors' released code: ``ir_coef=0.03``, ``x_pattern="random4"``,
 ``wt_source="pruned"``, the first convolution's weight dense (its X still masked) and every
@@ -120,6 +121,8 @@ OPTIONS = {
     "im2col_step": "with x_pattern=random4: samples per im2col chunk (release: 256)",
     "dy_ratio": "meprop/resprop: share of dY entries zeroed (meProp: of each example's dY; "
     "ReSprop: of the difference to the reused gradient); Table 3: 0.5",
+    "estimator": "mvue: 'approx' (Hu et al.'s kernel, two draws without replacement) or "
+    "'exact' (minimum-variance 2:4: keep g_k with probability min(1, c|g_k|), summing to 2)",
     "prefix_tokens": "Eq. 3 of a vision transformer's Linear layers: 'dense' (class, register "
     "and distillation tokens' dY X^T unpruned) or 'include' (they form one more row, pruned by "
     "the Eq. 3 rule)",
@@ -129,7 +132,11 @@ _RULE_SWITCHES = {
     "x_pattern": ("weight_grad", {"fixed": "fixed", "random4": "random4"}),
     "wt_source": ("input_grad", {"dense": "nm_wt", "pruned": "regrouped"}),
 }
-_CHOICES = {"mask_layout": ("im2col", "cin"), "prefix_tokens": ("dense", "include")}
+_CHOICES = {
+    "mask_layout": ("im2col", "cin"),
+    "prefix_tokens": ("dense", "include"),
+    "estimator": ("approx", "exact"),
+}
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ class Strategy:
         dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
         dense_linear: Linear layers stay dense (the FST release; SFP's and ReSprop's too).
         dy_ratio: option of the ``topk_dy`` and ``resprop`` rules (:data:`OPTIONS`).
+        estimator: option of the ``mvue`` rule (:data:`OPTIONS`).
         sparsifier: key of :data:`fst.sparsifier.SPARSIFIERS` holding the per-layer state its
             rules read (``""``: stateless). Required when a rule has ``state_keys``.
         sr_ste_decay: whether SR-STE's decay (Eq. 6) belongs to the method.
@@ -171,6 +179,7 @@ class Strategy:
     dense_first_conv_weight: bool = False
     dense_linear: bool = False
     dy_ratio: float = 0.5
+    estimator: str = "approx"
     sparsifier: str = ""
     sr_ste_decay: bool = True
     # The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`), looked up once. A plain attribute

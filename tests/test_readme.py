@@ -168,6 +168,8 @@ TABLES_HARD = (
 )
 VIT_SWEEP = "OMP_NUM_THREADS=1 python train.py -m +sweep=vit_digits output_root=outputs/vit_digits"
 VIT_TABLE = "python scripts/vit_table.py outputs/vit_digits --out results"
+# one tiny case, one seed, three strategies (a few seconds)
+FIDELITY_SHRINK = "--cases vit_digits_init --vit-seeds 1 --vit-batch 8 --strategies dense gg fst"
 LATEST_FST18 = "$(ls -d outputs/fst_resnet18/seed0/*/ | sort | tail -1)"
 LATEST_DIGITS = "$(ls -d outputs/digits_resnet18_fst/seed0/*/ | sort | tail -1)"
 LATEST_SWEEP = "$(dirname $(ls -d outputs/multirun/*/digits_resnet18_srste | sort | tail -1))"
@@ -410,6 +412,29 @@ COMMANDS: dict[str, Run | Same | Skip] = {
         f"{SHRINK} seed=0 sparsity=mvue", group="vit_digits"
     ),
     f"OMP_NUM_THREADS=1 {VIT_TABLE}": Same(VIT_TABLE),
+    # ---- issue 24: the discriminating Table 1 run and the gradient fidelity analysis
+    "OMP_NUM_THREADS=1 python train.py -m $COMMON sparsity=dense,wx,gg": Run(
+        f"{SHRINK} seed=0 sparsity=gg", group="t1_discriminating"
+    ),
+    "OMP_NUM_THREADS=1 python train.py -m $COMMON sparsity=gx,fst_noir,fst": Run(
+        f"{SHRINK} seed=0 sparsity=fst", group="t1_discriminating"
+    ),
+    "python scripts/make_tables.py outputs/table1_discriminating --suffix _discriminating "
+    "--tables table1 table5": Run(group="t1_discriminating"),
+    "python scripts/make_tables.py outputs/table1_discriminating --suffix _discriminating "
+    "--tables table1 table5 --out results": Run("--out outputs/tables", group="t1_discriminating"),
+    "python scripts/gradient_fidelity.py": Run(FIDELITY_SHRINK),
+    "OMP_NUM_THREADS=1 python scripts/gradient_fidelity.py --cases resnet18_init resnet18_photos "
+    "deit_tiny_init vit_digits_init vit_digits_trained --vit-seeds 3 --out outputs/gf_full": Run(
+        FIDELITY_SHRINK, group="fidelity"
+    ),
+    "OMP_NUM_THREADS=1 python scripts/gradient_fidelity.py --cases resnet18_init resnet18_photos "
+    "deit_tiny_init --first-seed 1 --out outputs/gf_seed1": Run(FIDELITY_SHRINK, group="fidelity"),
+    "python scripts/gradient_fidelity.py --from-csv outputs/gf_full outputs/gf_seed1 --cases "
+    "resnet18_init resnet18_photos deit_tiny_init vit_digits_init vit_digits_trained --out results": Run(
+        f"{FIDELITY_SHRINK} --out outputs/analysis",
+        group="fidelity",  # results/ only when asked
+    ),
     "python train.py -m +sweep=vit_digits output_root=outputs/vit_digits": Same(VIT_SWEEP),
 }
 

@@ -10,6 +10,8 @@ One module per artefact family, each usable alone:
 - ``images``: the natural images (shipped with scikit-image / scikit-learn) and white noise the
   feature analyses feed the network.
 - ``paper``: the numbers the paper reports, to print beside ours.
+- ``fidelity``: local and propagated gradient error of every strategy per layer, and its
+  effect on one training step (issue 24; ``scripts/gradient_fidelity.py``).
 - ``tables``: Tables 1, 3, 4, 5 from run directories' ``summary.json`` (``make_tables``).
 - ``report``: CSV / Markdown writers and the provenance line (command, machine, commit, date).
 """

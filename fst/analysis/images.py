@@ -84,12 +84,19 @@ def natural_images(
             raise FileNotFoundError(
                 "no shipped images found in scikit-image / scikit-learn; pass folder="
             )
+    return _crops(paths, n, size, seed)[0]
+
+
+def _crops(paths: list[Path], n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random ``size`` crops cycling over ``paths`` (short side resized to 1.15 * size),
+    ImageNet-normalised, and the index in ``paths`` of each crop's image."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(paths), generator=g).tolist()
     cache: dict[int, torch.Tensor] = {}
-    out = []
+    out, labels = [], []
     for i in range(n):
         k = order[i % len(paths)]
+        labels.append(k)
         if k not in cache:
             img = _read_rgb(paths[k])
             short = min(img.shape[-2:])
@@ -102,7 +109,22 @@ def natural_images(
         top = int(torch.randint(0, img.shape[-2] - size + 1, (1,), generator=g))
         left = int(torch.randint(0, img.shape[-1] - size + 1, (1,), generator=g))
         out.append(img[:, top : top + size, left : left + size])
-    return _normalise(torch.stack(out).clamp(0, 1))
+    return _normalise(torch.stack(out).clamp(0, 1)), torch.tensor(labels)
+
+
+def photo_crops(n: int, size: int = 224, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)``: ``n`` random crops of the shipped photographs (as
+    :func:`natural_images`) and, as a class label, which photograph each crop comes from
+    (``len(shipped_photo_names())`` classes). A task any network can be trained on here."""
+    paths = _shipped_image_paths()
+    if not paths:
+        raise FileNotFoundError("no shipped images found in scikit-image / scikit-learn")
+    return _crops(paths, n, size, seed)
+
+
+def shipped_photo_names() -> list[str]:
+    """File names of the shipped photographs, in label order of :func:`photo_crops`."""
+    return [p.name for p in _shipped_image_paths()]
 
 
 def white_noise(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:

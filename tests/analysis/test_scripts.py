@@ -133,3 +133,20 @@ def test_every_script_writes_outputs_unless_told():
     assert not wrong, wrong
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_suite.sh")], capture_output=True)
     assert proc.returncode == 2  # no OUT_DIR: usage, nothing written
+
+
+def test_gradient_fidelity(tmp_path, capsys):
+    _load("gradient_fidelity").main(
+        ["--out", str(tmp_path), "--cases", "vit_digits_init", "--vit-seeds", "1",
+         "--vit-batch", "8", "--strategies", "dense", "gg", "wx", "wx_sort"]
+    )  # fmt: skip
+    for f in ("gradient_fidelity.png", "gradient_fidelity.md", "gradient_fidelity.csv"):
+        assert (tmp_path / f).stat().st_size > 0
+    csv = (tmp_path / "gradient_fidelity.csv").read_text()
+    assert "vit_digits_init,0,gg," in csv and ",propagated," in csv and ",local," in csv
+    md = (tmp_path / "gradient_fidelity.md").read_text()
+    assert "| wx_sort |" in md and "- commit:" in md
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["grad_cos"]["vit_digits_init/dense"] == 1.0
+    assert last["grad_cos"]["vit_digits_init/wx"] == last["grad_cos"]["vit_digits_init/wx_sort"]
+    assert last["grad_cos"]["vit_digits_init/gg"] < 1.0

@@ -17,6 +17,7 @@ from torch import nn
 import fst
 from fst.masks import is_nm, transposable_mask
 from fst.rules.mvue import inclusion_probabilities, mvue24
+from fst.strategies import get_strategy
 from fst.tokens import TokenLayout
 
 GROUPS = [
@@ -166,3 +167,102 @@ def test_backends_draw_the_same_samples():
         y.sum().backward()
         grads.append(conv.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+# --- estimator="exact": the minimum-variance 2:4 estimator ---------------------------------
+
+
+def total_variance(g, q):
+    """sum_k g_k^2 (1 / q_k - 1): the variance of keeping g_k / q_k with probability q_k."""
+    nz = g != 0
+    return float((g[nz] ** 2 * (1 / q[nz] - 1)).sum())
+
+
+def test_exact_minimum_variance_on_a_hand_computed_group():
+    """g = [5, 1, -1, 0.5], |g| sums to 7.5. Exact: c |g_0| = 2 * 5 / 7.5 > 1, so q_0 = 1 and
+    c = 1 / (1 + 1 + 0.5) = 0.4: q = [1, 0.4, 0.4, 0.2], variance 25 * 0 + 1 * 1.5 + 1 * 1.5 +
+    0.25 * 4 = 4.0. Approx (two draws, p = a / 7.5): q_0 = 2/3 + 5 (p_1/6.5 + p_2/6.5 + p_3/7)
+    = 0.91941, q_1 = q_2 = 2/15 + (p_0/2.5 + p_2/6.5 + p_3/7) = 0.43004, q_3 = 1/15 + 0.5
+    (p_0/2.5 + p_1/6.5 + p_2/6.5) = 0.22051: variance 5.7257."""
+    g = torch.tensor([5.0, 1.0, -1.0, 0.5], dtype=torch.float64)
+    q = inclusion_probabilities(g.abs(), estimator="exact")
+    torch.testing.assert_close(q, torch.tensor([1.0, 0.4, 0.4, 0.2], dtype=torch.float64))
+    assert total_variance(g, q) == pytest.approx(4.0, abs=1e-12)
+    qa = inclusion_probabilities(g.abs(), estimator="approx")
+    torch.testing.assert_close(qa, enumerated_inclusion(g.tolist()), rtol=1e-12, atol=1e-12)
+    assert total_variance(g, qa) == pytest.approx(5.7257, abs=1e-4)
+    # the empirical variance of the samples agrees (4000 draws per group)
+    torch.manual_seed(0)
+    d = mvue24(g.expand(4000, 4).contiguous(), dim=1, estimator="exact")
+    assert float(d.var(0).sum()) == pytest.approx(4.0, rel=0.1)
+
+
+def test_exact_is_no_worse_than_approx_on_random_groups():
+    torch.manual_seed(3)
+    g = torch.randn(500, 4, dtype=torch.float64)
+    qe = inclusion_probabilities(g.abs(), dim=1, estimator="exact")
+    qa = inclusion_probabilities(g.abs(), dim=1, estimator="approx")
+    torch.testing.assert_close(qe.sum(1), torch.full((500,), 2.0, dtype=torch.float64))
+    assert (qe <= 1).all()
+    ve = (g**2 * (1 / qe - 1)).sum(1)
+    va = (g**2 * (1 / qa - 1)).sum(1)
+    assert (ve <= va + 1e-9).all() and (ve < va - 1e-6).any()
+
+
+@pytest.mark.parametrize("group", GROUPS + [[5.0, 1.0, -1.0, 0.5]])
+def test_exact_keeps_at_most_two_and_is_unbiased(group):
+    g = torch.tensor(group, dtype=torch.float64)
+    n = 6000
+    torch.manual_seed(11)
+    draws = mvue24(g.expand(n, 4).contiguous(), dim=1, estimator="exact")
+    kept = draws != 0
+    assert (kept.sum(1) <= 2).all()
+    assert (kept.sum(1) == min(2, int((g != 0).sum()))).all()  # exactly 2 when 2+ nonzeros
+    assert not (kept & (g == 0)).any()
+    q = inclusion_probabilities(g.abs(), estimator="exact")
+    for k in range(4):
+        if g[k] != 0:  # kept with probability q_k, as g_k / q_k
+            assert kept[:, k].double().mean() == pytest.approx(float(q[k]), abs=0.03)
+            torch.testing.assert_close(
+                draws[kept[:, k], k], (g[k] / q[k]).expand(int(kept[:, k].sum()))
+            )
+    se = draws.std(0) / n**0.5
+    assert ((draws.mean(0) - g).abs() <= 5 * se + 1e-12).all()
+
+
+def test_exact_estimator_is_a_strategy_option_and_a_config_key():
+    plan = get_strategy("mvue", estimator="exact")
+    assert plan.estimator == "exact" and fst.STRATEGIES["mvue"].estimator == "approx"
+    assert plan.describe()["eq3"] == "MVUE_exact(dY) X^T"
+    with pytest.raises(ValueError, match="estimator"):
+        get_strategy("mvue", estimator="best")
+    with pytest.raises(ValueError, match="no effect"):
+        get_strategy("wg", estimator="exact")
+    with pytest.raises(ValueError, match="estimator"):
+        mvue24(torch.ones(4), estimator="best")
+    # a conv trained with it: dW = MVUE_exact(dY) X^T with the same seeded draws
+    torch.manual_seed(3)
+    conv = fst.sparsify(
+        nn.Conv2d(4, 8, 3, padding=1).double(), "mvue", "reference", 0.0, estimator="exact"
+    )
+    x = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    y = conv(x)
+    dy = torch.randn_like(y)
+    torch.manual_seed(4)
+    y.backward(dy)
+    torch.manual_seed(4)
+    g = mvue24(dy.flatten(2), dim=-1, estimator="exact")
+    cols = torch.nn.functional.unfold(x, 3, padding=1)
+    want = torch.einsum("nol,nkl->ok", g, cols).reshape(conv.weight.shape)
+    torch.testing.assert_close(conv.weight.grad, want)
+
+
+def test_sparsity_estimator_config_key():
+    from fst.engine.config import validate_config
+    from fst.types import ConfigError
+    from tests.conftest import compose
+
+    validate_config(compose(["sparsity=mvue", "sparsity.estimator=exact"]))
+    assert compose(["sparsity=mvue"]).sparsity.estimator == "approx"
+    with pytest.raises(ConfigError, match="estimator"):
+        validate_config(compose(["sparsity=mvue", "sparsity.estimator=best"]))
