@@ -127,9 +127,13 @@ class FSTSparsifyHook(Hook):
         self.tracker = MaskTracker()
         self._saved: dict[str, Any] | None = None  # sparsifier state loaded before it is built
         self._scale: float | None = None
+        self._converted = False
 
     # ---------------------------------------------------------------- conversion
     def before_run(self, runner) -> None:
+        if self._converted:  # runner.val() after runner.train(): keep the layers' state
+            return
+        self._converted = True
         model = _unwrap(runner.model)
         sparsify(
             model,
