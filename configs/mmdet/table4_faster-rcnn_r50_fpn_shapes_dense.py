@@ -37,7 +37,8 @@ test_pipeline = [
     dict(type="LoadAnnotations", with_bbox=True),
     dict(
         type="PackDetInputs",
-        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+        # "instances": CocoMetric without ann_file scores against the dataset's own boxes
+        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "instances"),
     ),
 ]
 train_dataloader = dict(

@@ -10,6 +10,16 @@ custom_imports = dict(imports=["fst.integrations.mmdet"], allow_failed_imports=F
 
 shapes = dict(num_train=400, num_val=200, image_size=128)
 model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=4))
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=(300, 300), keep_ratio=False),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(
+        type="PackDetInputs",
+        # "instances": CocoMetric without ann_file scores against the dataset's own boxes
+        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "instances"),
+    ),
+]
 train_dataloader = dict(
     batch_size=8,
     num_workers=0,
@@ -33,7 +43,7 @@ val_dataloader = dict(
         split="val",
         **shapes,
         test_mode=True,
-        pipeline={{_base_.test_pipeline}},
+        pipeline=test_pipeline,
     ),
 )
 test_dataloader = val_dataloader

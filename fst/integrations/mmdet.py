@@ -14,8 +14,9 @@ An mmdet config opts in with two lines (``configs/mmdet/`` has the Table 4 rows)
   checkpoints stay loadable into the dense model);
 - for a strategy that keeps state across steps (``rigl``, ``dpf``, ``asp``, ...) builds its
   sparsifier (``fst.build_sparsifier``) with mmengine's optimizer and schedule length, steps it
-  after every optimizer step that was taken (not while gradients accumulate, not after a step
-  the AMP loss scaler skipped), and saves / restores it in mmengine's checkpoints
+  right after every optimizer step that was taken, before the gradients are zeroed (not while
+  gradients accumulate, not after a step the AMP loss scaler skipped), and saves / restores it
+  in mmengine's checkpoints
   (``checkpoint["fst_sparsifier"]``);
 - logs ``fst.summary`` (one row per layer) once, and every ``diag_interval`` iterations fst's
   per-layer 2:4 diagnostics (:class:`fst.logging.sparsity.MaskTracker`): the means go to the
@@ -126,7 +127,6 @@ class FSTSparsifyHook(Hook):
         self.sparsifier = None
         self.tracker = MaskTracker()
         self._saved: dict[str, Any] | None = None  # sparsifier state loaded before it is built
-        self._scale: float | None = None
         self._converted = False
 
     # ---------------------------------------------------------------- conversion
@@ -171,6 +171,8 @@ class FSTSparsifyHook(Hook):
             self.sparsifier.load_state_dict(self._saved)
             runner.logger.info(f"fst: restored {self.sparsifier} from the checkpoint")
         self._saved = None
+        if self.sparsifier is not None:
+            self._step_with_optimizer(runner.optim_wrapper)
 
     def _ensure_for_eval(self, runner) -> None:
         """A val/test-only run: attach the saved per-layer state (masks) for evaluation."""
@@ -184,28 +186,30 @@ class FSTSparsifyHook(Hook):
         self._ensure_for_eval(runner)
 
     # ---------------------------------------------------------------- stepping
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        scaler = getattr(runner.optim_wrapper, "loss_scaler", None)
-        self._scale = float(scaler.get_scale()) if scaler is not None else None
+    def _step_with_optimizer(self, optim_wrapper) -> None:
+        """Step the sparsifier inside ``optim_wrapper.step``: mmengine's ``update_params`` zeroes
+        the gradients right after the optimizer step, and RigL grows by those gradients. The
+        wrapper calls ``step`` only on an update iteration (not while gradients accumulate); an
+        AMP loss scaler lowers its scale exactly when it skipped a non-finite step, and then the
+        sparsifier does not step either."""
+        original = optim_wrapper.step
+
+        def step(*args, **kwargs):
+            scaler = getattr(optim_wrapper, "loss_scaler", None)
+            before = float(scaler.get_scale()) if scaler is not None else None
+            out = original(*args, **kwargs)
+            if before is None or float(scaler.get_scale()) >= before:
+                self.sparsifier.step()
+            return out
+
+        optim_wrapper.step = step
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self.sparsifier is not None and self._optimizer_stepped(runner.optim_wrapper):
-            self.sparsifier.step()
         if self.diag_interval > 0 and self.every_n_train_iters(runner, self.diag_interval):
             self._log_diagnostics(runner)
 
     def after_train(self, runner) -> None:
         self._log_diagnostics(runner)
-
-    def _optimizer_stepped(self, optim_wrapper) -> bool:
-        should_update = getattr(optim_wrapper, "should_update", None)
-        if should_update is not None and not should_update():
-            return False  # accumulating gradients: no optimizer step this iteration
-        scaler = getattr(optim_wrapper, "loss_scaler", None)
-        if scaler is not None and self._scale is not None:
-            # GradScaler lowers its scale exactly when it skipped a non-finite step.
-            return float(scaler.get_scale()) >= self._scale
-        return True
 
     def _log_diagnostics(self, runner) -> None:
         model = _unwrap(runner.model)

@@ -160,8 +160,8 @@ def test_rigl_run_checkpoints_and_resumes_its_sparsifier(tmp_path):
 
 
 class _Scaler:
-    def __init__(self, scale):
-        self.scale = scale
+    def __init__(self):
+        self.scale = 1024.0
 
     def get_scale(self):
         return self.scale
@@ -169,12 +169,22 @@ class _Scaler:
 
 def test_sparsifier_steps_only_after_a_taken_optimizer_step():
     hook = FSTSparsifyHook(strategy="fst")
-    wrapper = SimpleNamespace(should_update=lambda: True, loss_scaler=_Scaler(1024.0))
-    hook.before_train_iter(SimpleNamespace(optim_wrapper=wrapper), 0)
-    assert hook._optimizer_stepped(wrapper)
-    wrapper.loss_scaler.scale = 512.0  # GradScaler backed off: the step was skipped
-    assert not hook._optimizer_stepped(wrapper)
-    assert not hook._optimizer_stepped(SimpleNamespace(should_update=lambda: False))
+    hook.sparsifier = SimpleNamespace(step_count=0)
+    hook.sparsifier.step = lambda: setattr(
+        hook.sparsifier, "step_count", 1 + hook.sparsifier.step_count
+    )
+    wrapper = SimpleNamespace(loss_scaler=_Scaler(), skip=False)
+
+    def amp_step():  # GradScaler: a skipped (non-finite) step backs the scale off
+        if wrapper.skip:
+            wrapper.loss_scaler.scale /= 2
+
+    wrapper.step = amp_step
+    hook._step_with_optimizer(wrapper)
+    wrapper.step()
+    wrapper.skip = True
+    wrapper.step()
+    assert hook.sparsifier.step_count == 1
 
 
 def test_ssd_predict_workaround():
