@@ -326,6 +326,10 @@ COMMANDS: dict[str, Run | Same | Skip] = {
         "builds mmcv from source and installs packages (.ci/run runs it before the tests)"
     ),
     "python scripts/mmdet_train.py configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_fst.py": MMDET,
+    "OMP_NUM_THREADS=1 python scripts/mmdet_train.py "
+    "configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_dense.py --work-dir outputs/mmdet_results/"
+    "dense --cfg-options train_dataloader.dataset.num_train=400 "
+    "val_dataloader.dataset.num_train=400": MMDET,
     # ---- the paper's analyses and the embedded tables
     "python scripts/make_tables.py RUN_DIR... --suffix _digits": Same(
         "python scripts/make_tables.py outputs/embedded_tables --suffix _digits",
