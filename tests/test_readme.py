@@ -128,6 +128,25 @@ SHRINK = (
 IMAGENET = f"data.root={{imagefolder}} data.image_size=16 data.resize_size=18 {SHRINK}"
 # Detection on the embedded shapes set: one step of 2 images, one validation batch.
 DETECTION = SHRINK.replace("batch_size=4", "batch_size=2").replace("limit_train_batches=2", "limit_train_batches=1")  # fmt: skip
+
+
+def _mmdet_usable() -> bool:
+    """mmdet installed and mmcv built with its ops (scripts/install_mmdet.sh), found without
+    importing them."""
+    import importlib.util
+
+    mmcv = importlib.util.find_spec("mmcv")
+    if mmcv is None or importlib.util.find_spec("mmdet") is None:
+        return False
+    return any(Path(mmcv.origin).parent.glob("_ext*.so"))
+
+
+# mmdet's runner on the shapes set: 8 train / 4 val images, one epoch of 2 batches.
+MMDET_SHRINK = "--cfg-options train_cfg.max_epochs=1 " + " ".join(
+    f"{loader}.{k}={v}"
+    for loader in ("train_dataloader", "val_dataloader")
+    for k, v in (("batch_size", 4), ("dataset.num_train", 8), ("dataset.num_val", 4))
+)
 GPU = "needs a CUDA GPU (tests/gpu and scripts/gpu_suite.sh run it on one)"
 SLURM = "needs a SLURM cluster"
 PIP = "installs packages (the environment running this test is already installed)"
@@ -150,6 +169,13 @@ class Same:
 @dataclass(frozen=True)
 class Skip:
     why: str
+
+
+MMDET = (
+    Run(MMDET_SHRINK, group="mmdet")
+    if _mmdet_usable()
+    else Skip("needs MMDetection: bash scripts/install_mmdet.sh (CI runs it first)")
+)
 
 
 FST18 = "python train.py +experiment=fst_resnet18 data.root=/data/imagenet"
@@ -333,6 +359,15 @@ COMMANDS: dict[str, Run | Same | Skip] = {
     "model.max_size=128 trainer.epochs=1 trainer.limit_train_batches=5": Run(
         DETECTION, group="shapes"
     ),
+    # ---- detection with MMDetection
+    "bash scripts/install_mmdet.sh": Skip(
+        "builds mmcv from source and installs packages (.ci/run runs it before the tests)"
+    ),
+    "python scripts/mmdet_train.py configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_fst.py": MMDET,
+    "OMP_NUM_THREADS=1 python scripts/mmdet_train.py "
+    "configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_dense.py --work-dir outputs/mmdet_results/"
+    "dense --cfg-options train_dataloader.dataset.num_train=400 "
+    "val_dataloader.dataset.num_train=400": MMDET,
     # ---- the paper's analyses and the embedded tables
     "python scripts/make_tables.py RUN_DIR... --suffix _digits": Same(
         "python scripts/make_tables.py outputs/embedded_tables --suffix _digits",

@@ -544,6 +544,28 @@ class DetectionData:
         return len(self.class_names)
 
 
+def shapes_dir(
+    root: str | None = None,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: int = 128,
+    max_objects: int = 4,
+    scale: tuple[float, float] = (0.15, 0.5),
+    generator_seed: int = 0,
+) -> Path:
+    """The shapes set's COCO folder under ``root`` (default: ``default_cache_dir()``), named by
+    its parameters and generated on first use (``data=shapes`` and mmdet's ``FSTShapesDataset``
+    share it)."""
+    base = Path(root).expanduser() if root else default_cache_dir()
+    name = (
+        f"v{SHAPES_VERSION}_s{image_size}_n{num_train}-{num_val}_o{max_objects}"
+        f"_sc{scale[0]:g}-{scale[1]:g}_seed{generator_seed}"
+    )
+    return generate_shapes(
+        base / name, num_train, num_val, image_size, max_objects, tuple(scale), generator_seed
+    )
+
+
 @DATASETS.register("shapes")
 def build_shapes(
     root: str | None = None,
@@ -558,14 +580,7 @@ def build_shapes(
 ) -> DetectionData:
     """The embedded set, generated on first use under ``root`` (default: ``default_cache_dir()``)
     in a folder named by its parameters, then read through the COCO code path."""
-    base = Path(root).expanduser() if root else default_cache_dir()
-    name = (
-        f"v{SHAPES_VERSION}_s{image_size}_n{num_train}-{num_val}_o{max_objects}"
-        f"_sc{scale[0]:g}-{scale[1]:g}_seed{generator_seed}"
-    )
-    d = generate_shapes(
-        base / name, num_train, num_val, image_size, max_objects, tuple(scale), generator_seed
-    )
+    d = shapes_dir(root, num_train, num_val, image_size, max_objects, scale, generator_seed)
     ann = d / "annotations"
     train = CocoDetection(
         d / "train", ann / "instances_train.json", build_transforms(augment, True), train=True

@@ -1,0 +1,12 @@
+# Table 4, VGG16-SSD300, COCO 2017 train, val2017 bbox AP: dense (paper: 25.5).
+# mmdet's own config (ssd/ssd300_coco.py): its model, schedule and data, unchanged.
+# Data under data/coco/ (mmdet's layout; or pass --cfg-options); the backbone starts from
+# ImageNet weights as in mmdet (mmengine downloads them on first use).
+_base_ = "mmdet::ssd/ssd300_coco.py"
+
+custom_imports = dict(imports=["fst.integrations.mmdet"], allow_failed_imports=False)
+custom_hooks = [
+    dict(type="NumClassCheckHook"),
+    dict(type="CheckInvalidLossHook", interval=50, priority="VERY_LOW"),
+    dict(type="SSDPredictFixHook"),  # mmdet#11305
+]
