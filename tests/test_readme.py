@@ -364,6 +364,15 @@ COMMANDS: dict[str, Run | Same | Skip] = {
         "builds mmcv from source and installs packages (.ci/run runs it before the tests)"
     ),
     "python scripts/mmdet_train.py configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_fst.py": MMDET,
+    "python scripts/mmdet_train.py CONFIG": Same(
+        "python scripts/mmdet_train.py configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_fst.py",
+        {"CONFIG": "configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_fst.py"},
+    ),
+    # steps of scripts/install_mmdet.sh named in docs/mmdet.md
+    "pip download --no-binary": Skip(PIP),
+    "pip wheel --no-build-isolation": Skip(PIP),
+    "pip wheel": Skip(PIP),
+    'pip install -e ".[mmdet]"': Skip(PIP),
     "OMP_NUM_THREADS=1 python scripts/mmdet_train.py "
     "configs/mmdet/table4_faster-rcnn_r50_fpn_shapes_dense.py --work-dir outputs/mmdet_results/"
     "dense --cfg-options train_dataloader.dataset.num_train=400 "
