@@ -21,6 +21,39 @@ from fst.types import FstError
 
 INTERRUPTED = 130
 
+# What a surviving process of a multi-process run sees when a peer died (SIGKILL, OOM killer, a
+# lost node): the collective it waits in fails inside gloo / NCCL / the rendezvous store.
+_PEER_LOST = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "gloo",
+    "NCCL communicator was aborted",
+    "ProcessGroupNCCL",
+    "TCPStore",
+)
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process of a multi-process run
+    (``WORLD_SIZE`` > 1) died, rather than a bug of this one."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or not isinstance(e, RuntimeError):
+        return False
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None) if dist is not None else None
+    if dist_error is not None and isinstance(e, dist_error):
+        return True
+    return any(s in str(e) for s in _PEER_LOST)
+
+
+def _peer_lost_message(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    rank = os.environ.get("RANK", "?")
+    return (
+        f"error: rank {rank}: another process of this distributed run stopped ({first}). "
+        "Its own message, or torchrun's failure table, names the cause; the checkpoints written "
+        "before it are intact: fix that cause, then run the same command with resume=auto"
+    )
+
 
 def exit_status(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[int, Any]:
     """``(status, result)`` of ``fn(*args, **kwargs)``; failures are reported on stderr (by
@@ -39,6 +72,12 @@ def exit_status(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[int,
     except SystemExit as e:
         code = e.code
         return (code if isinstance(code, int) else (0 if code is None else 1)), None
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        # every surviving rank says it once: rank 0 may be the one that died
+        print(_peer_lost_message(e), file=sys.stderr, flush=True)
+        return 1, None
 
 
 def run_cli(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -484,6 +484,48 @@ def _ddp_rank0_failure(env: Env) -> Result:
     )  # fmt: skip
 
 
+def _ddp_peer_killed(env: Env) -> Result:
+    """A real 2-process gloo group whose other process is SIGKILLed: the collective this
+    process then waits in fails inside gloo, as a surviving DDP rank's gradient all-reduce does."""
+    import datetime
+    import socket
+    import subprocess
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    peer = subprocess.Popen([sys.executable, "-c", (
+        "import time, torch.distributed as d; "
+        f"d.init_process_group('gloo', init_method='{url}', rank=1, world_size=2); "
+        "d.barrier(); time.sleep(120)"
+    )])  # fmt: skip
+
+    def step():
+        dist.init_process_group(
+            "gloo", init_method=url, rank=0, world_size=2, timeout=datetime.timedelta(seconds=60)
+        )
+        try:
+            dist.barrier()
+            peer.kill()  # SIGKILL: no handler runs, the socket just closes
+            peer.wait(timeout=30)
+            dist.all_reduce(torch.ones(1 << 16))
+        finally:
+            dist.destroy_process_group()
+
+    old = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+    os.environ.update(WORLD_SIZE="2", RANK="0")
+    try:
+        return env.call(step)
+    finally:
+        peer.kill()
+        peer.wait(timeout=30)
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
 def _once(fragment: str) -> Callable[[Env, Result], None]:
     def check(env: Env, result: Result) -> None:
         assert result.text.count(fragment) == 1, result.text
@@ -1211,6 +1253,9 @@ FAULTS: list[Fault] = [
     Fault("ddp-rank0-data-missing", "ddp", "2 DDP processes, data missing (rank 0 checks)",
           _ddp_rank0_failure, FAILED, ("error: data.root=",),
           ("Expected ImageFolder layout",), _once("error: data.root="), slow=True),
+    Fault("ddp-peer-killed", "ddp", "another DDP process SIGKILLed mid-step (gloo all-reduce)",
+          _ddp_peer_killed, FAILED, ("another process of this distributed run stopped",),
+          ("resume=auto",), nothing_written),
     # ---------------------------------------------------------------- issue 27
     Fault("config-key-data", "config", 'a misspelt key in `data` (`data.imagesize=16`)',
           cmd("data.imagesize=16"), FAILED, ('unknown config key data.imagesize',),
