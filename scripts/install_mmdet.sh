@@ -46,13 +46,15 @@ wheel=$(ls "$cache"/onedl_mmcv-"${MMCV_VERSION}"-*.whl 2>/dev/null | head -n 1 |
 if [[ -z "$wheel" || "${FST_MMCV_REBUILD:-0}" == "1" ]]; then
     work=$(mktemp -d)
     echo "install_mmdet: no cached wheel; building mmcv in $work (log: $work/build.log)"
+    # Build tools first: preparing the sdist's metadata without isolation already needs a
+    # setuptools that reads its PEP 639 licence string (>= 77; Python 3.11's bundled 65 fails).
+    "$PY" -m pip install -c "$constraints" ninja "setuptools>=77" wheel packaging
     "$PY" -m pip download --no-deps --no-binary :all: --no-build-isolation --no-cache-dir \
         -d "$work" "onedl-mmcv==${MMCV_VERSION}"
     tar -xzf "$work"/onedl_mmcv-"${MMCV_VERSION}".tar.gz -C "$work"
     src="$work/onedl_mmcv-${MMCV_VERSION}"
     sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
     grep -q -- '-std=c++20' "$src/setup.py" || { echo "install_mmdet: C++20 patch did not apply to $src/setup.py" >&2; exit 1; }
-    "$PY" -m pip install -c "$constraints" ninja setuptools wheel packaging
     if [[ "$tag" == *cuda* ]]; then export FORCE_CUDA=1; fi
     start=$(date +%s)
     # No debug info and -O1 for the host compiler: a shorter compile and a smaller wheel; the
