@@ -78,7 +78,7 @@ def fix_ssd_predict(model: nn.Module) -> int:
     return fixed
 
 
-@HOOKS.register_module()
+@HOOKS.register_module(force=True)  # force: a re-import (reload) replaces, not fails
 class SSDPredictFixHook(Hook):
     """Applies :func:`fix_ssd_predict` before a run: for SSD configs without
     :class:`FSTSparsifyHook` (the dense rows), which applies it itself."""
@@ -87,7 +87,7 @@ class SSDPredictFixHook(Hook):
         fix_ssd_predict(_unwrap(runner.model))
 
 
-@HOOKS.register_module()
+@HOOKS.register_module(force=True)  # force: a re-import (reload) replaces, not fails
 class FSTSparsifyHook(Hook):
     """Sparsify an mmengine model with fst and keep its sparsifier in step (module docstring).
 
@@ -250,7 +250,7 @@ class FSTSparsifyHook(Hook):
             self._saved = saved  # the sparsifier is built in before_train / before_test
 
 
-@DATASETS.register_module()
+@DATASETS.register_module(force=True)
 class FSTShapesDataset(CocoDataset):
     """fst's embedded detection set (``data=shapes``) as an mmdet COCO dataset, no download.
 

@@ -21,8 +21,9 @@ def _pip_deps() -> list[str]:
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        wanted += extra
+    for name, extra in project["optional-dependencies"].items():
+        if name != "mmdet":  # needs mmcv built from source: scripts/install_mmdet.sh, not conda
+            wanted += extra
     assert sorted(set(_pip_deps())) == sorted(set(wanted))
 
 
