@@ -2,7 +2,7 @@
 # Install MMDetection next to fst: mmcv built from source against the installed torch, then
 # mmengine and mmdet from PyPI (the maintained OneDL fork). See docs/mmdet.md.
 #
-#   bash scripts/install_mmdet.sh          # build (27 min on 2 busy cores) or reuse (18 s)
+#   bash scripts/install_mmdet.sh          # build (14-27 min on 2 busy cores) or reuse (18 s)
 #   FST_MMCV_REBUILD=1 bash scripts/install_mmdet.sh   # ignore the cached wheel
 #   FST_MMCV_CFLAGS="-O3" bash scripts/install_mmdet.sh  # host compiler flags (default -g0 -O1)
 #
