@@ -583,7 +583,9 @@ def _shell(cmd: Command, how: Run, values: dict[str, str]) -> str:
     for old, new in how.sub.items():
         assert old in text, (old, text)
         text = text.replace(old, new.format(**values))
-    return " ".join([*cmd.env, text, how.add.format(**values)]).replace("  ", " ")
+    # block variables as statements of their own: `A=x cmd $A` would expand $A before A is set
+    run = " ".join([text, how.add.format(**values)]).replace("  ", " ")
+    return "; ".join([*cmd.env, run])
 
 
 def test_readme_commands_run_and_leave_the_checkout_unchanged(clone, tmp_path_factory):
