@@ -7,14 +7,17 @@ Exit status: 0 finished, 1 failed (the message names the cause and the fix), 75 
 command again), 130 interrupted by Ctrl-C (likewise).
 """
 
+import os
 import signal
 import sys
 
 
 def _early_signal(signum, frame):  # until fst is imported (seconds): see fst.engine.faults
+    # Nothing is written yet, so leave at once: an exception raised here would unwind through
+    # whatever import is running (numpy's can then fail with a RecursionError and exit 1).
     code = 130 if signum == signal.SIGINT else 75
-    sys.stderr.write(f"fst: received signal {signum} while starting; exiting with {code}\n")
-    raise SystemExit(code)
+    os.write(2, f"fst: received signal {signum} while starting; exiting with {code}\n".encode())
+    os._exit(code)
 
 
 for _s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGINT):
