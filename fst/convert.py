@@ -9,7 +9,7 @@ from fnmatch import fnmatch
 from torch import nn
 
 from fst.layers import DENSE_CLASSES, SPARSE_CLASSES, SparseConv2d, _SparseMixin
-from fst.ops import BACKENDS
+from fst.ops import BACKENDS, Backend
 from fst.rules import operand_checks, weight_operands
 from fst.strategies import Strategy, get_strategy
 from fst.tokens import set_vit_token_layout, token_layout_of
@@ -37,7 +37,7 @@ def why_dense(m: nn.Module) -> str | None:
 def sparsify(
     model: nn.Module,
     strategy: str | Strategy = "fst",
-    backend: str = "native",
+    backend: str | Backend = "native",
     decay: float = 2e-4,
     exclude: Iterable[str] = (),
     **options,
@@ -47,7 +47,8 @@ def sparsify(
     Args:
         model: any module; converted in place and returned.
         strategy: a key of :data:`fst.strategies.STRATEGIES` (or a ``Strategy``).
-        backend: a key of :data:`fst.ops.BACKENDS`.
+        backend: a key of :data:`fst.ops.BACKENDS`, or a backend built by
+            :func:`fst.ops.build_backend` (configured by its ``configs/backend`` keys).
         decay: SR-STE decay coefficient (Eq. 6); ignored by ``dense``.
         exclude: fnmatch patterns on module names (``"fc"``, ``"conv1"``, ``"*.downsample.0"``)
             of layers to keep dense. A pattern that matches no Conv2d/Linear is an error (a
@@ -63,7 +64,8 @@ def sparsify(
     distillation tokens, then the patch grid), which Eq. 3 follows.
     """
     plan = get_strategy(strategy, **options)
-    BACKENDS.get(backend)  # fail early, listing the valid backends
+    if not isinstance(backend, Backend):
+        backend = BACKENDS.get(backend)  # fail early, listing the valid backends
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     unused = [p for p in exclude if not any(fnmatch(n, p) for n, _ in layers)]

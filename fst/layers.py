@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from fst.ops import BACKENDS, ConvGeometry
+from fst.ops import BACKENDS, Backend, ConvGeometry
 from fst.rules import with_state
 from fst.strategies import Strategy
 from fst.tokens import TokenLayout
@@ -36,13 +36,13 @@ class _SparseMixin:
     # GradScaler, scale s) sets s / k here to keep Eq. 6's decay per optimizer step.
     decay_scale: float = 1.0
 
-    def configure(self, plan: Strategy, backend: str, decay: float) -> None:
+    def configure(self, plan: Strategy, backend: str | Backend, decay: float) -> None:
         if decay < 0:
             raise ValueError(f"decay must be >= 0, got {decay}")
         self.plan = plan
         self.strategy = plan.name
-        self.backend = backend
-        self._backend = BACKENDS.get(backend)
+        self._backend = backend if isinstance(backend, Backend) else BACKENDS.get(backend)
+        self.backend = self._backend.name
         self.decay = float(decay)
         self.rule_state = None  # a new plan's sparsifier attaches its state
 

@@ -10,6 +10,6 @@
 """
 
 from fst.ops import native, reference, sparse24  # noqa: E402,F401  (fill BACKENDS)
-from fst.ops.base import BACKENDS, Backend, ConvGeometry
+from fst.ops.base import BACKENDS, Backend, ConvGeometry, build_backend
 
-__all__ = ["BACKENDS", "Backend", "ConvGeometry"]
+__all__ = ["BACKENDS", "Backend", "ConvGeometry", "build_backend"]

@@ -69,6 +69,13 @@ class Backend:
 BACKENDS: Registry[Backend] = Registry("backend")
 
 
+def build_backend(name: str, **kwargs) -> Backend:
+    """The backend ``name`` configured by ``kwargs`` (``configs/backend/<name>.yaml``'s keys)."""
+    if kwargs:
+        raise TypeError(f"backend {name!r} takes no option(s) {sorted(kwargs)}")
+    return BACKENDS.get(name)
+
+
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The autocast dtype in force for ``x``'s device, or None."""
     dev = x.device.type

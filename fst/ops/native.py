@@ -127,7 +127,7 @@ def _conv_weight_grad(dy, xc, wb, g: ConvGeometry, plan: Strategy, kw: dict) -> 
     """Eq. 3 for a conv: ``dW = dY' X'^T`` with the plan's Eq. 3 rule (``kw``: the layer's
     state for stateful plans, :func:`fst.rules.with_state`)."""
     rule = plan.rules[2]
-    if rule.key == "fixed":
+    if rule.kept_half(plan) is not None:
         dy_half = ir_half(dy, plan.ir_coef, dim=3)
         stride = (g.stride[0], 2 * g.stride[1])
         args = (stride, g.padding, g.dilation, False, [0, 0], 1)
@@ -181,7 +181,9 @@ def _linear_weight_grad(dy, xc, plan: Strategy, kw: dict, tokens=None) -> torch.
     rule = plan.rules[2]
     if not rule.prunes or (xc.dim() < 3 and rule.positions_axis):
         segments = [(dy, xc)]
-    elif xc.dim() >= 3 and rule.key == "fixed":  # the kept half only: even tokens per row
+    elif (
+        xc.dim() >= 3 and rule.kept_half(plan) is not None
+    ):  # the kept half only: even tokens per row
         segments = _fixed_halves(dy, xc, plan, tokens)
     else:
         segments = rule.token_operands(dy, xc, plan, tokens, **kw)

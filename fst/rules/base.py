@@ -98,6 +98,12 @@ class Rule:
         """
         return False
 
+    def kept_half(self, plan: Strategy) -> float | None:
+        """An Eq. 3 rule's fast path, offered to backends: ``c`` when Eq. 3 equals the dense
+        weight gradient over the even width positions alone with ``dY' = dY_even + c * dY_odd``
+        (zero past a row's end), else None (no such path: backends run the rule's operands)."""
+        return None
+
     def draws_random(self, plan: Strategy) -> bool:
         """Does this rule draw from the global RNG? (``fst.compile`` keeps such draws eager's.)"""
         return False

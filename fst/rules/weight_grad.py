@@ -109,6 +109,9 @@ class Fixed(WeightGradRule):
     def tensor_core(self, plan) -> bool:
         return True  # 2:4 along the flattened positions when Wo is even (see note())
 
+    def kept_half(self, plan) -> float | None:
+        return float(plan.ir_coef)
+
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         dim = dim % dy.dim()
         n = dy.shape[dim]

@@ -27,12 +27,15 @@ parameters as keyword arguments with the paper's defaults, and implement ``init_
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from fst.registry import Registry
+
+if TYPE_CHECKING:
+    from fst.strategies import Strategy
 
 __all__ = [
     "Sparsifier",
@@ -193,6 +196,7 @@ def build_sparsifier(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     *,
+    strategy: Strategy | None = None,
     total_steps: int | None = None,
     steps_per_epoch: int | None = None,
     seed: int = 0,
@@ -200,6 +204,7 @@ def build_sparsifier(
 ) -> Sparsifier | None:
     """The sparsifier the model's strategy needs, or None for a stateless strategy.
 
+    ``strategy``: the run's plan (default: read off the model's sparse layers).
     ``params``: its schedule parameters (``configs/sparsity/<strategy>.yaml``); a parameter
     the strategy's sparsifier does not take fails naming the ones it does.
     """
@@ -207,6 +212,13 @@ def build_sparsifier(
 
     model = getattr(model, "module", model)  # a DDP wrapper
     keys = {m.plan.sparsifier for _, m in sparse_layers(model)} - {""}
+    if strategy is not None:  # the run's plan, handed down (layers must agree with it)
+        if keys - {strategy.sparsifier}:
+            raise ValueError(
+                f"strategy {strategy.name!r} has sparsifier {strategy.sparsifier!r}, but the "
+                f"model's layers use {sorted(keys)}"
+            )
+        keys = {strategy.sparsifier} - {""}
     if len(keys) > 1:
         raise ValueError(f"the model mixes strategies with different sparsifiers: {sorted(keys)}")
     if not keys:
@@ -217,7 +229,7 @@ def build_sparsifier(
             )
         return None
     (key,) = keys
-    plan = next(m.plan for _, m in sparse_layers(model) if m.plan.sparsifier == key)
+    plan = strategy or next(m.plan for _, m in sparse_layers(model) if m.plan.sparsifier == key)
     missing = {k for r in plan.rules for k in r.state_keys} - set(SPARSIFIERS.get(key).provides)
     if missing:
         raise ValueError(
