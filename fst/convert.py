@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from fnmatch import fnmatch
 
@@ -54,7 +53,8 @@ def sparsify(
             of layers to keep dense. A pattern that matches no Conv2d/Linear is an error (a
             typo would otherwise silently prune a layer meant to stay dense).
         **options: strategy options (``ir_coef``, ``x_pattern``, ``wt_source``,
-            ``mask_layout``; see :data:`fst.strategies.OPTIONS`).
+            ``mask_layout``; see :data:`fst.strategies.OPTIONS`), each given to the GEMM rules
+            of the plan that declare it.
 
     Parameters keep their names and identity (the optimizer's references stay valid), so
     dense and sparse state_dicts load into each other. Grouped/depthwise convs and subclasses
@@ -86,7 +86,7 @@ def sparsify(
         layer_plan = plan
         if name == first_conv and plan.dense_first_conv_weight:
             # the release keeps the stem's W dense but still masks its X in Eq. 3
-            layer_plan = dataclasses.replace(plan, forward="dense", input_grad="dense")
+            layer_plan = plan.replace(forward="dense", input_grad="dense")
         if reason:
             if isinstance(m, _SparseMixin):
                 _to_dense(m)

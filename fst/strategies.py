@@ -101,124 +101,147 @@ state across steps names the sparsifier that holds it (``sparsifier``, a key of
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, fields, replace
 
 from fst.registry import Registry
-from fst.rules import FORWARD_RULES, INPUT_GRAD_RULES, WEIGHT_GRAD_RULES
+from fst.rules import REGISTRIES, Rule, check_option
 
 __all__ = ["Strategy", "STRATEGIES", "get_strategy", "OPTIONS"]
 
-OPTIONS = {
-    "ir_coef": "coefficient of the shifted gradient in IR (paper 1.0, release 0.03)",
-    "x_pattern": "'fixed' (paper: F keeps even width index, IR adds the right neighbour) or "
-    "'random4' (release: one of four patterns per im2col chunk, IR = roll over flat H*W)",
-    "wt_source": "'dense' (paper: S(W^T) along Co from W) or 'pruned' (release: S(W) pruned "
-    "again in 4x4-regrouped fours inside one filter; not 2:4 along Co)",
-    "mask_layout": "'im2col' (paper: S(W) along Ci*kh*kw) or 'cin' (along Ci per kernel position)",
-    "x_patterns": "with x_pattern=random4: the release's patterns drawn from (default 'abcd'; "
-    "one letter forces that pattern)",
-    "im2col_step": "with x_pattern=random4: samples per im2col chunk (release: 256)",
-    "dy_ratio": "meprop/resprop: share of dY entries zeroed (meProp: of each example's dY; "
-    "ReSprop: of the difference to the reused gradient); Table 3: 0.5",
-    "estimator": "mvue: 'approx' (Hu et al.'s kernel, two draws without replacement) or "
-    "'exact' (minimum-variance 2:4: keep g_k with probability min(1, c|g_k|), summing to 2)",
-    "prefix_tokens": "Eq. 3 of a vision transformer's Linear layers: 'dense' (class, register "
-    "and distillation tokens' dY X^T unpruned) or 'include' (they form one more row, pruned by "
-    "the Eq. 3 rule)",
-}
-# Options that choose between two rules of one GEMM: option -> (field, {value: rule key}).
+_GEMMS = ("forward", "input_grad", "weight_grad")  # the fields naming the rules of Eq. 1, 2, 3
+
+# Options that choose between two rules of one GEMM: option -> (GEMM, {value: rule key}, doc).
+# The first value is the default (the paper's rule).
 _RULE_SWITCHES = {
-    "x_pattern": ("weight_grad", {"fixed": "fixed", "random4": "random4"}),
-    "wt_source": ("input_grad", {"dense": "nm_wt", "pruned": "regrouped"}),
-}
-_CHOICES = {
-    "mask_layout": ("im2col", "cin"),
-    "prefix_tokens": ("dense", "include"),
-    "estimator": ("approx", "exact"),
+    "x_pattern": (
+        "weight_grad",
+        {"fixed": "fixed", "random4": "random4"},
+        "'fixed' (paper: F keeps even width index, IR adds the right neighbour) or 'random4' "
+        "(release: one of four patterns per im2col chunk, IR = roll over flat H*W)",
+    ),
+    "wt_source": (
+        "input_grad",
+        {"dense": "nm_wt", "pruned": "regrouped"},
+        "'dense' (paper: S(W^T) along Co from W) or 'pruned' (release: S(W) pruned again in "
+        "4x4-regrouped fours inside one filter; not 2:4 along Co)",
+    ),
 }
 
 
-@dataclass(frozen=True)
+def _declared() -> dict[str, list[Field]]:
+    """Every option a registered rule declares: name -> its dataclass fields."""
+    out: dict[str, list[Field]] = {}
+    for registry in REGISTRIES.values():
+        for _, rule in registry.items():
+            for f in fields(rule):
+                out.setdefault(f.name, []).append(f)
+    return out
+
+
+class _Options(Mapping):
+    """``{option: documentation}``, read-only: the rule switches and every option a registered
+    rule declares, documented where it is declared (live: a rule registered later adds its
+    own). An option declared by several rules lists each one's text."""
+
+    def _table(self) -> dict[str, str]:
+        table = {k: doc for k, (_, _, doc) in _RULE_SWITCHES.items()}
+        for name, fs in _declared().items():
+            table[name] = "; ".join(dict.fromkeys(f.metadata.get("doc", "") for f in fs))
+        return table
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(self._table())
+
+
+OPTIONS: Mapping[str, str] = _Options()
+
+
+def _default(name: str):
+    """An option's value in a plan none of whose rules declares it."""
+    if name in _RULE_SWITCHES:
+        return next(iter(_RULE_SWITCHES[name][1]))
+    return _declared()[name][0].default
+
+
+def _option_alias(name: str) -> property:
+    return property(lambda self: self.option(name), doc=f"Alias of ``option({name!r})``.")
+
+
+def _rule(plan: str, gemm: str, rule: str | Rule) -> Rule:
+    """The rule object of ``gemm`` (a registry key or a rule object) for strategy ``plan``."""
+    eq = _GEMMS.index(gemm) + 1
+    if isinstance(rule, Rule):
+        if rule.eq != eq:
+            raise ValueError(f"strategy {plan!r}: {gemm}={rule!r} is not an Eq. {eq} rule")
+        return rule
+    if rule not in REGISTRIES[eq]:
+        raise ValueError(f"strategy {plan!r}: {gemm}={rule!r}; valid: " + ", ".join(REGISTRIES[eq]))
+    return REGISTRIES[eq].get(rule)
+
+
+@dataclass(frozen=True, init=False)
 class Strategy:
-    """A plan for the three GEMMs of a layer (see the module docstring for the notation).
+    """A plan for the three GEMMs of a layer (see the module docstring for the notation): a
+    name, the three rule objects and the method's facts that are no GEMM's option.
+
+    ``Strategy(name, forward, input_grad, weight_grad, **facts, **options)``: each GEMM is a
+    rule key (default options) or a rule object (``Fixed(ir_coef=1.0)``); ``options``
+    (:data:`OPTIONS`) go to the rules that declare them, as :meth:`with_options`.
 
     Attributes:
-        forward: Eq. 1 rule key (:data:`fst.rules.FORWARD_RULES`): ``dense`` W, ``nm`` S(W),
-            ``tsm`` T(W).
-        input_grad: Eq. 2 rule key (:data:`fst.rules.INPUT_GRAD_RULES`): ``dense`` W^T dY,
-            ``fwd`` (forward weight)^T dY, ``nm_wt`` S(W^T) dY, ``nm_dy`` W^T S(dY),
-            ``regrouped`` the release's twice-pruned weight.
-        weight_grad: Eq. 3 rule key (:data:`fst.rules.WEIGHT_GRAD_RULES`): ``dense`` dY X^T,
-            ``fixed`` (dY + ir_coef shift(dY)) F(X^T), ``random4`` the release's, ``nm_dy``
-            S(dY) X^T, ``nm_x`` dY S(X^T), ``mvue`` MVUE(dY) X^T.
-        ir_coef, x_pattern, wt_source, mask_layout, x_patterns, im2col_step, prefix_tokens:
-            options
-            (:data:`OPTIONS`); ``x_pattern`` and ``wt_source`` mirror the rule choice
-            (``random4``, ``regrouped``) they switch.
-        dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
-        dense_linear: Linear layers stay dense (the FST release; SFP's and ReSprop's too).
-        dy_ratio: option of the ``topk_dy`` and ``resprop`` rules (:data:`OPTIONS`).
-        estimator: option of the ``mvue`` rule (:data:`OPTIONS`).
+        rules: the rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`), each with its options.
         sparsifier: key of :data:`fst.sparsifier.SPARSIFIERS` holding the per-layer state its
             rules read (``""``: stateless). Required when a rule has ``state_keys``.
-        sr_ste_decay: whether SR-STE's decay (Eq. 6) belongs to the method.
+        dense_linear: Linear layers stay dense (the FST release; SFP's and ReSprop's too).
+        dense_first_conv_weight: the first Conv2d keeps W dense in Eq. 1/2 (release).
+        sr_ste_decay: whether SR-STE's decay (Eq. 6) belongs to the method. A fact of the
+            method, not of its Eq. 1 rule: the same ``nm`` mask could be trained without it.
+
+    Read-only aliases, each asking the rules: ``forward`` / ``input_grad`` / ``weight_grad``
+    (the rule keys, e.g. ``"nm"``), and one per option of :data:`OPTIONS` (``ir_coef``,
+    ``mask_layout``, ``prefix_tokens``, ...: :meth:`option`).
     """
 
     name: str
-    forward: str = "dense"
-    input_grad: str = "dense"
-    weight_grad: str = "dense"
-    ir_coef: float = 0.0
-    x_pattern: str = "fixed"
-    wt_source: str = "dense"
-    mask_layout: str = "im2col"
-    x_patterns: str = "abcd"
-    im2col_step: int = 256
-    prefix_tokens: str = "dense"
-    dense_first_conv_weight: bool = False
-    dense_linear: bool = False
-    dy_ratio: float = 0.5
-    estimator: str = "approx"
+    rules: tuple[Rule, Rule, Rule]
     sparsifier: str = ""
+    dense_linear: bool = False
+    dense_first_conv_weight: bool = False
     sr_ste_decay: bool = True
-    # The rule objects of Eq. 1, 2 and 3 (:mod:`fst.rules`), looked up once. A plain attribute
-    # set in __post_init__, not a cached_property: torch.compile cannot trace the lock
-    # functools.cached_property takes on Python < 3.12.
-    rules: tuple = dataclasses.field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):
-        for field, reg in (
-            ("forward", FORWARD_RULES),
-            ("input_grad", INPUT_GRAD_RULES),
-            ("weight_grad", WEIGHT_GRAD_RULES),
-        ):
-            if getattr(self, field) not in reg:
-                raise ValueError(
-                    f"strategy {self.name!r}: {field}={getattr(self, field)!r}; valid: "
-                    + ", ".join(reg.keys())
-                )
-        for option, (field, to_rule) in _RULE_SWITCHES.items():
-            from_rule = {v: k for k, v in to_rule.items()}
-            rule_key = getattr(self, field)
-            if rule_key in from_rule:  # keep the option in step with the rule it switched
-                object.__setattr__(self, option, from_rule[rule_key])
-        for option, valid in _CHOICES.items():
-            if getattr(self, option) not in valid:
-                raise ValueError(f"{option}={getattr(self, option)!r}; valid: {valid}")
-        bad = set(self.x_patterns) - set("abcd")
-        if not self.x_patterns or bad:
-            raise ValueError(f"x_patterns={self.x_patterns!r}: letters of 'abcd', at least one")
-        if int(self.im2col_step) < 1:
-            raise ValueError(f"im2col_step={self.im2col_step} must be >= 1")
-        if not 0.0 <= float(self.dy_ratio) < 1.0:
-            raise ValueError(f"dy_ratio={self.dy_ratio} must be in [0, 1)")
-        rules = (
-            FORWARD_RULES.get(self.forward),
-            INPUT_GRAD_RULES.get(self.input_grad),
-            WEIGHT_GRAD_RULES.get(self.weight_grad),
-        )
-        object.__setattr__(self, "rules", rules)
+    def __init__(
+        self,
+        name: str,
+        forward: str | Rule = "dense",
+        input_grad: str | Rule = "dense",
+        weight_grad: str | Rule = "dense",
+        *,
+        sparsifier: str = "",
+        dense_linear: bool = False,
+        dense_first_conv_weight: bool = False,
+        sr_ste_decay: bool = True,
+        **options,
+    ):
+        rules = tuple(_rule(name, g, r) for g, r in zip(_GEMMS, (forward, input_grad, weight_grad)))
+        set_ = object.__setattr__  # frozen
+        set_(self, "name", name)
+        set_(self, "rules", rules)
+        set_(self, "sparsifier", sparsifier)
+        set_(self, "dense_linear", dense_linear)
+        set_(self, "dense_first_conv_weight", dense_first_conv_weight)
+        set_(self, "sr_ste_decay", sr_ste_decay)
+        if options:
+            set_(self, "rules", self.with_options(**options).rules)
         self._check_state()
 
     def _check_state(self) -> None:
@@ -232,6 +255,46 @@ class Strategy:
                 f"{sorted(needed)}; name the sparsifier that holds it (sparsifier=..., a key of "
                 "fst.sparsifier.SPARSIFIERS)"
             )
+
+    @property
+    def forward(self) -> str:
+        """The Eq. 1 rule's key (:data:`fst.rules.FORWARD_RULES`): ``dense`` W, ``nm`` S(W),
+        ``tsm`` T(W), ..."""
+        return self.rules[0].key
+
+    @property
+    def input_grad(self) -> str:
+        """The Eq. 2 rule's key (:data:`fst.rules.INPUT_GRAD_RULES`): ``dense`` W^T dY, ``fwd``
+        (forward weight)^T dY, ``nm_wt`` S(W^T) dY, ``nm_dy`` W^T S(dY), ..."""
+        return self.rules[1].key
+
+    @property
+    def weight_grad(self) -> str:
+        """The Eq. 3 rule's key (:data:`fst.rules.WEIGHT_GRAD_RULES`): ``dense`` dY X^T,
+        ``fixed`` (dY + ir_coef shift(dY)) F(X^T), ``random4`` the release's, ..."""
+        return self.rules[2].key
+
+    def option(self, name: str):
+        """The value of option ``name``: a rule switch's from the rule it chose, otherwise from
+        the first rule (Eq. 1, 2, 3) that declares it, else the option's default."""
+        if name in _RULE_SWITCHES:
+            gemm, to_rule, _ = _RULE_SWITCHES[name]
+            key = getattr(self, gemm)
+            return next((v for v, k in to_rule.items() if k == key), _default(name))
+        for r in self.rules:
+            if name in r.__dataclass_fields__:
+                return getattr(r, name)
+        return _default(name)
+
+    ir_coef = _option_alias("ir_coef")
+    x_pattern = _option_alias("x_pattern")
+    wt_source = _option_alias("wt_source")
+    mask_layout = _option_alias("mask_layout")
+    x_patterns = _option_alias("x_patterns")
+    im2col_step = _option_alias("im2col_step")
+    prefix_tokens = _option_alias("prefix_tokens")
+    dy_ratio = _option_alias("dy_ratio")
+    estimator = _option_alias("estimator")
 
     @property
     def is_dense(self) -> bool:
@@ -255,16 +318,24 @@ class Strategy:
     def options_used(self) -> set[str]:
         """The :data:`OPTIONS` some rule of this plan reads (or whose rule choice they switch)."""
         used = {o for r in self.rules for o in r.options}
-        eq3 = self.rules[2]
-        if eq3.prunes and eq3.positions_axis:  # Eq. 3 split by token layout (ViT layers)
-            used.add("prefix_tokens")
-        for option, (field, to_rule) in _RULE_SWITCHES.items():
-            if getattr(self, field) in to_rule.values():
+        for option, (gemm, to_rule, _) in _RULE_SWITCHES.items():
+            if getattr(self, gemm) in to_rule.values():
                 used.add(option)
         return used
 
+    def replace(self, **changes) -> Strategy:
+        """A copy with fields changed, like :func:`dataclasses.replace`: ``name``, the facts,
+        a GEMM's rule (``forward=`` / ``input_grad=`` / ``weight_grad=``, a key or a rule
+        object) and options."""
+        args = dict(zip(_GEMMS, self.rules))
+        for f in fields(self):
+            if f.name != "rules":
+                args[f.name] = getattr(self, f.name)
+        return Strategy(**{**args, **changes})
+
     def with_options(self, **options) -> Strategy:
-        """A copy with the options of :data:`OPTIONS` changed.
+        """A copy with the options of :data:`OPTIONS` changed, each on the rules of this plan
+        that declare it (a rule switch first chooses the rule: ``x_pattern``, ``wt_source``).
 
         Unknown names fail with the list; an option that no GEMM rule of this plan reads and
         that differs from the plan's own value fails naming the rules it has (it would silently
@@ -276,18 +347,31 @@ class Strategy:
                 f"unknown strategy option(s) {sorted(unknown)}; valid options: "
                 + "; ".join(f"{k}: {v}" for k, v in OPTIONS.items())
             )
-        changes = dict(options)
-        for option, (field, to_rule) in _RULE_SWITCHES.items():
-            if option in changes:
-                value = changes[option]
+        declared = _declared()
+        for name, value in options.items():
+            if name in _RULE_SWITCHES:
+                to_rule = _RULE_SWITCHES[name][1]
                 if value not in to_rule:
-                    raise ValueError(f"{option}={value!r}; valid: {tuple(to_rule)}")
-                if getattr(self, field) not in to_rule.values():
-                    continue  # not a rule this option switches: reported as ignored below
-                changes[field] = to_rule[value]
-        plan = dataclasses.replace(self, **changes)
+                    raise ValueError(f"{name}={value!r}; valid: {tuple(to_rule)}")
+            for f in declared.get(name, ()):
+                check_option(f, value)
+        rules = list(self.rules)
+        for name, (gemm, to_rule, _) in _RULE_SWITCHES.items():
+            i = _GEMMS.index(gemm)
+            if name not in options or rules[i].key not in to_rule.values():
+                continue  # not a rule this option switches: reported as ignored below
+            new = REGISTRIES[i + 1].get(to_rule[options[name]])
+            if new.key != rules[i].key:  # the new rule keeps the options both declare (ir_coef)
+                old = rules[i]
+                kept = {k: getattr(old, k) for k in old.__dataclass_fields__}
+                rules[i] = replace(new, **{k: v for k, v in kept.items() if k in new.options})
+        for i, r in enumerate(rules):
+            changes = {k: v for k, v in options.items() if k in r.__dataclass_fields__}
+            if changes:
+                rules[i] = replace(r, **changes)
+        plan = self.replace(**dict(zip(_GEMMS, rules)))
         ignored = sorted(
-            k for k in set(options) - plan.options_used() if options[k] != getattr(self, k)
+            k for k in set(options) - plan.options_used() if options[k] != self.option(k)
         )
         if ignored:
             key = ignored[0]

@@ -91,9 +91,9 @@ ALIASES = {"wx_sort": "wx"}
 def plan_of(name: str) -> Strategy:
     """The plan studied under ``name`` (a strategy key, ``mvue_exact`` or ``wx_sort``)."""
     if name == "mvue_exact":
-        return dataclasses.replace(get_strategy("mvue", estimator="exact"), name="mvue_exact")
+        return get_strategy("mvue", estimator="exact").replace(name="mvue_exact")
     if name in ALIASES:
-        return dataclasses.replace(STRATEGIES.get(ALIASES[name]), name=name)
+        return STRATEGIES.get(ALIASES[name]).replace(name=name)
     return STRATEGIES.get(name)
 
 
@@ -102,10 +102,9 @@ def exact_plan(plan: Strategy) -> Strategy:
     layers kept dense), Eq. 2 with the forward weight, Eq. 3 dense."""
     return Strategy(
         f"exact[{plan.forward}]",
-        forward=plan.forward,
+        forward=plan.rules[0],  # with its options (mask_layout)
         input_grad="fwd",
         weight_grad="dense",
-        mask_layout=plan.mask_layout,
         dense_first_conv_weight=plan.dense_first_conv_weight,
         dense_linear=plan.dense_linear,
     )

@@ -1,7 +1,8 @@
 """GEMM rules: what each of a layer's three GEMMs prunes (see :mod:`fst.rules.base`).
 
 ``FORWARD_RULES`` (Eq. 1), ``INPUT_GRAD_RULES`` (Eq. 2) and ``WEIGHT_GRAD_RULES`` (Eq. 3) hold
-one rule object per key; a :class:`fst.strategies.Strategy` names one key of each.
+one default rule object per key; a :class:`fst.strategies.Strategy` holds one rule object of
+each, with its options (``Fixed(ir_coef=1.0)``).
 """
 
 from fst.rules import (  # noqa: F401  (fill registries)
@@ -20,7 +21,9 @@ from fst.rules.base import (
     WEIGHT_GRAD_RULES,
     OperandCheck,
     Rule,
+    check_option,
     operand_checks,
+    option,
     weight_operands,
     with_state,
 )
@@ -31,6 +34,8 @@ __all__ = [
     "WEIGHT_GRAD_RULES",
     "REGISTRIES",
     "Rule",
+    "option",
+    "check_option",
     "OperandCheck",
     "operand_checks",
     "weight_operands",

@@ -13,6 +13,14 @@ the GEMM's reduction dimension). A :class:`fst.strategies.Strategy` names one ru
 backends, :func:`fst.summary`, ``eval.py``, the diagnostics and the analyses all ask the rule
 objects here instead of re-deriving what a plan's modes mean.
 
+A rule is a frozen dataclass whose fields are its *options* (the fixed mask's ``ir_coef``, the
+``nm`` mask's ``mask_layout``, ...): every subclass of :class:`Rule` is made one, so an
+annotated class attribute declared with :func:`option` is an option (with its documentation,
+default and check), a plain class attribute a fact of the rule. The registries hold one default
+instance per key; a strategy holds the instances it uses (``Fixed(ir_coef=1.0)``), so the hooks
+read their options from ``self``. The ``plan`` they receive is the whole strategy, for rules that
+depend on another GEMM's rule (Eq. 2's ``fwd`` transposes Eq. 1's weight).
+
 Each rule's arithmetic is written once, in the im2col domain, and *is* the test oracle's
 semantics: the ``reference`` backend calls nothing else, and faster backends either call the
 same methods or are tested against them.
@@ -34,36 +42,62 @@ Backends never look inside the mapping: only rules and sparsifiers know its keys
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 
 from fst.masks import apply_mask, is_nm
 from fst.registry import Registry
 
-if TYPE_CHECKING:
-    from fst.strategies import Strategy
+# The plan the hooks receive: a fst.strategies.Strategy (not imported: strategies are built
+# from rules, so rules know them only by this name).
+Plan = Any
 
 
+def option(default: Any, doc: str, *, choices: tuple = (), check: Callable | None = None):
+    """Declare a rule's option: ``ir_coef: float = option(0.0, "coefficient ...")``.
+
+    ``doc`` is listed in :data:`fst.strategies.OPTIONS` (and so in the error that lists the
+    valid options); ``choices``: the valid values; ``check(value) -> str``: the error message
+    for an invalid value (``""`` when valid). Checked whenever a rule is built.
+    """
+    return field(default=default, metadata={"doc": doc, "choices": choices, "check": check})
+
+
+def check_option(f: Field, value: Any) -> None:
+    """Raise ValueError if ``value`` is not valid for the option declared by field ``f``."""
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{f.name}={value!r}; valid: {choices}")
+    check = f.metadata.get("check")
+    why = check(value) if check else ""
+    if why:
+        raise ValueError(why)
+
+
+@dataclass(frozen=True, repr=False)
 class Rule:
-    """One GEMM's rule. Subclasses set the class attributes and override the hooks.
+    """One GEMM's rule. Subclasses set the class attributes, declare their options with
+    :func:`option` and override the hooks.
 
     Attributes:
         key: registry key (the value of ``Strategy.forward`` / ``input_grad`` / ``weight_grad``).
         eq: 1, 2 or 3.
         operand: the pruned operand as written in the paper (``"W"``, ``"W^T"``, ``"dY"``,
             ``"X^T"``), or ``""`` when the GEMM is dense.
-        options: the :data:`fst.strategies.OPTIONS` this rule reads (an option no rule of a
-            plan reads is refused).
         state_keys: keys of the layer's per-layer state this rule reads or writes (see the
             module docstring); a plan with such a rule must name a sparsifier providing them.
+
+    Every subclass is made a frozen, keyword-only dataclass: its options are its fields
+    (``Fixed(ir_coef=1.0)``; change one with ``dataclasses.replace``), instances compare and
+    hash by class and options (strategies are constants of traced autograd Functions).
     """
 
     key: ClassVar[str] = ""
     eq: ClassVar[int] = 0
     operand: ClassVar[str] = ""
-    options: ClassVar[tuple[str, ...]] = ()
     state_keys: ClassVar[tuple[str, ...]] = ()
     # Its backward hook writes the layer's state (ReSprop records the gradient it reuses next
     # step). Dynamo refuses such a side effect inside an autograd.Function's backward, so under
@@ -71,25 +105,39 @@ class Rule:
     # break per layer, results unchanged).
     backward_writes_state: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True, repr=False, kw_only=True)(cls)
+
+    def __post_init__(self):
+        for f in fields(self):
+            check_option(f, getattr(self, f.name))
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The options this rule reads (its fields; an option no rule of a plan reads is
+        refused when given)."""
+        return tuple(f.name for f in fields(self))
+
     @property
     def prunes(self) -> bool:
         return bool(self.operand)
 
-    def pattern(self, plan: Strategy) -> str:
+    def pattern(self, plan: Plan) -> str:
         """How the pruned operand's zeros are arranged, for reports (``"2:4"``,
         ``"unstructured"``, ``"filters"``, ...)."""
         return "2:4"
 
-    def skips(self, plan: Strategy, weight_shape: tuple[int, ...]) -> str:
+    def skips(self, plan: Plan, weight_shape: tuple[int, ...]) -> str:
         """Why this rule leaves a layer with this weight shape unpruned, or ``""`` if it
         prunes it (ASP's shape rule; asked by the MAC count, the summary, the sparsifier)."""
         return ""
 
-    def formula(self, plan: Strategy) -> str:
+    def formula(self, plan: Plan) -> str:
         """The GEMM as written in the strategy table of docs/strategies.md, e.g. ``"S(W^T) dY"``."""
         raise NotImplementedError
 
-    def tensor_core(self, plan: Strategy) -> bool:
+    def tensor_core(self, plan: Plan) -> bool:
         """Is the pruned operand 2:4 along this GEMM's reduction dimension by construction?
 
         True means a sparse tensor core runs the GEMM at half the MACs (Figure 2's count);
@@ -98,18 +146,19 @@ class Rule:
         """
         return False
 
-    def kept_half(self, plan: Strategy) -> float | None:
+    def kept_half(self, plan: Plan) -> float | None:
         """An Eq. 3 rule's fast path, offered to backends: ``c`` when Eq. 3 equals the dense
         weight gradient over the even width positions alone with ``dY' = dY_even + c * dY_odd``
         (zero past a row's end), else None (no such path: backends run the rule's operands)."""
         return None
 
-    def draws_random(self, plan: Strategy) -> bool:
+    def draws_random(self, plan: Plan) -> bool:
         """Does this rule draw from the global RNG? (``fst.compile`` keeps such draws eager's.)"""
         return False
 
     def __repr__(self) -> str:
-        return f"<Eq. {self.eq} rule {self.key!r}>"
+        opts = "".join(f" {o}={getattr(self, o)!r}" for o in self.options)
+        return f"<Eq. {self.eq} rule {self.key!r}{opts}>"
 
 
 FORWARD_RULES: Registry[Rule] = Registry("Eq. 1 (forward) rule")
@@ -119,7 +168,8 @@ REGISTRIES = {1: FORWARD_RULES, 2: INPUT_GRAD_RULES, 3: WEIGHT_GRAD_RULES}
 
 
 def register(cls):
-    """Class decorator: instantiate the rule and add it to its equation's registry."""
+    """Class decorator: instantiate the rule with its default options and add it to its
+    equation's registry."""
     REGISTRIES[cls.eq].register(cls.key, cls())
     return cls
 
@@ -131,7 +181,7 @@ def with_state(state) -> dict:
 
 
 def weight_operands(
-    weight: torch.Tensor, plan: Strategy, need_bwd: bool = True, state=None
+    weight: torch.Tensor, plan: Plan, need_bwd: bool = True, state=None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weights of Eq. 1 and Eq. 2, both shaped like ``weight``, computed once per forward.
 
@@ -195,7 +245,7 @@ class OperandCheck:
 
 
 def operand_checks(
-    plan: Strategy, w_fwd: torch.Tensor, w_bwd: torch.Tensor | None, state=None
+    plan: Plan, w_fwd: torch.Tensor, w_bwd: torch.Tensor | None, state=None
 ) -> list[OperandCheck]:
     """The pruned weight operands of Eq. 1 and Eq. 2, each along its GEMM's reduction dim.
 

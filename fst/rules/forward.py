@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fst.masks import nm_mask_of_abs, transposable_mask
-from fst.rules.base import Rule, register
+from fst.rules.base import Rule, option, register
 
 
 class ForwardRule(Rule):
@@ -53,8 +53,12 @@ class NM(ForwardRule):
 
     key = "nm"
     operand = "W"
-    options = ("mask_layout",)
     uses_abs = True
+    mask_layout: str = option(
+        "im2col",
+        "'im2col' (paper: S(W) along Ci*kh*kw) or 'cin' (along Ci per kernel position)",
+        choices=("im2col", "cin"),
+    )
 
     def formula(self, plan) -> str:
         return "S(W) X"
@@ -64,12 +68,12 @@ class NM(ForwardRule):
 
     def mask(self, w, plan, abs_w=None, state=None):
         a = w.abs() if abs_w is None else abs_w
-        if plan.mask_layout == "cin" and w.dim() == 4:
+        if self.mask_layout == "cin" and w.dim() == 4:
             return nm_mask_of_abs(a, dim=1)
         return nm_mask_of_abs(a.reshape(w.shape[0], -1), dim=1).view(w.shape)
 
     def reduction_view(self, w_fwd, plan):
-        if plan.mask_layout == "cin" and w_fwd.dim() == 4:
+        if self.mask_layout == "cin" and w_fwd.dim() == 4:
             return w_fwd, 1, "Ci"
         return super().reduction_view(w_fwd, plan)
 
@@ -151,6 +155,11 @@ class HeldNM(NM):
 
     def mask(self, w, plan, abs_w=None, state=None):
         return held_mask(state, self.key)
+
+    def one_shot_mask(self, w: torch.Tensor, plan) -> torch.Tensor:
+        """The mask its sparsifier computes once and then holds: ``nm``'s S(W) of ``w`` with
+        this rule's ``mask_layout``."""
+        return NM.mask(self, w, plan)
 
     def pruning_now(self, state) -> bool:
         return state is not None and state.get("mask") is not None

@@ -28,7 +28,7 @@ class InputGradRule(Rule):
 
     def prune_dy(self, dy: torch.Tensor, dim: int, plan=None, state=None) -> torch.Tensor:
         """dY as Eq. 2 sees it; ``dim`` is its channel (Co / out) axis, dim 0 the batch.
-        ``plan``: the strategy (for rules reading options); ``state``: the layer's per-layer
+        ``plan``: the strategy (options are the rule's own); ``state``: the layer's per-layer
         state (only for layers of stateful plans)."""
         return dy
 

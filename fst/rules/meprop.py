@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from fst.masks import topk_mask
-from fst.rules.base import register
+from fst.rules.base import Rule, option, register
 from fst.rules.input_grad import InputGradRule
 from fst.rules.weight_grad import WeightGradRule
 
@@ -40,39 +40,45 @@ def top_k(dy: torch.Tensor, ratio: float) -> torch.Tensor:
     return dy * topk_mask(dy, ratio, start_dim=1)
 
 
+def _check_ratio(v) -> str:
+    return "" if 0.0 <= float(v) < 1.0 else f"dy_ratio={v} must be in [0, 1)"
+
+
+class _TopK(Rule):
+    """What meProp's two rules share: the pruned operand and the option."""
+
+    operand = "dY"
+    dy_ratio: float = option(
+        0.5, "meprop: share of each example's dY entries zeroed (Table 3: 0.5)", check=_check_ratio
+    )
+
+    def pattern(self, plan) -> str:
+        return f"unstructured top-k per example ({self.dy_ratio:.0%} zero)"
+
+
 @register
-class TopkInput(InputGradRule):
+class TopkInput(_TopK, InputGradRule):
     """Eq. 2: ``dX = W^T top_k(dY)``."""
 
     key = "topk_dy"
-    operand = "dY"
     prunes_dy = True
-    options = ("dy_ratio",)
 
     def formula(self, plan) -> str:
         return "W^T topk(dY)"
 
-    def pattern(self, plan) -> str:
-        return f"unstructured top-k per example ({plan.dy_ratio:.0%} zero)"
-
     def prune_dy(self, dy, dim, plan=None, state=None):
-        return top_k(dy, plan.dy_ratio)
+        return top_k(dy, self.dy_ratio)
 
 
 @register
-class TopkWeight(WeightGradRule):
+class TopkWeight(_TopK, WeightGradRule):
     """Eq. 3: ``dW = top_k(dY) X^T`` with the same per-example top-k as Eq. 2."""
 
     key = "topk_dy"
-    operand = "dY"
-    options = ("dy_ratio",)
     positions_axis = False
 
     def formula(self, plan) -> str:
         return "topk(dY) X^T"
 
-    def pattern(self, plan) -> str:
-        return f"unstructured top-k per example ({plan.dy_ratio:.0%} zero)"
-
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
-        return top_k(dy, plan.dy_ratio), x
+        return top_k(dy, self.dy_ratio), x

@@ -56,12 +56,12 @@ from __future__ import annotations
 import torch
 
 from fst.masks import _groups, _ungroup
-from fst.rules.base import register
+from fst.rules.base import option, register
 from fst.rules.weight_grad import WeightGradRule
 
 __all__ = ["mvue24", "inclusion_probabilities", "ESTIMATORS", "MVUE"]
 
-# sparsity.estimator / Strategy.estimator: Hu et al.'s kernel, or the minimum-variance one
+# sparsity.estimator / MVUE.estimator: Hu et al.'s kernel, or the minimum-variance one
 ESTIMATORS = ("approx", "exact")
 
 
@@ -176,17 +176,22 @@ def mvue24(g: torch.Tensor, dim: int = -1, estimator: str = "approx") -> torch.T
 @register
 class MVUE(WeightGradRule):
     """``MVUE(dY) X^T``: dY replaced by :func:`mvue24` along the positions axis, with the
-    plan's ``estimator`` (``approx`` or ``exact``)."""
+    option ``estimator`` (``approx`` or ``exact``)."""
 
     key = "mvue"
     operand = "dY"
-    options = ("estimator",)
+    estimator: str = option(
+        "approx",
+        "mvue: 'approx' (Hu et al.'s kernel, two draws without replacement) or 'exact' "
+        "(minimum-variance 2:4: keep g_k with probability min(1, c|g_k|), summing to 2)",
+        choices=ESTIMATORS,
+    )
 
     def formula(self, plan) -> str:
-        return "MVUE(dY) X^T" if plan.estimator == "approx" else "MVUE_exact(dY) X^T"
+        return "MVUE(dY) X^T" if self.estimator == "approx" else "MVUE_exact(dY) X^T"
 
     def tensor_core(self, plan) -> bool:
         return True  # at most 2 of every 4 consecutive positions by construction
 
     def operands(self, dy, x, plan, dim=-1, width=None):
-        return mvue24(dy, dim, plan.estimator), x
+        return mvue24(dy, dim, self.estimator), x

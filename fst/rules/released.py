@@ -18,7 +18,7 @@ Facts (``shared/paper/README.md``); each is a rule, chosen by a strategy option:
 Pattern draws use the global torch CPU generator, which the run seeds, so runs repeat and exact
 resume restores them with the other RNG states. Options ``x_patterns`` (the letters drawn from;
 one letter forces that pattern, drawing nothing) and ``im2col_step`` (256 in the release) are
-plain strategy options, so tests and analyses need no module state.
+options of the ``random4`` rule (strategy options), so tests and analyses need no module state.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fst.masks import apply_mask, nm_mask
-from fst.rules.base import register
+from fst.rules.base import option, register
 from fst.rules.input_grad import InputGradRule
 from fst.rules.weight_grad import WeightGradRule
 
@@ -65,6 +65,12 @@ def _pattern_rule(kind: str, r: torch.Tensor, c: torch.Tensor, cols: int) -> tor
     raise ValueError(f"unknown X pattern {kind!r}; valid: {', '.join(PATTERNS)}")
 
 
+def _check_letters(letters) -> str:
+    if not letters or set(letters) - set(PATTERNS):
+        return f"x_patterns={letters!r}: letters of 'abcd', at least one"
+    return ""
+
+
 def _tiles(cols: int, device=None) -> torch.Tensor:
     """The 8x8 tile of every pattern for chunks of ``cols`` columns: bool ``[4, 8, 8]``."""
     i = torch.arange(8, device=device)
@@ -95,14 +101,27 @@ class Random4(WeightGradRule):
     key = "random4"
     operand = "X^T"
     prunes_x = True
-    options = ("ir_coef", "x_patterns", "im2col_step")
+    ir_coef: float = option(
+        0.0, "with x_pattern=random4: coefficient of the rolled gradient in IR (release: 0.03)"
+    )
+    x_patterns: str = option(
+        PATTERNS,
+        "with x_pattern=random4: the release's patterns drawn from (default 'abcd'; one letter "
+        "forces that pattern)",
+        check=_check_letters,
+    )
+    im2col_step: int = option(
+        256,
+        "with x_pattern=random4: samples per im2col chunk (release: 256)",
+        check=lambda v: "" if int(v) >= 1 else f"im2col_step={v} must be >= 1",
+    )
 
     def formula(self, plan) -> str:
-        g = f"(dY + {plan.ir_coef:g}*roll(dY))" if plan.ir_coef else "dY"
+        g = f"(dY + {self.ir_coef:g}*roll(dY))" if self.ir_coef else "dY"
         return f"{g} P4(X^T)"
 
     def draws_random(self, plan) -> bool:
-        return len(plan.x_patterns) > 1
+        return len(self.x_patterns) > 1
 
     def tensor_core(self, plan) -> bool:
         # each pattern keeps 2 of every 4 consecutive columns (a: when the chunk has a multiple of 4
@@ -112,15 +131,15 @@ class Random4(WeightGradRule):
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         # to the release's layout: [B, features, positions], samples B = the leading dims
         dyt = dy.movedim(dim, -1)
-        if plan.ir_coef:
-            dyt = dyt + plan.ir_coef * torch.roll(dyt, 1, dims=-1)
+        if self.ir_coef:
+            dyt = dyt + self.ir_coef * torch.roll(dyt, 1, dims=-1)
         xt = x.movedim(dim, -1)
         lead, (k, length) = xt.shape[:-2], xt.shape[-2:]
         xt = xt.reshape(-1, k, length)
         n = xt.shape[0]
-        step = min(int(plan.im2col_step), n)
+        step = min(int(self.im2col_step), n)
         starts = range(0, n, step)
-        ids = draw_pattern_ids(len(starts), plan.x_patterns).to(x.device)
+        ids = draw_pattern_ids(len(starts), self.x_patterns).to(x.device)
         keep = []
         for j, s0 in enumerate(starts):
             cols = (min(s0 + step, n) - s0) * length

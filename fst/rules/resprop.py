@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 
 from fst.masks import topk_mask
-from fst.rules.base import register
+from fst.rules.base import Rule, option, register
 from fst.rules.input_grad import InputGradRule
 from fst.rules.weight_grad import WeightGradRule
 
@@ -71,14 +71,24 @@ def reuse(dy: torch.Tensor, ratio: float, state) -> torch.Tensor:
     return prev + diff * topk_mask(diff, ratio, start_dim=0)
 
 
-class _ReSprop:
+def _check_ratio(v) -> str:
+    return "" if 0.0 <= float(v) < 1.0 else f"dy_ratio={v} must be in [0, 1)"
+
+
+class _ReSprop(Rule):
+    """What ReSprop's two rules share: the operand, the state and the option."""
+
     operand = "dY"
-    options = ("dy_ratio",)
     state_keys = ("prev", "next", "pick")
     backward_writes_state = True  # state["next"]: eager under torch.compile (fst.layers)
+    dy_ratio: float = option(
+        0.5,
+        "resprop: share of the difference to the reused gradient zeroed (Table 3: 0.5)",
+        check=_check_ratio,
+    )
 
     def pattern(self, plan) -> str:
-        return f"unstructured: previous dY + top-k of the difference ({plan.dy_ratio:.0%} reused)"
+        return f"unstructured: previous dY + top-k of the difference ({self.dy_ratio:.0%} reused)"
 
 
 @register
@@ -92,7 +102,7 @@ class ReSpropInput(_ReSprop, InputGradRule):
         return "W^T R(dY)"
 
     def prune_dy(self, dy, dim, plan=None, state=None):
-        return reuse(dy, plan.dy_ratio, state)
+        return reuse(dy, self.dy_ratio, state)
 
 
 @register
@@ -106,4 +116,4 @@ class ReSpropWeight(_ReSprop, WeightGradRule):
         return "R(dY) X^T"
 
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
-        return reuse(dy, plan.dy_ratio, state), x
+        return reuse(dy, self.dy_ratio, state), x

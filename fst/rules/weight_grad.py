@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from fst.masks import apply_mask, nm_mask
-from fst.rules.base import Rule, register
+from fst.rules.base import Rule, option, register
 
 
 def _along(v: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -40,6 +40,22 @@ class WeightGradRule(Rule):
     # Prunes along the positions axis: a 2-D Linear input has none, so Eq. 3 stays dense there.
     # False: the rule works per example (dim 0), 2-D Linear inputs (an MLP's) included.
     positions_axis = True
+    # Every Eq. 3 rule splits a ViT's token axis the same way (token_operands), so the option
+    # is declared once here; only rules that prune along positions read it (``options``).
+    prefix_tokens: str = option(
+        "dense",
+        "Eq. 3 of a vision transformer's Linear layers: 'dense' (class, register and "
+        "distillation tokens' dY X^T unpruned) or 'include' (they form one more row, pruned by "
+        "the Eq. 3 rule)",
+        choices=("dense", "include"),
+    )
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        opts = super().options
+        if self.prunes and self.positions_axis:  # Eq. 3 split by token layout (ViT layers)
+            return opts
+        return tuple(o for o in opts if o != "prefix_tokens")
 
     def operands(self, dy, x, plan, dim: int = -1, width: int | None = None, state=None):
         """``(dY', X')``: the operands of Eq. 3 (``x`` may be None for rules with
@@ -56,7 +72,7 @@ class WeightGradRule(Rule):
         leading dims and tokens. ``tokens`` None: one segment, the whole axis one row. With a
         :class:`fst.tokens.TokenLayout`: the patch tokens ``[prefix:]`` with rows of the
         grid's width, and before them the prefix tokens ``[:prefix]``, unpruned
-        (``plan.prefix_tokens="dense"``) or pruned by this rule as one more row of their own
+        (``prefix_tokens="dense"``) or pruned by this rule as one more row of their own
         (``"include"``). ``kw``: the layer's ``state`` for stateful plans.
         """
         if tokens is None or not self.positions_axis:  # per-example rules see all tokens
@@ -69,7 +85,7 @@ class WeightGradRule(Rule):
         if not p:
             return [patches]
         dyp, xp = dy[..., :p, :], x[..., :p, :]
-        if plan.prefix_tokens == "include":
+        if self.prefix_tokens == "include":
             dyp, xp = self.operands(dyp, xp, plan, dim=-2, **kw)
         return [(dyp, xp), patches]
 
@@ -99,30 +115,32 @@ class Fixed(WeightGradRule):
     key = "fixed"
     operand = "X^T"
     prunes_x = True
-    options = ("ir_coef",)
+    ir_coef: float = option(
+        0.0, "coefficient of the shifted gradient in IR (paper 1.0 = fst, 0 = no IR = fst_noir)"
+    )
 
     def formula(self, plan) -> str:
-        if plan.ir_coef:
-            return f"(dY + {plan.ir_coef:g}*shift(dY)) F(X^T)"
+        if self.ir_coef:
+            return f"(dY + {self.ir_coef:g}*shift(dY)) F(X^T)"
         return "dY F(X^T)"
 
     def tensor_core(self, plan) -> bool:
         return True  # 2:4 along the flattened positions when Wo is even (see note())
 
     def kept_half(self, plan) -> float | None:
-        return float(plan.ir_coef)
+        return float(self.ir_coef)
 
     def operands(self, dy, x, plan, dim=-1, width=None, state=None):
         dim = dim % dy.dim()
         n = dy.shape[dim]
         w = width or n
         col = torch.arange(n, device=dy.device) % w  # width index of every position
-        if plan.ir_coef:
+        if self.ir_coef:
             right = torch.zeros_like(dy)
             if n > 1:
                 right.narrow(dim, 0, n - 1).copy_(dy.narrow(dim, 1, n - 1))
             has_right = _along((col < w - 1).to(dy.dtype), dim, dy.dim())
-            dy = dy + plan.ir_coef * right * has_right
+            dy = dy + self.ir_coef * right * has_right
         if x is not None:
             x = x * _along((col % 2 == 0).to(x.dtype), dim, x.dim())
         return dy, x

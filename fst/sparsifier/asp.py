@@ -30,7 +30,6 @@ Choices (evidence for the coordinator's notes):
 
 from __future__ import annotations
 
-from fst.rules import FORWARD_RULES
 from fst.sparsifier.base import Sparsifier, register
 
 
@@ -85,10 +84,9 @@ class ASP(Sparsifier):
             self.prune()
 
     def prune(self) -> None:
-        nm = FORWARD_RULES.get("nm")
         for _, m, state in self.items():
-            if not state["skipped"]:
-                state["mask"] = nm.mask(m.weight.detach(), m.plan)
+            if not state["skipped"]:  # S(W) by the held_nm rule, with its mask_layout
+                state["mask"] = m.plan.rules[0].one_shot_mask(m.weight.detach(), m.plan)
 
     def update(self) -> None:
         if self.step_count == self.prune_step:

@@ -26,16 +26,16 @@ parameters as keyword arguments with the paper's defaults, and implement ``init_
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from fst.layers import sparse_layers
 from fst.registry import Registry
-
-if TYPE_CHECKING:
-    from fst.strategies import Strategy
+from fst.strategies import Strategy
 
 __all__ = [
     "Sparsifier",
@@ -73,8 +73,6 @@ class Sparsifier:
         steps_per_epoch: int | None = None,
         seed: int = 0,
     ):
-        from fst.layers import sparse_layers
-
         self.layers = {
             f"{name}.weight" if name else "weight": m
             for name, m in sparse_layers(model)
@@ -181,8 +179,6 @@ class Sparsifier:
 def schedule_params(key: str) -> set[str]:
     """The schedule parameters of sparsifier ``key`` (its keyword arguments the sparsity
     config group may set; :data:`ENGINE_ARGS` come from the engine)."""
-    import inspect
-
     cls = SPARSIFIERS.get(key)
     params = inspect.signature(cls.__init__).parameters.values()
     return {
@@ -208,8 +204,6 @@ def build_sparsifier(
     ``params``: its schedule parameters (``configs/sparsity/<strategy>.yaml``); a parameter
     the strategy's sparsifier does not take fails naming the ones it does.
     """
-    from fst.layers import sparse_layers
-
     model = getattr(model, "module", model)  # a DDP wrapper
     keys = {m.plan.sparsifier for _, m in sparse_layers(model)} - {""}
     if strategy is not None:  # the run's plan, handed down (layers must agree with it)
