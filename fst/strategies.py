@@ -91,12 +91,17 @@ SR-STE decay (Eq. 6): every strategy that prunes W in Eq. 1 adds ``decay * (W - 
 ``weight.grad`` with the forward-pruned weight (``T(W)`` for ``tsm``); Table 3's other
 baselines do not (``sr_ste_decay=False``: it is no part of their methods).
 
-Each mode key names a GEMM rule of :mod:`fst.rules` (``forward`` -> ``FORWARD_RULES``,
-``input_grad`` -> ``INPUT_GRAD_RULES``, ``weight_grad`` -> ``WEIGHT_GRAD_RULES``); the rules
-hold the arithmetic, their 2:4 checks and MAC shares. A strategy whose rules keep per-layer
-state across steps names the sparsifier that holds it (``sparsifier``, a key of
-:data:`fst.sparsifier.SPARSIFIERS`: its schedule). A strategy is one registry entry here plus
-``configs/sparsity/<key>.yaml`` (which also lists its sparsifier's schedule parameters).
+A strategy is a name, one GEMM rule object of :mod:`fst.rules` per equation (``forward`` ->
+``FORWARD_RULES``, ``input_grad`` -> ``INPUT_GRAD_RULES``, ``weight_grad`` ->
+``WEIGHT_GRAD_RULES``) and the method's facts that are no GEMM's option (``sparsifier``,
+``dense_linear``, ``dense_first_conv_weight``, ``sr_ste_decay``). The rules hold the
+arithmetic, their 2:4 checks and MAC shares, and their options (the fixed mask's ``ir_coef``,
+the ``nm`` mask's ``mask_layout``, ...): an option given to a strategy
+(``fst.sparsify(..., ir_coef=0.03)``, ``sparsity.ir_coef=0.03``) goes to the rules of the plan
+that declare it. A strategy whose rules keep per-layer state across steps names the sparsifier
+that holds it (``sparsifier``, a key of :data:`fst.sparsifier.SPARSIFIERS`: its schedule). A
+strategy is one registry entry here plus ``configs/sparsity/<key>.yaml`` (which also lists its
+sparsifier's schedule parameters).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ A layer's training step runs three GEMMs (paper Sec. 3; conv: ``W`` is (Co, K = 
 
 A *rule* says what one of these GEMMs prunes: which operand, along which dimension, how, and
 therefore whether a sparse tensor core can run it at half the MACs (its operand is 2:4 along
-the GEMM's reduction dimension). A :class:`fst.strategies.Strategy` names one rule per GEMM;
+the GEMM's reduction dimension). A :class:`fst.strategies.Strategy` holds one rule per GEMM;
 backends, :func:`fst.summary`, ``eval.py``, the diagnostics and the analyses all ask the rule
 objects here instead of re-deriving what a plan's modes mean.
 
@@ -106,6 +106,9 @@ class Rule:
     backward_writes_state: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
+        # Every rule class a dataclass without its own decorator: a new GEMM mode is a class
+        # with @register and its annotated options, nothing more. Keyword-only: the options of
+        # a subclass follow its bases' (prefix_tokens), so positions would be a trap.
         super().__init_subclass__(**kwargs)
         dataclass(frozen=True, repr=False, kw_only=True)(cls)
 
