@@ -113,6 +113,16 @@ def test_strategy_options():
     assert is_nm(w_fwd, dim=1)  # groups along Ci at each kernel position
 
 
+def test_dense_first_conv_weight_keeps_the_eq3_rule_and_its_options():
+    net = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3))
+    fst.sparsify(net, "fst_released", x_patterns="b", im2col_step=2)
+    first, second = net[0].plan, net[1].plan
+    assert (first.forward, first.input_grad) == ("dense", "dense")
+    assert (second.forward, second.input_grad) == ("nm", "regrouped")
+    assert first.rules[2] == second.rules[2]  # X still masked in the first conv's Eq. 3
+    assert (first.rules[2].ir_coef, first.x_patterns, first.im2col_step) == (0.03, "b", 2)
+
+
 def test_summary_of_the_dense_strategy_says_dense():
     model = fst.sparsify(small_net(), "dense")
     summ = fst.summary(model)
