@@ -47,7 +47,7 @@ class Task:
         higher_is_better: direction of ``primary_metric``.
         metric: key of :data:`fst.metrics.METRICS` that ``evaluate`` accumulates (a task may
             take it from its data in ``build_data``, as detection does).
-        data: what ``build_data`` returned (None before it).
+        data: the data ``build_data`` built (None before it), which ``build_metric`` reads.
     """
 
     primary_metric: str = "loss"
