@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fst.masks_cuda import available, nm24_mask
+
 __all__ = [
     "nm_mask",
     "nm_mask_of_abs",
@@ -78,8 +80,6 @@ def nm_mask_of_abs(a: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> to
     """:func:`nm_mask` of a tensor that already holds magnitudes (saves a pass when shared)."""
     dim = dim % a.dim()
     if (n, m) == (2, 4) and a.is_cuda and not torch.compiler.is_compiling():
-        from fst.masks_cuda import available, nm24_mask  # Triton: imported on first CUDA use
-
         if available(a):  # one kernel instead of sixteen (see fst.masks_cuda)
             return nm24_mask(a, dim)
     g = _groups(a, dim, m)  # [pre, G, m, post]

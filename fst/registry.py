@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+from omegaconf import OmegaConf
+
 T = TypeVar("T")
 
 
@@ -78,8 +80,6 @@ def build(registry: Registry[Callable[..., T]], name: str, **kwargs) -> T:
 def group_kwargs(node: Any, drop: Iterable[str] = ("name",)) -> dict[str, Any]:
     """A config group (``DictConfig`` or mapping) as builder keyword arguments: resolved, plain
     Python, the keys in ``drop`` removed (``name`` is the registry key, not an argument)."""
-    from omegaconf import OmegaConf
-
     d = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     for k in drop:
         d.pop(k, None)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models import resnet18 as tv_resnet18
 
 
 def conv_names(model: nn.Module) -> list[str]:
@@ -50,8 +51,6 @@ def resnet18(checkpoint: str | None = None, seed: int = 0) -> tuple[nn.Module, s
     state_dict under ``"model"`` or ``"state_dict"``; the classifier size is read from it.
     Sparse layers keep ``weight``/``bias`` names, so fst checkpoints load here too.
     """
-    from torchvision.models import resnet18 as tv_resnet18
-
     if checkpoint is None:
         torch.manual_seed(seed)
         return tv_resnet18(weights=None).eval(), f"random init (seed {seed}), no trained checkpoint"

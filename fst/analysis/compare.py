@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from fst.analysis import tables
+from fst.analysis.report import write_csv
+from fst.logging.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +75,6 @@ class Group:
 
 def _curve(run_dir: Path, metric: str) -> tuple[list[dict], float | None]:
     """``[{"epoch", "time", "value"}]`` of every validation record, and the last record's time."""
-    from fst.logging.jsonl import read_jsonl
-
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return [], None
@@ -175,19 +178,13 @@ def markdown(g: Group) -> str:
 
 def plot(g: Group, path: Path) -> Path:
     """Validation metric against epoch and against wall-clock seconds, one line per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for row in g.rows.values():
         for ax, x in zip(axes, ("epoch", "time")):
             xs, ys = row.curve(x)
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=f"{row.label} (n={len(row.runs)})")
-    from matplotlib.ticker import MaxNLocator
-
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("wall-clock time (s)")
@@ -199,7 +196,6 @@ def plot(g: Group, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -224,8 +220,6 @@ def compare(roots: list[str | Path], out: Path | None, *, figures: bool = True) 
         csv_rows += table_rows(g)
     report = "\n\n".join(parts) + "\n"
     if out is not None:
-        from fst.analysis.report import write_csv
-
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(report)
         write_csv(out / "compare.csv", csv_rows)

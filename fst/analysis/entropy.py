@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 BINS = 256
 
@@ -152,15 +154,8 @@ def layer_entropies(
 
 def plot_entropies(results: dict[str, list[dict]], path, subtitle: str = "") -> None:
     """One panel per input kind (e.g. natural vs white noise), bars H(X) and H(X|X') per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(
-        1, len(results), figsize=(6.5 * len(results), 4.8), sharey=True, squeeze=False
-    )
+    fig = Figure(figsize=(6.5 * len(results), 4.8))
+    axes = fig.subplots(1, len(results), sharey=True, squeeze=False)
     for ax, (panel, (kind, rows)) in zip(axes[0], zip("abcdef", results.items())):
         x = np.arange(len(rows))
         ax.bar(
@@ -189,4 +184,3 @@ def plot_entropies(results: dict[str, list[dict]], path, subtitle: str = "") -> 
         fig.suptitle(subtitle, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)

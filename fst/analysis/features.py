@@ -14,6 +14,7 @@ min-max, ``|X^ad|`` divided by ``max(X) - min(X)``, so 0 means "equal to the nei
 from __future__ import annotations
 
 import torch
+from matplotlib.figure import Figure
 
 
 def adjacent_difference(x: torch.Tensor) -> torch.Tensor:
@@ -67,13 +68,9 @@ def plot_features(image: torch.Tensor, maps: dict[str, dict], path, subtitle: st
     """Grid: one row per layer (``maps[label] = {"maps": display_maps(...), "stats": ...}``),
     columns X, |X^ad|, X^r; the input image (``[3, H, W]`` in [0, 1]) on the left of the first row.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = len(maps)
-    fig, axes = plt.subplots(rows, 4, figsize=(13, 3.3 * rows), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(13, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, 4, squeeze=False)
     for r, (label, entry) in enumerate(maps.items()):
         ax0 = axes[r][0]
         s = entry["stats"]
@@ -103,4 +100,3 @@ def plot_features(image: torch.Tensor, maps: dict[str, dict], path, subtitle: st
     if subtitle:
         fig.suptitle(subtitle, fontsize=9)
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import skimage
+import sklearn.datasets
 import torch
 import torch.nn.functional as F
+from skimage import io
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fst.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 # Photographs of natural scenes shipped in skimage/data (no fetcher, no download).
 SKIMAGE_PHOTOS = (
@@ -32,9 +34,6 @@ SKIMAGE_PHOTOS = (
 
 
 def _shipped_image_paths() -> list[Path]:
-    import skimage
-    import sklearn.datasets
-
     data = Path(skimage.__file__).parent / "data"
     paths = [data / n for n in SKIMAGE_PHOTOS if (data / n).exists()]
     sk = Path(sklearn.datasets.__file__).parent / "images"
@@ -44,8 +43,6 @@ def _shipped_image_paths() -> list[Path]:
 
 def _read_rgb(path: Path) -> torch.Tensor:
     """``[3, H, W]`` float in [0, 1]; grey images are repeated to 3 channels, alpha dropped."""
-    from skimage import io
-
     a = np.asarray(io.imread(str(path)))
     if a.ndim == 2:
         a = np.stack([a] * 3, axis=-1)

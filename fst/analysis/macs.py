@@ -20,8 +20,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
+
+from fst.strategies import STRATEGIES
 
 EQUATIONS = ("eq1", "eq2", "eq3")
 EQ_LABELS = {"eq1": "forward (Eq. 1)", "eq2": "input grad (Eq. 2)", "eq3": "weight grad (Eq. 3)"}
@@ -123,8 +127,6 @@ def strategy_sparse_eqs(strategy: str) -> tuple[bool, bool, bool]:
     """Which of Eq. 1-3 get a 2:4 operand under ``strategy``: each GEMM rule's
     :meth:`fst.rules.Rule.tensor_core` (SR-STE's ``S(W)^T`` and the release's regrouped Eq. 2
     weight are sparse but not 2:4 along Cout, so they count dense)."""
-    from fst.strategies import STRATEGIES
-
     plan = STRATEGIES.get(strategy)
     return tuple(rule.tensor_core(plan) for rule in plan.rules)
 
@@ -142,8 +144,6 @@ def macs_by_strategy(
     ``sparse_eqs`` those whose pruned operand is 2:4 along the reduction dim (counted half)
     (``speedup_bound`` = dense total / effective total, the MAC-count ceiling on speedup).
     """
-    from fst.strategies import STRATEGIES
-
     dense_total = sum(r["eq1"] + r["eq2"] + r["eq3"] for r in dense_macs(layers, first_input_grad))
     out = []
     for s in strategies:
@@ -179,13 +179,8 @@ def plot_macs(
     per_layer: list[dict], per_strategy: list[dict], path, title_suffix: str = ""
 ) -> None:
     """Two panels: (a) dense MACs per conv layer and equation; (b) effective MACs per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(17, 6), gridspec_kw={"width_ratios": [1.7, 1]})
+    fig = Figure(figsize=(17, 6))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.7, 1]})
     names = [r["name"] for r in per_layer]
     x = np.arange(len(names))
     width = 0.27
@@ -222,4 +217,3 @@ def plot_macs(
     ax2.legend(fontsize=8, loc="upper right", ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)

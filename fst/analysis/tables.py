@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from fst.analysis import paper
+from fst.analysis.report import markdown_table
+from fst.strategies import OPTIONS, STRATEGIES
 
 
 @dataclass
@@ -172,7 +176,6 @@ def find_summaries(roots: list[str | Path]) -> list[dict]:
 def _read_config(path: Path) -> dict:
     if not path.exists():
         return {}
-    from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
 
@@ -249,16 +252,12 @@ def scale_label(s: dict) -> str:
 @functools.cache
 def _sparsity_defaults(strategy: str) -> dict[str, str]:
     """``configs/sparsity/<strategy>.yaml`` over the strategy's option defaults, as text."""
-    from fst.strategies import OPTIONS, STRATEGIES
-
     out: dict[str, Any] = {}
     if strategy in STRATEGIES:
         plan = STRATEGIES.get(strategy)
         out = {o: getattr(plan, o) for o in OPTIONS if hasattr(plan, o)}
     path = CONFIGS / "sparsity" / f"{strategy}.yaml"
     if path.exists():
-        from omegaconf import OmegaConf
-
         out.update(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
     return {k: _text(v) for k, v in out.items()}
 
@@ -345,8 +344,6 @@ def format_cell(cell: dict | None) -> str:
 
 
 def _describe(key) -> dict[str, str]:
-    from fst.strategies import STRATEGIES
-
     name = row_strategy(key[-1] if isinstance(key, tuple) else key)
     return (
         STRATEGIES.get(name).describe() if name in STRATEGIES else {"eq1": "", "eq2": "", "eq3": ""}
@@ -404,8 +401,6 @@ def build(spec: TableSpec, summaries: list[dict]) -> tuple[list[dict], str] | No
                     }
                 )
         md_rows.append(md)
-
-    from fst.analysis.report import markdown_table
 
     cols = ["row", "eq1", "eq2", "eq3"]
     heads = ["row", "Eq. 1", "Eq. 2", "Eq. 3"]

@@ -22,6 +22,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import fst
+from fst.layers import SparseConv2d, sparse_layers
+from fst.masks import nm_mask
+from fst.ops.native import ir_half
+from fst.rules import INPUT_GRAD_RULES
 
 
 def naive_sort_mask(t: torch.Tensor, dim: int = -1, n: int = 2, m: int = 4) -> torch.Tensor:
@@ -99,8 +107,6 @@ def second_conv_operands(
 
 def table2(batch: int, device: str = "cpu", repeats: int = 5, warmup: int = 1) -> list[dict]:
     """Time each sparsifier on each operand; rows ``{object, shape, implementation, device, ...}``."""
-    from fst.masks import nm_mask
-
     ops = second_conv_operands(batch, device)
     rows = []
     for obj, (t, dim) in ops.items():
@@ -148,14 +154,6 @@ def table6(
     Returns ``{"train_step_<strategy>", "train_step_dense", "S(W)", "S(W^T)", "shift(dY)",
     "total"}``, each a :func:`time_fn` dict, plus ``batch`` and ``res``.
     """
-    import torchvision
-    from torch import nn
-
-    import fst
-    from fst.layers import SparseConv2d, sparse_layers
-    from fst.ops.native import ir_half
-    from fst.rules import INPUT_GRAD_RULES
-
     dev = torch.device(device)
     torch.manual_seed(0)
     dense = torchvision.models.resnet18(num_classes=1000).to(dev).train()

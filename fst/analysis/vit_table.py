@@ -13,13 +13,12 @@ from pathlib import Path
 
 from fst.analysis import tables
 from fst.analysis.report import markdown_table
+from fst.strategies import STRATEGIES
 
 TITLE = "Every strategy on a small ViT (embedded data), beside ResNet-18"
 
 
 def spec() -> tables.TableSpec:
-    from fst.strategies import STRATEGIES
-
     return tables.TableSpec(
         "vit", TITLE, "classification", list(STRATEGIES), {}, "top-1 %", models=("vit",)
     )

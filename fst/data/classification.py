@@ -10,15 +10,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from fst.types import ConfigError, DataBundle
 
 from . import DATASETS
-from .images import IMAGE_SUFFIXES
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .images import IMAGE_SUFFIXES, SafeImageDataset
+from .loaders import LOADERS, check_loader
 
 
 class TensorImages(Dataset):
@@ -59,9 +59,6 @@ def digits(
     Split train/val with a fixed, stratified split (``val_fraction`` of each class to val),
     upsampled bilinearly to ``image_size`` px. Ships with scikit-learn: nothing is downloaded.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     if num_classes not in (None, 10):
         raise ConfigError(f"data.num_classes={num_classes}, but digits has 10 classes; use 10")
     if not 0 < val_fraction < 1:
@@ -200,9 +197,6 @@ def imagenet(
     (``"skip"``), see ``fst.data.images.SafeImageDataset``. The layout is checked by
     ``imagenet.check`` (the engine runs it before building anything).
     """
-    from .images import SafeImageDataset
-    from .loaders import LOADERS, check_loader
-
     decode_device = check_loader(loader, decode_device)
 
     r = Path(root).expanduser()
@@ -223,8 +217,6 @@ def imagenet(
 
 
 def _check_imagenet(root=None, num_classes=None, loader="torchvision", decode_device="cpu", **_):
-    from .loaders import check_loader
-
     check_loader(loader, decode_device)
     return check_imagefolder_root(root, num_classes)
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
@@ -185,8 +186,6 @@ class CocoDetection(Dataset):
     def __init__(
         self, image_dir: str | Path, ann_file: str | Path, transforms=None, train: bool = False
     ):
-        from pycocotools.coco import COCO
-
         image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
             raise MissingFileError(
@@ -528,8 +527,8 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class DetectionData:
-    """Train/val datasets plus what evaluation needs: ``metric`` ("coco" | "voc") picks the
-    evaluator, ``class_names`` the label names (index 0 = label 1), ``log_images`` how many
+    """Train/val datasets plus what evaluation needs: ``metric`` (a key of
+    :data:`fst.metrics.METRICS`: "coco" or "voc") picks the evaluator, ``class_names`` the label names (index 0 = label 1), ``log_images`` how many
     validation images with boxes the task logs per evaluation."""
 
     train: Dataset

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from fst.types import ConfigError, FstError
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 #: File suffixes counted as images (lower case), e.g. by the ImageFolder layout check.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ON_ERROR_CHOICES = ("skip", "raise")
+#: ImageNet's per-channel mean and std of RGB in [0, 1]: every ImageFolder loader normalizes with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class UnreadableImageError(FstError, OSError):
@@ -42,8 +46,6 @@ def _to_rgb(img):
     """8-bit RGB of ``img``. 16-bit integer images keep their top 8 bits (``value >> 8``);
     PIL's ``convert("RGB")`` would clip every value above 255 to white."""
     if img.mode.startswith("I;16") or img.mode == "I":
-        from PIL import Image
-
         a = np.asarray(img, dtype=np.int64)
         top = int(a.max(initial=0))
         if top > 65535 or int(a.min(initial=0)) < 0:
@@ -65,8 +67,6 @@ def _to_rgb(img):
 def load_image(path: str | os.PathLike):
     """Open ``path`` as an 8-bit RGB ``PIL.Image`` (decoded now, not lazily); errors become
     ``UnreadableImageError``. A drop-in ``loader=`` for ``torchvision.datasets.ImageFolder``."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with open(path, "rb") as f:
             img = Image.open(f)

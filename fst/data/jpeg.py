@@ -28,6 +28,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from fst.data.images import load_image
+
+# libjpeg-turbo / nvJPEG: removed in a torchvision after 0.29 (TorchCodec replaces them).
+_DECODER_IMPORT_ERROR = ""
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io.image import _has_image_ops
+except ImportError as _e:
+    decode_jpeg = _has_image_ops = ImageReadMode = None
+    _DECODER_IMPORT_ERROR = str(_e)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 #: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic).
@@ -99,11 +111,8 @@ def has_eoi(data: bytes | memoryview, start: int = 2) -> bool:
 
 def torchvision_decoder_missing() -> str | None:
     """Why ``torchvision.io.decode_jpeg`` cannot be used here, or ``None`` when it can."""
-    try:
-        from torchvision.io import decode_jpeg  # noqa: F401
-        from torchvision.io.image import _has_image_ops
-    except ImportError as e:  # removed in a torchvision after 0.29 (TorchCodec replaces it)
-        return f"torchvision has no torchvision.io.decode_jpeg ({e})"
+    if decode_jpeg is None:
+        return f"torchvision has no torchvision.io.decode_jpeg ({_DECODER_IMPORT_ERROR})"
     if not _has_image_ops():
         return "torchvision's image extension (libjpeg-turbo) failed to load"
     return None
@@ -123,18 +132,12 @@ def bytes_tensor(data: bytes) -> torch.Tensor:
 def decode_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
     """libjpeg-turbo decode of JPEG bytes ``data: uint8 [N]`` -> ``uint8 [3, H, W]`` RGB.
     Raises ``RuntimeError`` for data libjpeg-turbo cannot decode."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     return _quiet(decode_jpeg, data, mode=ImageReadMode.RGB)
 
 
 def pil_rgb(path: str | os.PathLike) -> torch.Tensor:
     """PIL's decode of ``path`` (``load_image``: RGB, errors -> ``UnreadableImageError``) as
     ``uint8 [3, H, W]``."""
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    from fst.data.images import load_image
-
     return pil_to_tensor(load_image(path))
 
 
@@ -164,8 +167,6 @@ def decode_jpegs(
     W_i]`` RGB tensors there. On CUDA the whole list goes to nvJPEG in one batched call; an
     image nvJPEG refuses is decoded alone with ``read_rgb`` on the CPU (``paths[i]`` names it,
     and an ``UnreadableImageError`` propagates when PIL cannot read it either) and moved over."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     device = torch.device(device)
     if not datas:
         return []

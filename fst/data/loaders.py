@@ -42,13 +42,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2 import functional as F
 
 from fst.registry import Registry
 from fst.types import ConfigError
 
 from . import jpeg
-from .classification import IMAGENET_MEAN, IMAGENET_STD
+from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,6 @@ def image_folder(root: str | Path, **kwargs: Any) -> Dataset:
     ``.snapshot``, ...) are neither classes nor sample folders, and a file reached twice through
     symbolic links (a link loop inside a class folder, followed until the OS gives up, would
     multiply that class) counts once."""
-    from torchvision.datasets import ImageFolder
 
     class _Folder(ImageFolder):
         def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -365,8 +365,6 @@ def pil_folder(
     root: str | Path, *, train: bool, image_size: int, resize_size: int, decode_device: str = "cpu"
 ) -> tuple[Dataset, None]:
     """PIL decode and ``torchvision.transforms`` on PIL images in the workers."""
-    from fst.data.images import load_image
-
     tf = augment_for(train, image_size, resize_size).pil_transform()
     return image_folder(root, transform=tf, loader=load_image), None
 

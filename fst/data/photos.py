@@ -16,6 +16,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import skimage.data as sd
+from PIL import Image
+from tqdm.auto import tqdm
 
 #: scikit-image's bundled colour photographs (function names in ``skimage.data``).
 PHOTOS = (
@@ -41,8 +44,6 @@ def default_cache_dir() -> Path:
 
 
 def _photo(name: str) -> np.ndarray:
-    import skimage.data as sd
-
     img = getattr(sd, name)()
     if name == "stereo_motorcycle":
         img = img[0]  # (left, right, disparity)
@@ -50,8 +51,6 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _make_image(photo: np.ndarray, rng: np.random.Generator, long_side: int):
-    from PIL import Image
-
     aw, ah = ASPECTS[rng.choice(len(ASPECTS), p=ASPECT_P)]
     long_ = int(round(long_side * rng.uniform(0.8, 1.28))) if rng.random() < 0.15 else long_side
     w, h = (long_, long_ * ah // aw) if aw >= ah else (long_ * aw // ah, long_)
@@ -83,8 +82,6 @@ def make_photo_folder(
     classes in ``PHOTOS``) unless ``root`` already holds this exact set (``photos.json``).
     The set is written into a temporary sibling first and renamed: a half-written set is never
     taken for a finished one. Returns ``root``."""
-    from tqdm.auto import tqdm
-
     if min(n_train, n_val) < len(PHOTOS):
         raise ValueError(
             f"n_train={n_train}, n_val={n_val}: each split needs at least one image per class "

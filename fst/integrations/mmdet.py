@@ -45,6 +45,7 @@ from fst.data.detection import SHAPE_CLASSES, shapes_dir
 from fst.layers import sparse_layers
 from fst.logging.sparsity import MaskTracker
 from fst.ops import BACKENDS
+from fst.rules import weight_operands
 from fst.sparsifier import build_sparsifier, restore_sparsifier
 from fst.strategies import get_strategy
 
@@ -297,8 +298,6 @@ class FSTShapesDataset(CocoDataset):
 
 def forward_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weight each sparse layer multiplies in its forward GEMM (Eq. 1), by layer name."""
-    from fst.rules import weight_operands
-
     out = {}
     for name, m in sparse_layers(_unwrap(model)):
         w = weight_operands(m.weight.detach(), m.plan, state=m.rule_state)[0]

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger("fst.progress")
 
 
@@ -82,8 +84,6 @@ def progress(
     stream = stream if stream is not None else sys.stderr
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
-        from tqdm.auto import tqdm
-
         return tqdm(
             total=total,
             initial=initial,

@@ -18,6 +18,9 @@ import time
 import torch
 from torch import nn
 
+from fst.layers import sparse_layers
+from fst.rules import operand_checks, weight_operands, with_state
+
 
 class MaskTracker:
     """Keeps the previous forward masks to measure flip rates between calls."""
@@ -34,9 +37,6 @@ class MaskTracker:
 
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
-        from fst.layers import sparse_layers
-        from fst.rules import operand_checks, weight_operands, with_state
-
         out: dict[str, float] = {}
         agg: dict[str, list[float]] = {"valid_fwd": [], "valid_bwd": [], "flip_rate": []}
         t0 = time.perf_counter()

@@ -7,6 +7,9 @@ import io
 from collections.abc import Mapping, Sequence
 
 import torch
+from pycocotools.cocoeval import COCOeval
+
+from fst.metrics.base import METRICS, Metric
 
 _KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -29,8 +32,6 @@ def coco_box_ap(
         ``{"mAP": AP@[.5:.95], "AP50", "AP75", "APs", "APm", "APl"}`` (COCOeval's first six
         stats; an area range without ground truth reads -1, as in pycocotools).
     """
-    from pycocotools.cocoeval import COCOeval
-
     if len(image_ids) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(image_ids)} image ids")
     results = []
@@ -60,3 +61,35 @@ def coco_box_ap(
         ev.accumulate()
         ev.summarize()
     return {k: float(v) for k, v in zip(_KEYS, ev.stats[:6])}
+
+
+@METRICS.register("coco")
+class CocoBoxAP(Metric):
+    """:func:`coco_box_ap` over an evaluation, in percent as the paper's Table 4: ``update(preds,
+    targets)`` with per-image predictions and targets (``image_id`` each); ``compute()`` ->
+    ``mAP``, ``AP50``, ``AP75`` and ``APs``/``APm``/``APl`` (an area range without ground truth
+    is left out)."""
+
+    def __init__(self, coco_gt, label_to_cat_id: Mapping[int, int]):
+        self.coco_gt, self.label_to_cat_id = coco_gt, label_to_cat_id
+        super().__init__()
+
+    @classmethod
+    def from_data(cls, data) -> CocoBoxAP:
+        """``data.val``: a COCO-format dataset (``.coco``, ``.label_to_cat_id``)."""
+        return cls(data.val.coco, data.val.label_to_cat_id)
+
+    def reset(self) -> None:
+        self.image_ids: list[int] = []
+        self.preds: list[Mapping] = []
+
+    def update(self, preds: Sequence[Mapping], targets: Sequence[Mapping]) -> None:
+        self.preds += preds
+        self.image_ids += [int(t["image_id"]) for t in targets]
+
+    def compute(self) -> dict[str, float]:
+        if not self.preds:
+            raise ValueError("the validation loader is empty")
+        ap = coco_box_ap(self.coco_gt, self.image_ids, self.preds, self.label_to_cat_id)
+        # -1: no ground truth in that size range (e.g. no large objects in small images)
+        return {k: 100.0 * v for k, v in ap.items() if v >= 0}

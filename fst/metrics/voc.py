@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fst.metrics.base import METRICS, Metric
+
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
     """Average precision from a ranked list's ``recall`` and ``precision`` ([D] each, in rank order).
@@ -118,3 +120,32 @@ def voc_map(
         aps[c - 1] = voc_ap(recall, precision, use_07_metric)
     valid = aps[~np.isnan(aps)]
     return {"mAP": float(valid.mean()) if valid.size else 0.0, "AP": aps.tolist()}
+
+
+@METRICS.register("voc")
+class VocMAP(Metric):
+    """:func:`voc_map` over an evaluation, in percent: ``update(preds, targets)`` with per-image
+    predictions and ground truths; ``compute()`` -> ``{"mAP", "AP50"}`` (both mAP@0.5)."""
+
+    def __init__(self, num_classes: int, use_07_metric: bool = True):
+        self.num_classes, self.use_07_metric = num_classes, use_07_metric
+        super().__init__()
+
+    @classmethod
+    def from_data(cls, data) -> VocMAP:
+        """``data``: ``num_classes`` and ``extra["use_07_metric"]`` (default True)."""
+        return cls(data.num_classes, use_07_metric=data.extra.get("use_07_metric", True))
+
+    def reset(self) -> None:
+        self.preds: list[Mapping] = []
+        self.targets: list[Mapping] = []
+
+    def update(self, preds: Sequence[Mapping], targets: Sequence[Mapping]) -> None:
+        self.preds += preds
+        self.targets += targets
+
+    def compute(self) -> dict[str, float]:
+        if not self.preds:
+            raise ValueError("the validation loader is empty")
+        voc = voc_map(self.preds, self.targets, self.num_classes, use_07_metric=self.use_07_metric)
+        return {"mAP": 100.0 * voc["mAP"], "AP50": 100.0 * voc["mAP"]}

@@ -12,8 +12,12 @@ import difflib
 import logging
 from pathlib import Path
 
+import timm
 import torch
+from timm.models import is_model_in_modules
 from torch import nn
+from torchvision.models import resnet18 as tv_resnet18
+from torchvision.models import resnet50 as tv_resnet50
 
 from fst.types import ConfigError, MissingFileError
 
@@ -168,10 +172,14 @@ def resnet18(
 
     ``width``: channels of the first stage (64 = torchvision's; 16 for cheap embedded runs).
     """
-    from torchvision.models import resnet18 as tv
-
     return _resnet(
-        tv, num_classes, small_stem, pretrained, zero_init_residual, width, pretrained_strict
+        tv_resnet18,
+        num_classes,
+        small_stem,
+        pretrained,
+        zero_init_residual,
+        width,
+        pretrained_strict,
     )
 
 
@@ -188,10 +196,14 @@ def resnet50(
 
     ``width``: channels of the first stage (64 = torchvision's).
     """
-    from torchvision.models import resnet50 as tv
-
     return _resnet(
-        tv, num_classes, small_stem, pretrained, zero_init_residual, width, pretrained_strict
+        tv_resnet50,
+        num_classes,
+        small_stem,
+        pretrained,
+        zero_init_residual,
+        width,
+        pretrained_strict,
     )
 
 
@@ -204,8 +216,6 @@ def timm_model(
     pretrained_strict: bool = False,
 ) -> nn.Module:
     """Any ``timm`` architecture by name (``timm.create_model(arch, pretrained=False, ...)``)."""
-    import timm
-
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5)
         raise ConfigError(
@@ -252,9 +262,6 @@ def vit(
     this layout (:mod:`fst.tokens`) so that Eq. 3 pairs each patch with its right neighbour in
     the same grid row. Weights only from ``pretrained`` (a local file).
     """
-    import timm
-    from timm.models import is_model_in_modules
-
     if not timm.is_model(arch) or not is_model_in_modules(arch, ["vision_transformer", "deit"]):
         names = timm.list_models(module=["vision_transformer", "deit"])
         close = difflib.get_close_matches(arch, names, n=5)

@@ -15,6 +15,7 @@ with the full resolved run config (an ``omegaconf.DictConfig``). The engine then
     # engine: fst.sparsify(model, ...), .to(device), DDP wrap, loaders with a resumable sampler
     losses = task.train_step(model, batch, device)   # {"loss": scalar tensor, ...}; engine does backward
     metrics = task.evaluate(model, val_loader, device)  # {"top1": ..., "loss": ...}; floats
+                                            # (a METRICS[task.metric] fed batch by batch)
     metrics[task.primary_metric]            # the number that ranks checkpoints ("best")
 
 ``model`` in ``train_step`` may be a ``DistributedDataParallel`` wrapper (call it, don't reach into
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fst.metrics import METRICS, Metric
 from fst.types import DataBundle
 
 __all__ = ["DataBundle", "Task"]
@@ -43,13 +45,18 @@ class Task:
         primary_metric: key of ``evaluate``'s result used to pick the best checkpoint and
             reported as the run's headline number (e.g. ``"top1"`` or ``"map"``).
         higher_is_better: direction of ``primary_metric``.
+        metric: key of :data:`fst.metrics.METRICS` that ``evaluate`` accumulates (a task may
+            take it from its data in ``build_data``, as detection does).
+        data: the data ``build_data`` built (None before it), which ``build_metric`` reads.
     """
 
     primary_metric: str = "loss"
     higher_is_better: bool = True
+    metric: str = ""
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+        self.data: Any = None
 
     def build_model(self) -> nn.Module:
         """Return the dense model described by ``cfg.model`` (the engine sparsifies it)."""
@@ -77,6 +84,10 @@ class Task:
         Must include ``primary_metric``. Keys are logged as ``val/<key>``.
         """
         raise NotImplementedError
+
+    def build_metric(self) -> Metric:
+        """A fresh ``METRICS[self.metric]`` for one evaluation, built from ``self.data``."""
+        return METRICS.get(self.metric).from_data(self.data)
 
     def batch_size(self, batch: Any) -> int:
         """Number of samples in ``batch`` (for img/s); default: length of its first element."""

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fst.data import DATASETS
+from fst.models import MODELS
 from fst.registry import group_kwargs
 from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
 
@@ -19,6 +21,7 @@ class ClassificationTask(Task):
 
     primary_metric = "top1"
     higher_is_better = True
+    metric = "accuracy"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -28,8 +31,6 @@ class ClassificationTask(Task):
         self.channels_last = bool(cfg.trainer.get("channels_last", False))
 
     def build_data(self) -> DataBundle:
-        from fst.data import DATASETS
-
         kwargs = group_kwargs(self.cfg.data, drop=DATA_LOADER_KEYS)
         data = DATASETS.get(self.cfg.data.name)(**kwargs)
         if data.num_classes is not None and data.num_classes < 2:
@@ -39,11 +40,10 @@ class ClassificationTask(Task):
             )
         if self.num_classes is None:
             self.num_classes = data.num_classes
+        self.data = data
         return data
 
     def build_model(self) -> nn.Module:
-        from fst.models import MODELS
-
         kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
         if "num_classes" in kwargs and kwargs["num_classes"] is None:
             kwargs["num_classes"] = self.num_classes
@@ -67,17 +67,8 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
         """Top-1/top-5 accuracy (%) and mean cross-entropy (without label smoothing)."""
-        n, loss_sum, c1, c5 = 0, 0.0, 0, 0
+        metric = self.build_metric()
         for batch in loader:
             images, labels = self._to(batch, device)
-            logits = model(images).float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            k = min(5, logits.shape[1])
-            topk = logits.topk(k, dim=1).indices
-            hit = topk == labels[:, None]
-            c1 += hit[:, 0].sum().item()
-            c5 += hit.any(dim=1).sum().item()
-            n += labels.numel()
-        if n == 0:
-            raise ValueError("the validation loader is empty")
-        return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}
+            metric.update(model(images), labels)
+        return metric.compute()

@@ -13,8 +13,13 @@ import logging
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from fst.data import DATASETS
+from fst.data.detection import collate
+from fst.logging.progress import track
+from fst.models import MODELS
 from fst.registry import group_kwargs
 from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
 
@@ -43,12 +48,8 @@ class DetectionTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.num_classes: int | None = cfg.model.get("num_classes")
-        self.data = None
 
     def build_data(self) -> DataBundle:
-        from fst.data import DATASETS
-        from fst.data.detection import collate
-
         kwargs = group_kwargs(self.cfg.data, drop=DATA_LOADER_KEYS)
         self.data = DATASETS.get(self.cfg.data.name)(**kwargs)
         if self.num_classes is None:
@@ -58,13 +59,12 @@ class DetectionTask(Task):
                 f"model.num_classes={self.num_classes} but the {self.cfg.data.name} data has "
                 f"{self.data.num_classes} classes; set model.num_classes=null to infer it"
             )
+        self.metric = self.data.metric  # the data's METRICS key: "coco" or "voc"
         return DataBundle(
             self.data.train, self.data.val, collate_fn=collate, num_classes=self.num_classes
         )
 
     def build_model(self) -> nn.Module:
-        from fst.models import MODELS
-
         kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
         if kwargs.get("num_classes") is None:
             if self.num_classes is None:
@@ -83,14 +83,10 @@ class DetectionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
         """Detect on every batch of ``loader`` and score with the data's metric."""
-        from omegaconf import OmegaConf
-
-        from fst.logging.progress import track
-        from fst.metrics import coco_box_ap, voc_map
-
         if self.data is None:
             raise RuntimeError("evaluate() needs build_data() first (it holds the ground truth)")
-        preds, gts, shown = [], [], []
+        metric = self.build_metric()
+        shown = []
         show_bar = True
         if OmegaConf.is_config(self.cfg):
             show_bar = bool(OmegaConf.select(self.cfg, "trainer.progress_bar", default=True))
@@ -100,27 +96,10 @@ class DetectionTask(Task):
                 {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in o.items()}
                 for o in out
             ]
-            preds += out
-            gts += targets
+            metric.update(out, targets)
             if len(shown) < self.data.log_images:
                 shown += list(zip(images, targets, out))[: self.data.log_images - len(shown)]
-        if not preds:
-            raise ValueError("the validation loader is empty")
-        if self.data.metric == "coco":
-            val = self.data.val
-            ap = coco_box_ap(
-                val.coco, [int(t["image_id"]) for t in gts], preds, val.label_to_cat_id
-            )
-            # -1: no ground truth in that size range (e.g. no large objects in small images)
-            metrics = {k: 100.0 * v for k, v in ap.items() if v >= 0}
-        else:
-            voc = voc_map(
-                preds,
-                gts,
-                self.data.num_classes,
-                use_07_metric=self.data.extra.get("use_07_metric", True),
-            )
-            metrics = {"mAP": 100.0 * voc["mAP"], "AP50": 100.0 * voc["mAP"]}
+        metrics = metric.compute()
         if shown:
             self._log_images(shown)
         return metrics

@@ -146,3 +146,37 @@ def test_coco_box_ap_perfect_and_empty():
         }
     ] * 2
     assert coco_box_ap(gt, [1, 2], empty, {1: 1, 2: 2})["mAP"] == 0.0
+
+
+def test_registry_entries_accumulate_batches_as_the_functions_score_them():
+    """``METRICS[key].from_data(data)`` fed image by image gives the functions' numbers, in %."""
+    from types import SimpleNamespace
+
+    from fst.metrics import METRICS
+
+    targets = [{**g, "image_id": i + 1} for i, g in enumerate(_gts())]
+    voc_data = SimpleNamespace(num_classes=2, extra={"use_07_metric": False})
+    coco_data = SimpleNamespace(val=SimpleNamespace(coco=_coco_gt(), label_to_cat_id={1: 1, 2: 2}))
+    for key, data, want in [
+        ("voc", voc_data, {"mAP": 100 * AP_AREA / 2, "AP50": 100 * AP_AREA / 2}),
+        ("coco", coco_data, {k: 100 * v for k, v in coco_box_ap(
+            coco_data.val.coco, [1, 2], _preds(), {1: 1, 2: 2}).items() if v >= 0}),
+    ]:  # fmt: skip
+        metric = METRICS[key].from_data(data)
+        with pytest.raises(ValueError, match="empty"):
+            metric.compute()
+        for p, t in zip(_preds(), targets):
+            metric.update([p], [t])
+        got = metric.compute()
+        assert got.keys() == want.keys() and got == pytest.approx(want), key
+
+
+def test_accuracy_entry():
+    from fst.metrics import METRICS
+
+    metric = METRICS["accuracy"].from_data(None)
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    metric.update(logits[:1], torch.tensor([0]))
+    metric.update(logits[1:], torch.tensor([1]))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).item()
+    assert metric.compute() == pytest.approx({"top1": 50.0, "top5": 100.0, "loss": loss})

@@ -1,0 +1,189 @@
+"""docs/extending.md's recipes, followed literally: a toy strategy, GEMM mode (rule), backend,
+dataset, model and metric are registered, used, and unregistered again.
+
+Each toy is what a contributor would write in the file the recipe names (shown in the comment
+above it); here they live in one test module so the registries are left as they were found.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fst
+from fst.data import DATASETS
+from fst.masks import nm_mask
+from fst.metrics import METRICS, Metric
+from fst.models import MODELS
+from fst.ops import BACKENDS, Backend
+from fst.rules import FORWARD_RULES
+from fst.rules.base import register
+from fst.rules.forward import ForwardRule
+from fst.strategies import STRATEGIES, Strategy
+from fst.tasks import TASKS
+from fst.types import DataBundle
+
+# ------------------------------------------------------------------------------------------
+# Strategy, GEMM mode, backend: written against the API of fst.strategies / fst.rules /
+# fst.ops as they are at this commit (see docs/extending.md, "Strategy, GEMM mode, backend").
+# ------------------------------------------------------------------------------------------
+
+
+# fst/rules/forward.py: an Eq. 1 mode, the largest |w| of every 2 along K (1:2, not 2:4).
+class ToyHalf(ForwardRule):
+    key = "toy_half"
+    operand = "W"
+
+    def formula(self, plan) -> str:
+        return "H(W) X"
+
+    def pattern(self, plan) -> str:
+        return "1:2"
+
+    def mask(self, w, plan, abs_w=None, state=None):
+        return nm_mask(w.reshape(w.shape[0], -1), dim=1, n=1, m=2).view(w.shape)
+
+
+# fst/strategies.py: one STRATEGIES entry naming a rule per GEMM (+ configs/sparsity/toy.yaml).
+def toy_strategy() -> Strategy:
+    return Strategy("toy", forward="toy_half", input_grad="fwd")
+
+
+# fst/ops/toy.py (+ its import in fst/ops/__init__.py, configs/backend/toy.yaml): a Backend
+# subclass with conv2d and linear; this one counts its calls and runs the reference arithmetic.
+class ToyBackend(Backend):
+    name = "toy"
+
+    def __init__(self):
+        self.calls = 0
+
+    def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
+        self.calls += 1
+        return BACKENDS.get("reference").conv2d(x, weight, bias, geom, plan, decay, state)
+
+    def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
+        self.calls += 1
+        return BACKENDS.get("reference").linear(x, weight, bias, plan, decay, state, tokens)
+
+
+@pytest.fixture
+def toy_gemm():
+    register(ToyHalf)  # the decorator of the recipe
+    STRATEGIES.register("toy", toy_strategy())
+    BACKENDS.register("toy", ToyBackend())
+    try:
+        yield
+    finally:
+        BACKENDS.unregister("toy")
+        STRATEGIES.unregister("toy")
+        FORWARD_RULES.unregister("toy_half")
+
+
+# ------------------------------------------------------------------------------------------
+# Dataset, model, metric.
+# ------------------------------------------------------------------------------------------
+
+
+# fst/data/toy.py (+ its import in fst/data/__init__.py, configs/data/toy.yaml).
+def build_toy_data(num_samples: int = 12, image_size: int = 8, seed: int = 0) -> DataBundle:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_samples, 3, image_size, image_size, generator=g)
+    y = torch.arange(num_samples) % 3
+    return DataBundle(TensorDataset(x, y), TensorDataset(x, y), num_classes=3)
+
+
+# fst/models/toy.py (+ its import in fst/models/__init__.py, configs/model/toy.yaml).
+def build_toy_model(num_classes: int | None = None, width: int = 8) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes),
+    )
+
+
+# fst/metrics/toy.py (+ its import in fst/metrics/__init__.py): the error rate in percent.
+class ToyError(Metric):
+    def reset(self) -> None:
+        self.wrong, self.n = 0, 0
+
+    def update(self, preds, targets) -> None:
+        self.wrong += int((preds.argmax(1) != targets).sum())
+        self.n += len(targets)
+
+    def compute(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("the validation loader is empty")
+        return {"error": 100.0 * self.wrong / self.n}
+
+
+@pytest.fixture
+def toy_parts():
+    DATASETS.register("toy", build_toy_data)
+    MODELS.register("toy", build_toy_model)
+    METRICS.register("toy", ToyError)
+    try:
+        yield
+    finally:
+        METRICS.unregister("toy")
+        MODELS.unregister("toy")
+        DATASETS.unregister("toy")
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_toy_strategy_rule_and_backend_train(toy_gemm):
+    torch.manual_seed(0)
+    model = build_toy_model(num_classes=3)
+    ref = fst.sparsify(build_toy_model(num_classes=3), "toy", "reference")
+    ref.load_state_dict(model.state_dict())
+    model = fst.sparsify(model, "toy", "toy")
+    assert {m.strategy for m in _layers(model)} == {"toy"}
+    assert {m.backend for m in _layers(model)} == {"toy"}
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    for net in (model, ref):
+        F.cross_entropy(net(x), y).backward()
+    assert BACKENDS.get("toy").calls == 2  # its Conv2d and its Linear, once each
+    conv = model[0]
+    w_fwd = conv.weight.detach() * nm_mask(
+        conv.weight.detach().reshape(conv.weight.shape[0], -1), dim=1, n=1, m=2
+    ).view(conv.weight.shape)
+    torch.testing.assert_close(model(x), ref(x))
+    torch.testing.assert_close(model[0](x), F.conv2d(x, w_fwd, conv.bias, padding=1))
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert STRATEGIES.get("toy").describe()["eq1"] == "H(W) X"
+    assert "H(W) X" in str(fst.summary(model))
+
+
+def test_toy_dataset_model_and_metric_through_the_registries(toy_parts):
+    cfg = OmegaConf.create(
+        {
+            "task": "classification",
+            "data": {"name": "toy", "num_samples": 12, "image_size": 8, "batch_size": 4},
+            "model": {"name": "toy", "num_classes": None, "width": 8},
+            "trainer": {},
+        }
+    )
+    task = TASKS[cfg.task](cfg)
+    data = task.build_data()
+    assert task.num_classes == 3 and len(data.train) == 12
+    model = task.build_model().eval()
+    assert isinstance(model[-1], nn.Linear) and model[-1].out_features == 3
+    loader = DataLoader(data.val, batch_size=4)
+    task.metric = "toy"  # what a task class (or its data) names
+    with torch.no_grad():
+        got = task.evaluate(model, loader, torch.device("cpu"))
+    x, y = data.val.tensors
+    want = 100.0 * float((model(x).argmax(1) != y).sum()) / len(y)
+    assert got == {"error": pytest.approx(want)}
+    metric = METRICS["toy"].from_data(data)
+    metric.update(torch.eye(3), torch.tensor([0, 1, 0]))
+    assert metric.compute() == {"error": pytest.approx(100.0 / 3)}
