@@ -36,7 +36,7 @@ def _drift(yaml: dict[str, Any], schema: type, where: str) -> list[str]:
     typed = _defaults(schema)
     out = [f"{where}.{k}: only in the YAML" for k in yaml if k not in typed]
     out += [f"{where}.{k}: not in the YAML" for k in typed if k not in yaml]
-    for k in yaml.keys() & typed.keys():
+    for k in (k for k in typed if k in yaml):  # the dataclass's order
         a, b = yaml[k], typed[k]
         if not (a == b and type(a) is type(b) or (isinstance(b, float) and a == b)):
             out.append(f"{where}.{k}: YAML {a!r} vs {schema.__name__} {b!r}")
