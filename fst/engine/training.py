@@ -34,6 +34,7 @@ from fst.compile import compile_model
 from fst.data.images import unreadable_skipped
 from fst.engine import dist as fdist
 from fst.engine import resume as fresume
+from fst.engine import validate as fvalidate
 from fst.engine.checkpoint import load_checkpoint, nonfinite_entries
 from fst.engine.config import RunConfig, missing_keys, resolve_config
 from fst.engine.faults import PREEMPTED_MARKER
@@ -42,7 +43,6 @@ from fst.engine.record import EMBEDDED_DATASETS, data_fingerprint, run_meta, run
 from fst.engine.rundir import claim, remove_if_empty
 from fst.engine.sampler import ResumableSampler
 from fst.engine.trainer import RunEnv, RunParts, Trainer, steps_per_epoch
-from fst.engine.validate import check_data, check_run_config, resolve_device
 from fst.logging import MaskTracker, RunLogger
 from fst.sparsifier import build_sparsifier
 from fst.tasks import TASKS
@@ -153,7 +153,7 @@ def _check_complete(cfg: DictConfig, missing: list[str], searched: str | None) -
         )
     if "data.root" in missing:
         try:
-            check_data(cfg.data)  # the dataset's check explains its expected layout
+            fvalidate.check_data(cfg.data)  # the dataset's check explains its expected layout
         except ConfigError as e:
             raise ConfigError(why + str(e)) from None
     shown = ", ".join(missing)
@@ -175,7 +175,7 @@ def _prepare_main(cfg: DictConfig, start: Path, mode: str | None, dist) -> tuple
         dirs = fresume.auto_candidates(cfg, start, mode)
         searched = "searched " + ", ".join(str(d) for d in dirs[:4])
     _check_complete(cfg, missing, searched)
-    check_data(cfg.data)
+    fvalidate.check_data(cfg.data)
     in_place = point is not None and point.run_dir is not None
     rundir = claim(point.run_dir if in_place else start, resume=in_place)
     rundir.stop_at = _output_root(cfg)
@@ -203,8 +203,8 @@ def _output_root(cfg: DictConfig) -> Path | None:
 def _prepare(cfg: DictConfig, run_dir: str | Path | None) -> RunSetup:
     run = resolve_config(cfg)
     fdist.export_slurm_env()
-    check_run_config(cfg)  # device, backend, precision, batch split: same on every rank
-    device = resolve_device(run.trainer.device)
+    fvalidate.check_run_config(cfg)  # device, backend, precision, batch split: same on every rank
+    device = fvalidate.resolve_device(run.trainer.device)
     dist = fdist.init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
