@@ -11,11 +11,14 @@ directory per evaluation) or ``output=``; eval.py never writes into a run. See c
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fst.engine.cli import run_cli
+from fst.engine.evaluation import run_eval
 from fst.engine.faults import install_startup_handlers
 from fst.engine.launch import check_command
+from fst.threads import configure_threads
 
 install_startup_handlers()
 sys.stdout.reconfigure(errors="backslashreplace")  # non-UTF-8 file names in log lines
@@ -24,11 +27,6 @@ run_cli(check_command, "eval", sys.argv[1:])  # one line per mistake, before Hyd
 
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from fst.engine.evaluation import run_eval
-    from fst.threads import configure_threads
-
     run_cli(configure_threads, cfg.get("num_threads"))
 
     result = run_cli(run_eval, cfg, out_dir=HydraConfig.get().runtime.output_dir)

@@ -44,6 +44,7 @@ if not HELP:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here, not at the top: `train.py --help` runs without torch (see HELP above).
     from fst.engine.cli import run_cli
     from fst.engine.training import train
     from fst.threads import configure_threads

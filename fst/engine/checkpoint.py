@@ -33,6 +33,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -130,8 +131,6 @@ def save_checkpoint(
 def write_error(path: Path, e: OSError) -> CheckpointError:
     """A ``CheckpointError`` for a failed write of ``path``: the cause (disk full, quota, no
     permission, ...), the file, what survived and what to do."""
-    import shutil
-
     what = {
         errno.ENOSPC: "the disk is full",
         errno.EDQUOT: "the disk quota is exceeded",
@@ -201,8 +200,6 @@ def _keep_copy(path: Path, prev: Path) -> None:
     try:
         os.link(path, tmp)
     except OSError:  # filesystems without hard links (some network/FUSE mounts)
-        import shutil
-
         shutil.copyfile(path, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

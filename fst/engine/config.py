@@ -1,18 +1,26 @@
-"""The run-config schema and its validation (run before any model or data is built).
+"""The run config: checked and typed once, at the top (``resolve_config``), before anything is
+built; everything below (``build_parts``, the ``Trainer``, evaluation) receives the typed
+``RunConfig``, never the raw ``DictConfig``.
 
 A run config is composed by Hydra from ``configs/config.yaml`` and its groups. Two kinds of group:
 
-* **Fixed groups** (``trainer``, ``logger``, ``sparsity``, ``backend``, ``loss``): typed by the
-  dataclasses below; an unknown key or a wrong type fails naming the valid keys.
-* **Registry groups** (``model``, ``data``, ``optim``, ``sched``): ``name`` is a registry key
-  (``fst.models.MODELS``, ``fst.data.DATASETS``, ``fst.engine.optim.OPTIMIZERS``/``SCHEDULERS``)
-  and every other key is a keyword argument of that registered builder, checked against its
-  signature (the model group's ``label``, its part of the default run name, apart). So a new model/dataset config file needs no schema edit: its builder is its schema.
+* **Fixed groups** (``trainer``, ``logger``, ``loss``): typed by the dataclasses below, the one
+  definition of each key's default (``configs/trainer/default.yaml`` etc. agree with them,
+  ``tests/configs/test_defaults.py``); an unknown key or a wrong type fails naming the valid keys.
+  ``sparsity`` is fixed too: ``strategy``, ``decay``, ``exclude``, and flat extra keys that the
+  typed ``SparsityConfig`` separates into strategy options and the strategy's sparsifier
+  schedule.
+* **Registry groups** (``model``, ``data``, ``optim``, ``sched``, ``backend``): ``name`` is a
+  registry key (``fst.models.MODELS``, ``fst.data.DATASETS``, ``fst.engine.optim.OPTIMIZERS``/
+  ``SCHEDULERS``, ``fst.ops.BACKENDS``) and every other key is a keyword argument of that
+  registered builder, checked against its signature (the model group's ``label``, its part of
+  the default run name, apart; a backend's keys are checked by ``fst.ops.build_backend``). So a
+  new model/dataset config file needs no schema edit: its builder is its schema.
   The data group also carries the loader keys the engine reads itself (``DATA_LOADER_KEYS``,
   ``fst.types.DataLoaderConfig``) and ``small_stem`` (read by the model group through
   interpolation); those are not passed on.
 
-``validate_config`` also refuses values that would silently train something else than asked
+``resolve_config`` also refuses values that would silently train something else than asked
 (``epochs=0``, ``limit_train_batches=0``, a negative ``grad_clip_norm``, ``optim.lr<=0``, a
 strategy option the chosen strategy ignores). Missing values (``???``) are reported by
 ``missing_keys`` once ``resume`` had the chance to fill them from the checkpoint.
@@ -24,7 +32,8 @@ registry groups against its builder's annotation (``data.image_size=sixteen`` is
 0..2**32-1), and any number not listed against ``DEFAULT_RANGE`` (>= 0: no setting of fst takes
 a negative value). ``fst.engine.launch`` runs all of this before Hydra creates a directory.
 
-``validate_config(cfg)`` raises ``ConfigError`` naming the offending key and the valid choices.
+``resolve_config(cfg)`` raises ``ConfigError`` naming the offending key and the valid choices
+(``validate_config`` is the same check, for callers that only validate).
 ``normalize_overrides`` lets ``+experiment=NAME`` and ``experiment=NAME`` both work although
 ``experiment: null`` sits in the defaults list (Hydra itself only accepts the second form).
 """
@@ -32,27 +41,41 @@ a negative value). ``fst.engine.launch`` runs all of this before Hydra creates a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
+import math
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from fst import strategies
+from fst.compile import compile_mode
+from fst.data import DATASETS
+from fst.engine.optim import OPTIMIZERS, SCHEDULERS
+from fst.models import MODELS
+from fst.ops import BACKENDS, Backend, build_backend
 from fst.registry import group_kwargs
+from fst.sparsifier import schedule_params
+from fst.strategies import STRATEGIES, Strategy, get_strategy
+from fst.tasks import TASKS
 from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError, DataLoaderConfig
 
 __all__ = [
     "ConfigError",
     "DATA_LOADER_KEYS",
     "DataLoaderConfig",
+    "GroupConfig",
+    "RunConfig",
+    "SparsityConfig",
     "TrainerConfig",
     "group_kwargs",
     "missing_keys",
     "normalize_overrides",
-    "sparsity_options",
-    "trainer_settings",
+    "resolve_config",
     "validate_config",
 ]
 
@@ -63,6 +86,9 @@ OPTIONAL_GROUPS = ("experiment", "sweep")
 
 #: ``trainer.keep_checkpoints`` choices (see ``fst.engine.checkpoint``).
 KEEP_CHECKPOINTS = ("last_best", "last", "all")
+PRECISIONS = ("bf16", "16", "32")
+WANDB_MODES = ("offline", "online", "disabled")
+DEBUG_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP")
 
 
 @dataclass
@@ -70,7 +96,7 @@ class TrainerConfig:
     epochs: int = 120
     accumulate_grad_batches: int = 1
     device: str = "auto"
-    precision: str = "bf16"
+    precision: str = "bf16"  # bf16 | 16 | 32 (PRECISIONS)
     channels_last: bool = False
     sync_batchnorm: bool = False
     grad_clip_norm: float | None = None
@@ -89,7 +115,9 @@ class TrainerConfig:
     debug_signal_at_step: int | None = None
     debug_signal: str = "SIGTERM"
     debug_nan_at_step: int | None = None
-    compile: Any = False  # false | default | max-autotune (fst.compile)
+    # false | default | max-autotune; resolve_config parses it once (fst.compile.compile_mode):
+    # the typed value is the torch.compile mode, None for eager.
+    compile: Any = False
     num_threads: int | None = None  # torch CPU threads; null: automatic (fst.threads)
 
 
@@ -109,21 +137,65 @@ class LoggerConfig:
 
 
 @dataclass
-class BackendConfig:
-    name: str = "native"
-
-
-@dataclass
 class LossConfig:
     label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A registry group: ``name`` (the registry key) and its builder's keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendConfig(GroupConfig):
+    """The ``backend`` group and the ``Backend`` built from it once
+    (``fst.ops.build_backend(name, **kwargs)``), handed to ``fst.sparsify``."""
+
+    impl: Backend | None = None
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """The ``sparsity`` group. Its flat YAML keys split into two parts: ``options``, the
+    strategy's options (already applied to ``strategy``), and ``schedule``, the schedule
+    parameters of the strategy's sparsifier (``fst.build_sparsifier``)."""
+
+    strategy: Strategy  # fst.strategies.get_strategy(name, **options): the one lookup of a run
+    decay: float = 0.0
+    exclude: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run config, checked and typed (``resolve_config``)."""
+
+    task: str
+    name: str
+    seed: int
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    loss: LossConfig
+    sparsity: SparsityConfig
+    backend: BackendConfig
+    model: GroupConfig
+    data: GroupConfig
+    loader: DataLoaderConfig  # the data group's keys the engine reads itself
+    optim: GroupConfig
+    sched: GroupConfig
 
 
 FIXED_GROUPS: dict[str, type] = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
-    "backend": BackendConfig,
     "loss": LossConfig,
 }
+#: Registry groups, by config group (``backend``'s keys are checked by ``build_backend``).
+REGISTRIES = {"model": MODELS, "data": DATASETS, "optim": OPTIMIZERS, "sched": SCHEDULERS}
 SPARSITY_KEYS = ("strategy", "decay", "exclude")
 TOP_LEVEL_KEYS = (
     "task",
@@ -142,8 +214,6 @@ TOP_LEVEL_KEYS = (
     "loss",
     "hydra",
 )
-PRECISIONS = ("bf16", "16", "32")
-WANDB_MODES = ("offline", "online", "disabled")
 
 
 def normalize_overrides(overrides: Iterable[str]) -> list[str]:
@@ -164,11 +234,9 @@ def normalize_overrides(overrides: Iterable[str]) -> list[str]:
 
 def check_overrides(overrides: Iterable[str]) -> None:
     """Refuse ``group.key=value`` overrides of a fixed group (``trainer``, ``logger``,
-    ``backend``, ``loss``) whose schema has no such key, before Hydra composes: Hydra's own
+    ``loss``) whose schema has no such key, before Hydra composes: Hydra's own
     message ("Key 'epohcs' is not in struct ... To append to your config use +trainer.epohcs")
     suggests adding the misspelt key, which then fails later. Names the closest valid key."""
-    import difflib
-
     for o in overrides:
         if "=" not in o or o.startswith(("+", "~", "-")):
             continue
@@ -215,7 +283,8 @@ def _check_keys(where: str, keys: Iterable[str], valid: set[str], open_ended: bo
         )
 
 
-def _check_fixed(cfg: DictConfig, group: str, schema: type) -> None:
+def _typed(cfg: DictConfig, group: str, schema: type) -> Any:
+    """The fixed group ``group`` as a ``schema`` object (its defaults filled in)."""
     node = cfg.get(group)
     if node is None:
         raise ConfigError(f"config group {group!r} is missing (add it to the defaults list)")
@@ -225,7 +294,7 @@ def _check_fixed(cfg: DictConfig, group: str, schema: type) -> None:
             "logger.wandb", [str(k) for k in node.wandb], {f.name for f in fields(WandbConfig)}
         )
     try:
-        OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
         raise _type_error(group, schema, node, e) from None
 
@@ -233,8 +302,6 @@ def _check_fixed(cfg: DictConfig, group: str, schema: type) -> None:
 def _type_error(group: str, schema: type, node: Any, e: OmegaConfBaseException) -> ConfigError:
     """``trainer.epochs='three' is not a valid int; e.g. trainer.epochs=120`` from OmegaConf's
     validation error (which names neither the group nor the fix)."""
-    import typing
-
     key = str(getattr(e, "full_key", "") or "")
     value = OmegaConf.select(node, key, throw_on_missing=False) if key else None
     typ, field_, hint = schema, None, ""
@@ -258,13 +325,12 @@ def _type_error(group: str, schema: type, node: Any, e: OmegaConfBaseException) 
     return ConfigError(f"{group}.{key}={value!r} is not a valid {tname}{fix}")
 
 
-def _check_choice(where: str, value: Any, registry) -> Any:
+def _check_choice(where: str, value: Any, registry) -> None:
     if value not in registry:
         raise ConfigError(
             f"unknown {registry.kind} {value!r} at {where}; valid choices: "
             f"{', '.join(sorted(registry))}"
         )
-    return registry.get(value)
 
 
 def _group_keys(cfg: DictConfig, group: str) -> list[str]:
@@ -274,102 +340,114 @@ def _group_keys(cfg: DictConfig, group: str) -> list[str]:
     return [str(k) for k in node.keys()]
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Check ``cfg`` against the schema and the registries; raise ``ConfigError`` on the first
-    problem (unknown key, wrong type, unknown registry key, unknown builder argument)."""
-    from fst.data import DATASETS
-    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-    from fst.models import MODELS
-    from fst.tasks import TASKS
+def _registry_group(cfg: DictConfig, group: str) -> GroupConfig:
+    """Check a registry group's ``name`` and keys against its builder; return it typed."""
+    name = cfg[group].name
+    _check_choice(f"{group}.name", name, REGISTRIES[group])
+    skip = 1 if group in ("optim", "sched") else 0  # the model / the optimizer
+    valid, open_ = builder_params(REGISTRIES[group].get(name), skip=skip)
+    extra = {"model": set(MODEL_KEYS), "data": set(DATA_LOADER_KEYS)}.get(group, {"name"})
+    valid -= {"total_steps", "steps_per_epoch"}  # supplied by the engine
+    _check_keys(group, _group_keys(cfg, group), valid | extra, open_)
+    drop = {"model": MODEL_KEYS, "data": DATA_LOADER_KEYS}.get(group, ("name",))
+    return GroupConfig(str(name), group_kwargs(cfg[group], drop=drop))
 
+
+def resolve_config(cfg: DictConfig, sparsity: SparsityConfig | None = None) -> RunConfig:
+    """Check ``cfg`` against the schema and the registries and type it; raise ``ConfigError``
+    on the first problem (unknown key, wrong type, unknown registry key, unknown builder
+    argument, a value out of range). The strategy and the backend are built here, once
+    (``sparsity``: the group as resolved before, when only other groups changed since)."""
     _check_keys("<root>", [str(k) for k in cfg.keys()], set(TOP_LEVEL_KEYS))
     for key in ("task", "model", "data", "sparsity", "backend", "optim", "sched", "trainer"):
         if key not in cfg:
             raise ConfigError(f"config key {key!r} is missing")
     _check_choice("task", cfg.task, TASKS)
-    for group, schema in FIXED_GROUPS.items():
-        _check_fixed(cfg, group, schema)
-    if str(cfg.trainer.precision) not in PRECISIONS:
+    trainer, logger, loss = (_typed(cfg, g, schema) for g, schema in FIXED_GROUPS.items())
+    if trainer.precision not in PRECISIONS:
         raise ConfigError(
-            f"trainer.precision={cfg.trainer.precision!r}; valid choices: {', '.join(PRECISIONS)}"
+            f"trainer.precision={trainer.precision!r}; valid choices: {', '.join(PRECISIONS)}"
         )
-    _check_compile(cfg.trainer.get("compile", False))
-    if cfg.logger.get("wandb") is not None and cfg.logger.wandb.mode not in WANDB_MODES:
+    try:
+        trainer.compile = compile_mode(trainer.compile)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if logger.wandb is not None and logger.wandb.mode not in WANDB_MODES:
         raise ConfigError(
-            f"logger.wandb.mode={cfg.logger.wandb.mode!r}; valid choices: {', '.join(WANDB_MODES)}"
+            f"logger.wandb.mode={logger.wandb.mode!r}; valid choices: {', '.join(WANDB_MODES)}"
         )
-
-    # Registry groups: name is a key, other keys are the builder's keyword arguments.
-    builder = _check_choice("model.name", cfg.model.name, MODELS)
-    valid, open_ = builder_params(builder)
-    _check_keys("model", _group_keys(cfg, "model"), valid | set(MODEL_KEYS), open_)
-
-    builder = _check_choice("data.name", cfg.data.name, DATASETS)
-    valid, open_ = builder_params(builder)
-    _check_keys("data", _group_keys(cfg, "data"), valid | set(DATA_LOADER_KEYS), open_)
+    model, data = _registry_group(cfg, "model"), _registry_group(cfg, "data")
     loader_part = {k: cfg.data[k] for k in DATA_LOADER_KEYS if k in cfg.data}
     try:
-        OmegaConf.merge(OmegaConf.structured(DataLoaderConfig), loader_part)
+        loader = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(DataLoaderConfig), loader_part)
+        )
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid data config: {e}") from None
-
-    builder = _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    valid, open_ = builder_params(builder, skip=1)
-    _check_keys("optim", _group_keys(cfg, "optim"), valid | {"name"}, open_)
-    builder = _check_choice("sched.name", cfg.sched.name, SCHEDULERS)
-    valid, open_ = builder_params(builder, skip=1)
-    valid -= {"total_steps", "steps_per_epoch"}  # supplied by the engine
-    _check_keys("sched", _group_keys(cfg, "sched"), valid | {"name"}, open_)
-
-    _check_sparsity(cfg)
+    optim, sched = _registry_group(cfg, "optim"), _registry_group(cfg, "sched")
+    sparsity = sparsity or _resolve_sparsity(cfg)
+    backend = _resolve_backend(cfg)
     check_types(cfg)
-    _check_values(cfg)
+    _check_values(cfg, trainer, logger)
     check_ranges(cfg)
+    return RunConfig(
+        task=str(cfg.task),
+        name=str(cfg.get("name")),
+        seed=int(cfg.seed),
+        trainer=trainer,
+        logger=logger,
+        loss=loss,
+        sparsity=sparsity,
+        backend=backend,
+        model=model,
+        data=data,
+        loader=loader,
+        optim=optim,
+        sched=sched,
+    )
 
 
-def _check_values(cfg: DictConfig) -> None:
+#: Only checks (launch, tests): the same as ``resolve_config``.
+validate_config = resolve_config
+
+
+def _check_values(cfg: DictConfig, tc: TrainerConfig, logger: LoggerConfig) -> None:
     """Values of the right type that would silently train something else than asked."""
-    tc = cfg.trainer
-
-    def positive_int_or_null(key: str, what: str) -> None:
-        v = OmegaConf.select(tc, key, throw_on_missing=False)
-        if v is not None and int(v) < 1:
-            raise ConfigError(f"trainer.{key}={v}: {what}")
-
-    if int(tc.epochs) < 1:
+    if tc.epochs < 1:
         raise ConfigError(
             f"trainer.epochs={tc.epochs}: a run trains at least 1 epoch; to only evaluate a "
             "checkpoint use eval.py checkpoint=PATH"
         )
-    positive_int_or_null(
-        "limit_train_batches",
-        "at least 1 optimizer step per epoch, or null for the whole training set",
-    )
-    positive_int_or_null(
-        "limit_val_batches", "at least 1 validation batch, or null for the whole validation set"
-    )
-    positive_int_or_null("val_every_n_epochs", "validate every N >= 1 epochs")
-    positive_int_or_null("log_every_n_steps", "log every N >= 1 optimizer steps")
-    clip = tc.get("grad_clip_norm")
-    if clip is not None and not float(clip) > 0:
+    for key, what in (
+        ("limit_train_batches", "at least 1 optimizer step per epoch, or null for the whole "
+         "training set"),
+        ("limit_val_batches", "at least 1 validation batch, or null for the whole validation set"),
+        ("val_every_n_epochs", "validate every N >= 1 epochs"),
+        ("log_every_n_steps", "log every N >= 1 optimizer steps"),
+    ):  # fmt: skip
+        v = getattr(tc, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"trainer.{key}={v}: {what}")
+    clip = tc.grad_clip_norm
+    if clip is not None and not clip > 0:
         raise ConfigError(
             f"trainer.grad_clip_norm={clip}: the gradient norm is clipped to a positive value "
             "(e.g. 1.0); a value <= 0 would flip or zero every update. Use null for no clipping"
         )
-    for key in ("checkpoint_every_n_steps", "diagnostics_every_n_steps"):
-        node = tc if key.startswith("checkpoint") else cfg.get("logger", {})
-        v = node.get(key) if node is not None else None
-        if v is not None and int(v) < 0:
+    for key, v in (
+        ("checkpoint_every_n_steps", tc.checkpoint_every_n_steps),
+        ("diagnostics_every_n_steps", logger.diagnostics_every_n_steps),
+    ):
+        if v is not None and v < 0:
             raise ConfigError(f"{key}={v}: use N >= 1 steps, or 0 for never")
-    keep = tc.get("keep_checkpoints", "last_best")
-    if keep not in KEEP_CHECKPOINTS:
+    if tc.keep_checkpoints not in KEEP_CHECKPOINTS:
         raise ConfigError(
-            f"trainer.keep_checkpoints={keep!r}; valid choices: {', '.join(KEEP_CHECKPOINTS)}"
+            f"trainer.keep_checkpoints={tc.keep_checkpoints!r}; valid choices: "
+            f"{', '.join(KEEP_CHECKPOINTS)}"
         )
-    if tc.get("debug_signal", "SIGTERM") not in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP"):
+    if tc.debug_signal not in DEBUG_SIGNALS:
         raise ConfigError(
-            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: SIGTERM, SIGINT, "
-            "SIGUSR1, SIGHUP"
+            f"trainer.debug_signal={tc.debug_signal!r}; valid choices: {', '.join(DEBUG_SIGNALS)}"
         )
     lr = OmegaConf.select(cfg, "optim.lr", throw_on_missing=False)
     if lr is not None and not float(lr) > 0:
@@ -395,96 +473,59 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
-def trainer_settings(cfg: DictConfig) -> TrainerConfig:
-    """The ``trainer`` group as a typed ``TrainerConfig`` (defaults filled in)."""
-    merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer)
-    return OmegaConf.to_object(merged)
-
-
-def _check_compile(value: Any) -> None:
-    from fst.compile import compile_mode
-
-    try:
-        compile_mode(value)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _check_sparsity(cfg: DictConfig) -> None:
-    import fst
-    from fst.ops import BACKENDS
-    from fst.strategies import STRATEGIES
-
+def _resolve_sparsity(cfg: DictConfig) -> SparsityConfig:
+    """The sparsity group, typed: the strategy built once (``get_strategy``), its options and
+    the schedule parameters of its sparsifier (issue 12) apart."""
     keys = _group_keys(cfg, "sparsity")
     for k in SPARSITY_KEYS:
         if k not in keys:
             raise ConfigError(
                 f"sparsity.{k} is missing (sparsity group keys: strategy, decay, exclude)"
             )
-    _check_choice("sparsity.strategy", cfg.sparsity.strategy, STRATEGIES)
+    sp = cfg.sparsity
+    _check_choice("sparsity.strategy", sp.strategy, STRATEGIES)
     _check_choice("backend.name", cfg.backend.name, BACKENDS)
-    decay = cfg.sparsity.decay
+    decay = sp.decay
     if not isinstance(decay, (int, float)) or isinstance(decay, bool) or decay < 0:
         raise ConfigError(
             f"sparsity.decay={decay!r}: the SR-STE decay is a number >= 0 (the paper: 2e-4; 0 "
             "turns it off)"
         )
-    exclude = cfg.sparsity.exclude
+    exclude = sp.exclude
     if exclude is None or isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
         raise ConfigError(
             f"sparsity.exclude must be a list of fnmatch patterns (e.g. [conv1, fc]), got {exclude!r}"
         )
-    # Extra keys are strategy options, passed on as keyword arguments of fst.sparsify, and
-    # the schedule parameters of the strategy's sparsifier (issue 12).
-    valid, open_ = builder_params(fst.sparsify, skip=1)
-    valid -= {"strategy", "backend", "decay", "exclude"}
-    if open_:  # fst.sparsify(..., **options): the strategies declare their options
-        from fst import strategies
-
-        valid |= set(getattr(strategies, "OPTIONS", {}))
-        open_ = not hasattr(strategies, "OPTIONS")
-    valid |= _schedule_keys(cfg)
-    _check_keys("sparsity", keys, valid | set(SPARSITY_KEYS), open_)
-    _check_options_used(cfg)
-
-
-def _check_options_used(cfg: DictConfig) -> None:
-    """Strategy options are checked by the strategy itself (its GEMM rules say which options
-    they read): an unknown option, or one the plan would silently ignore, is a ConfigError."""
-    from fst.strategies import get_strategy
-
+    plan = get_strategy(str(sp.strategy))
+    schedule_keys = schedule_params(plan.sparsifier) if plan.sparsifier else set()
+    # Extra keys are strategy options (fst.sparsify's keyword arguments, declared by
+    # fst.strategies.OPTIONS) or schedule parameters of the strategy's sparsifier.
+    options_known = getattr(strategies, "OPTIONS", None)  # else get_strategy checks them
+    valid = set(options_known or ()) | schedule_keys | set(SPARSITY_KEYS)
+    _check_keys("sparsity", keys, valid, open_ended=options_known is None)
+    extra = group_kwargs(sp, drop=SPARSITY_KEYS)
+    options = {k: v for k, v in extra.items() if k not in schedule_keys}
     try:
-        get_strategy(str(cfg.sparsity.strategy), **sparsity_options(cfg))
+        plan = get_strategy(plan, **options)  # an option the plan ignores fails here
     except ValueError as e:
         raise ConfigError(f"sparsity.{e}") from None
     except TypeError as e:
         raise ConfigError(f"sparsity: {e}") from None
+    schedule = {k: v for k, v in extra.items() if k in schedule_keys}
+    return SparsityConfig(plan, float(decay), tuple(exclude), options, schedule)
 
 
-def _schedule_keys(cfg: DictConfig) -> set[str]:
-    """Schedule parameters of the configured strategy's sparsifier (none if stateless)."""
-    from fst.sparsifier import schedule_params
-    from fst.strategies import STRATEGIES
-
-    key = STRATEGIES.get(cfg.sparsity.strategy).sparsifier
-    return schedule_params(key) if key else set()
-
-
-def sparsity_options(cfg: DictConfig) -> dict[str, Any]:
-    """The sparsity group's strategy options (extra keys that are not schedule parameters) as
-    plain keyword arguments of ``fst.sparsify``."""
-    skip = set(SPARSITY_KEYS) | _schedule_keys(cfg)
-    return {
-        str(k): OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
-        for k, v in cfg.sparsity.items()
-        if k not in skip
-    }
-
-
-def sparsifier_params(cfg: DictConfig) -> dict[str, Any]:
-    """The sparsity group's schedule parameters of the strategy's sparsifier (issue 12)."""
-    keys = _schedule_keys(cfg)
-    return {str(k): v for k, v in cfg.sparsity.items() if k in keys}
+def _resolve_backend(cfg: DictConfig) -> BackendConfig:
+    """The backend group: ``name`` and the keyword arguments of ``fst.ops.build_backend``, and
+    the backend built from them once."""
+    name = str(cfg.backend.name)
+    kwargs = group_kwargs(cfg.backend)
+    try:
+        impl = build_backend(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        key = next((k for k in kwargs if k in str(e)), "name")
+        raise ConfigError(f"backend.{key}: {e}") from None
+    return BackendConfig(name, kwargs, impl)
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,11 +646,7 @@ def _fits(value: Any, types: set[type]) -> bool:
 
 def _builder_types(cfg: DictConfig, group: str) -> dict[str, set[type]]:
     """``{key: allowed types}`` of a registry group's keys, from its builder's annotations."""
-    from fst.data import DATASETS
-    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-    from fst.models import MODELS
-
-    registry = {"model": MODELS, "data": DATASETS, "optim": OPTIMIZERS, "sched": SCHEDULERS}[group]
+    registry = REGISTRIES[group]
     name = cfg[group].get("name")
     if name not in registry:
         return {}
@@ -645,8 +682,6 @@ def _shown(value: Any) -> str:
 
 def check_value(key: str, value: Any) -> None:
     """Raise ``ConfigError`` if the number(s) of ``key`` fall outside ``RANGES``."""
-    import math
-
     rng = _range_for(key)
     for v in _numbers(value):
         bad = not math.isfinite(v) or not rng.holds(v)
@@ -663,8 +698,6 @@ def check_types(cfg: DictConfig) -> None:
     """``seed`` and every key of the registry groups against its type (the builders'
     annotations; the fixed groups are typed by their dataclasses): one line naming the key,
     the value and an example."""
-    from omegaconf.errors import InterpolationResolutionError
-
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(
@@ -720,11 +753,7 @@ def _check_ranges(node: DictConfig, prefix: str) -> None:
 
 def _example(cfg: DictConfig, group: str, key: str) -> Any:
     """The builder's default for ``group.key`` (the fix's example value)."""
-    from fst.data import DATASETS
-    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-    from fst.models import MODELS
-
-    registry = {"model": MODELS, "data": DATASETS, "optim": OPTIMIZERS, "sched": SCHEDULERS}[group]
+    registry = REGISTRIES[group]
     try:
         p = inspect.signature(registry.get(cfg[group].name)).parameters.get(key)
     except Exception:  # noqa: BLE001 - only an example

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,29 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fst.types import ConfigError
+import fst
+from fst.engine.checkpoint import (
+    BEST,
+    CHECKPOINT_DIRNAME,
+    LAST,
+    CheckpointError,
+    check_state_dict_compatible,
+    load_checkpoint,
+    nonfinite_entries,
+    previous_path,
+    save_checkpoint,
+)
+from fst.engine.config import resolve_config
+from fst.engine.record import run_record
+from fst.engine.rundir import claim, holds_run, remove_if_empty
+from fst.engine.trainer import autocast, val_loader
+from fst.engine.training import build_model, place_model
+from fst.engine.validate import check_data, check_device, resolve_device
+from fst.layers import sparse_layers
+from fst.rules import operand_checks, weight_operands
+from fst.sparsifier import restore_sparsifier
+from fst.tasks import TASKS
+from fst.types import ConfigError, FstError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +72,6 @@ def check_stored_nm(model: nn.Module, stored: Mapping[str, torch.Tensor]) -> lis
     (unstructured or filter pruning, e.g. DPF's or ASFP's, promises none). One row per layer:
     ``layer``, ``along``, ``nm_ok``, ``failed_along``.
     """
-    from fst.layers import sparse_layers
-    from fst.rules import operand_checks
-
     rows = []
     for name, m in sparse_layers(model):
         eq1, eq2 = m.plan.rules[:2]
@@ -83,9 +103,6 @@ def export_nm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Keys are those of the dense model (``fst.sparsify`` keeps parameter names), so it loads
     into the unsparsified architecture for deployment; the model itself is not changed.
     """
-    from fst.layers import sparse_layers
-    from fst.rules import weight_operands
-
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, m in sparse_layers(model):
         if m.plan.rules[0].prunes:
@@ -103,8 +120,6 @@ def checkpoint_candidates(path: str | Path) -> list[Path]:
     """The files ``checkpoint=path`` may mean, in order: the file itself; for a run directory
     its ``best.pt`` then ``last.pt`` (and their ``.prev`` copies), so that a damaged ``best.pt``
     falls back to ``last.pt``."""
-    from fst.engine.checkpoint import BEST, CHECKPOINT_DIRNAME, LAST, CheckpointError, previous_path
-
     p = Path(str(path)).expanduser()
     if p.is_dir():
         found = []
@@ -129,8 +144,6 @@ def checkpoint_candidates(path: str | Path) -> list[Path]:
 
 def _load_first(path: str | Path) -> tuple[Path, dict]:
     """The first loadable candidate of ``checkpoint=path`` (warning about each skipped one)."""
-    from fst.engine.checkpoint import CheckpointError, load_checkpoint
-
     candidates = checkpoint_candidates(path)
     errors = []
     for c in candidates:
@@ -159,9 +172,6 @@ def refuse_run_file(path: Path, key: str) -> None:
     """``export=``/``output=`` may not name a file of a training run: anything under a
     ``checkpoints/`` folder, a run's own record (``summary.json``, ...) or a training
     checkpoint (raises ``ConfigError``)."""
-    from fst.engine.checkpoint import CHECKPOINT_DIRNAME
-    from fst.engine.rundir import holds_run
-
     p = path.expanduser().resolve()
     why = None
     if CHECKPOINT_DIRNAME in p.parts[:-1]:
@@ -170,8 +180,6 @@ def refuse_run_file(path: Path, key: str) -> None:
         why = f"it is the run's own {p.name}"
     elif p.is_file() and p.suffix in (".pt", ".pth"):
         try:
-            import zipfile
-
             with zipfile.ZipFile(p) as z:
                 if any(n.endswith("/data.pkl") for n in z.namelist()) and _is_training_ckpt(p):
                     why = "it is a training checkpoint"
@@ -193,8 +201,6 @@ def _is_training_ckpt(p: Path) -> bool:
 
 
 def _check_finite_weights(stored: Mapping[str, Any], source: str, key: str) -> None:
-    from fst.engine.checkpoint import nonfinite_entries
-
     bad = nonfinite_entries(stored)
     if bad:
         raise ConfigError(
@@ -206,20 +212,6 @@ def _check_finite_weights(stored: Mapping[str, Any], source: str, key: str) -> N
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; write and return the metrics (see ``configs/eval.yaml``)."""
-    import fst
-    from fst.engine.checkpoint import (
-        check_state_dict_compatible,
-        load_checkpoint,
-        save_checkpoint,
-    )
-    from fst.engine.config import validate_config
-    from fst.engine.record import run_record
-    from fst.engine.trainer import autocast, val_loader
-    from fst.engine.training import build_sparse_model
-    from fst.engine.validate import check_data, check_device, resolve_device
-    from fst.sparsifier import restore_sparsifier
-    from fst.tasks import TASKS
-
     for key in ("export", "output"):
         if cfg.get(key):
             refuse_run_file(Path(str(cfg[key])), key)
@@ -241,14 +233,14 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
         run.trainer.limit_val_batches = cfg.limit_val_batches
     if cfg.get("num_workers") is not None:
         run.data.num_workers = cfg.num_workers
-    validate_config(run)
+    typed = resolve_config(run)
     check_device(run)  # the device and backend exist here (as train.py checks)
     check_data(run.data)
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(typed.trainer.device)
 
-    task = TASKS.get(run.task)(run)
+    task = TASKS.get(typed.task)(run)
     data = task.build_data()
-    model = build_sparse_model(task, run)
+    model = build_model(task, typed)
     check_state_dict_compatible(model, state["model"], source=str(ckpt_path))
     model.load_state_dict(state["model"])
     _check_finite_weights(state["model"], str(ckpt_path), "checkpoint")
@@ -300,25 +292,20 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
         # Evaluate exactly the stored tensors: plain layers, nothing re-masks them.
         fst.densify(model)
         model.load_state_dict(stored)
-    model.to(device).eval()
-    if run.trainer.get("channels_last"):
-        model.to(memory_format=torch.channels_last)
     # [issue 15 hook] eval.py's compile=, else the run's trainer.compile (in place, see fst.compile)
-    from fst.compile import compile_model
+    place_model(model, typed, device, compile=cfg.get("compile")).eval()
 
-    mode = cfg.get("compile")
-    compile_model(model, run.trainer.get("compile", False) if mode is None else mode)
-
-    bs = int(cfg.get("val_batch_size") or run.data.get("val_batch_size") or run.data.batch_size)
+    loader_cfg = typed.loader
+    bs = int(cfg.get("val_batch_size") or loader_cfg.val_batch_size or loader_cfg.batch_size)
     loader = val_loader(
         data,
         bs,
-        run.trainer.get("limit_val_batches"),
+        typed.trainer.limit_val_batches,
         device,
-        num_workers=int(run.data.get("num_workers", 0)),
+        num_workers=loader_cfg.num_workers,
         pin_memory=True,
     )
-    with torch.no_grad(), autocast(device, str(run.trainer.precision))():
+    with torch.no_grad(), autocast(device, typed.trainer.precision)():
         metrics = task.evaluate(model, loader, device)
     result["num_samples"] = len(loader.dataset)
     result.update({f"val/{k}": float(v) for k, v in metrics.items()})
@@ -339,9 +326,6 @@ PRINTED = ("checkpoint", "weights", "nm_checked", "nm_ok", "nm_layers_checked", 
 def run_eval(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """``eval.py``: evaluate, print the metrics, and fail (``FstError``, exit status 1) when a
     layer is not 2:4 (see the module docstring for what is checked)."""
-    from fst.engine.rundir import claim, remove_if_empty
-    from fst.types import FstError
-
     # Each evaluation gets a directory of its own (<stamp>_2, ... when two start in the same
     # second), like a training run; an explicit output= needs none.
     own = None

@@ -30,8 +30,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from fst.engine.config import REGISTRIES, builder_params, validate_config
+from fst.engine.evaluation import refuse_run_file
+from fst.threads import num_threads as pick_threads
 from fst.types import ConfigError
 
 __all__ = ["check_command", "check_environment", "check_output_path", "compose_checked"]
@@ -63,14 +70,10 @@ def check_command(config_name: str, argv: Sequence[str]) -> DictConfig | None:
     cfg = compose_checked(config_name, overrides)
     try:
         if config_name == "config":
-            from fst.engine.config import validate_config
-
             validate_config(cfg)
             out = None if multirun else cfg.hydra.run.dir
             check_output_path(cfg, out, multirun)
         else:
-            from fst.engine.evaluation import refuse_run_file
-
             for key in ("export", "output"):
                 if cfg.get(key):
                     refuse_run_file(Path(str(cfg[key])), key)
@@ -92,8 +95,6 @@ def _first_line(e: BaseException) -> str:
 def _first_job(overrides: list[str]) -> list[str] | None:
     """The overrides of a multirun's first job (each sweep replaced by its first value)."""
     try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # noqa: BLE001 - reported below as a grammar error
         raise _grammar_error(overrides, e) from None
@@ -111,17 +112,12 @@ def _first_job(overrides: list[str]) -> list[str] | None:
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         return compose(config_name, overrides=overrides, return_hydra_config=True)
 
 
 def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose like ``hydra.main`` will; Hydra's errors become one-line ``ConfigError``s."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
-
     try:
         return _compose(config_name, overrides)
     except OverrideParseException as e:
@@ -153,8 +149,6 @@ def _grammar_error(overrides: list[str], e: Exception) -> ConfigError:
 
 
 def _parse_fails(override: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         OverridesParser.create().parse_overrides([override])
     except Exception:  # noqa: BLE001
@@ -209,32 +203,18 @@ def _unknown_key(config_name: str, overrides: list[str], key: str) -> str:
 
 
 def _builder_args(cfg: DictConfig | None, group: str) -> set[str]:
-    from fst.engine.config import builder_params
-
+    if group not in REGISTRIES:
+        return set()
     try:
-        if group in ("model", "data"):
-            from fst.data import DATASETS
-            from fst.models import MODELS
-
-            registry = MODELS if group == "model" else DATASETS
-            return builder_params(registry.get(cfg[group].name))[0]
-        if group in ("optim", "sched"):
-            from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-
-            registry = OPTIMIZERS if group == "optim" else SCHEDULERS
-            return builder_params(registry.get(cfg[group].name), skip=1)[0] - {
-                "total_steps",
-                "steps_per_epoch",
-            }
+        skip = 1 if group in ("optim", "sched") else 0
+        params = builder_params(REGISTRIES[group].get(cfg[group].name), skip=skip)[0]
     except Exception:  # noqa: BLE001 - only for the hint
-        pass
-    return set()
+        return set()
+    return params - {"total_steps", "steps_per_epoch"}
 
 
 def check_environment(num_threads: Any = None) -> None:
     """Thread settings and launcher variables that would fail (or mislead) later."""
-    from fst.threads import num_threads as pick_threads
-
     try:
         pick_threads(num_threads)
     except ValueError as e:

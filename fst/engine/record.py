@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 #: Datasets generated or bundled locally; results on them are labelled embedded-data results.
@@ -10,13 +11,15 @@ EMBEDDED_DATASETS = ("digits", "digits_hard", "shapes")
 
 
 def run_record(cfg: Any) -> dict[str, Any]:
-    """``name, task, model, dataset, strategy, backend`` of a run config."""
+    """``name, task, model, dataset, strategy, backend`` of a run config (the composed
+    ``DictConfig`` or the typed ``fst.engine.config.RunConfig``)."""
+    strategy = cfg.sparsity.strategy
     return {
         "name": str(cfg.name),
         "task": str(cfg.task),
         "model": str(cfg.model.name),
         "dataset": str(cfg.data.name),
-        "strategy": str(cfg.sparsity.strategy),
+        "strategy": str(getattr(strategy, "name", strategy)),
         "backend": str(cfg.backend.name),
     }
 
@@ -33,8 +36,6 @@ def data_fingerprint(dataset: Any) -> dict[str, Any]:
     ImageFolder (``.samples``, through wrappers' ``.dataset``), a hash of every sample's
     ``class/file`` name and label. A resume compares it with the checkpoint's, so ``data.root``
     may move the same data but not point at other data."""
-    import hashlib
-
     out: dict[str, Any] = {"samples": len(dataset)}
     node, seen = dataset, 0
     while node is not None and not hasattr(node, "samples") and seen < 8:

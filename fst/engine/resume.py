@@ -38,12 +38,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fst.engine.checkpoint import (
+    CHECKPOINT_DIRNAME,
     RESUME_META_KEYS,
     CheckpointError,
     check_meta_compatible,
     load_checkpoint,
     load_resume,
 )
+from fst.engine.record import run_meta
+from fst.strategies import OPTIONS, STRATEGIES
 from fst.types import FstError
 
 log = logging.getLogger(__name__)
@@ -132,8 +135,6 @@ def _last_written(run_dir: Path) -> tuple[float, str]:
     """When a run last wrote its progress (its newest checkpoint or metrics line, else the
     directory itself), as recorded by the file system: the directory name is a timestamp of
     the clock of whichever node started the run, which may be behind."""
-    from fst.engine.checkpoint import CHECKPOINT_DIRNAME
-
     times = []
     for p in (*run_dir.glob(f"{CHECKPOINT_DIRNAME}/*.pt"), run_dir / "metrics.jsonl", run_dir):
         try:
@@ -220,8 +221,6 @@ def reconcile(cfg: DictConfig, point: ResumePoint, missing: list[str]) -> None:
     saved = point.state.get("config")
     source = str(point.path)
     if not saved:  # not written by fst's trainer, or by a version without the config
-        from fst.engine.record import run_meta
-
         check_meta_compatible(
             point.state.get("meta"), run_meta(cfg, None), keys=RESUME_META_KEYS, source=source
         )
@@ -270,8 +269,6 @@ def _compare(cfg: DictConfig, saved: dict | None) -> tuple[list[str], list[str]]
 def _with_plan_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     """Complete the sparsity group with the strategy's own option values, so that the whole
     plan is compared (an option left out means the strategy's value, not "unset")."""
-    from fst.strategies import OPTIONS, STRATEGIES
-
     name = flat.get("sparsity.strategy")
     if name in STRATEGIES:
         plan = STRATEGIES.get(name)

@@ -61,9 +61,11 @@ from fst.engine.faults import (
     NonFiniteGuard,
     PreemptionHandler,
 )
-from fst.engine.sampler import ResumableSampler
+from fst.engine.resume import ResumeError
+from fst.engine.sampler import LEGACY_ORDER, ResumableSampler
 from fst.layers import set_decay_scale
-from fst.types import DataBundle
+from fst.logging.progress import progress
+from fst.types import DataBundle, DataLoaderConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +83,6 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class LoaderSettings:
-    """The data group's loader keys (``fst.types.DataLoaderConfig``)."""
-
-    global_batch: int  # data.batch_size: all processes x accumulation steps
-    val_batch_size: int
-    num_workers: int = 0
-    pin_memory: bool = False
-
-
-@dataclass(frozen=True)
 class RunEnv:
     """Where and how a run executes."""
 
@@ -98,7 +90,7 @@ class RunEnv:
     dist: fdist.DistInfo
     run_dir: Path
     seed: int
-    loader: LoaderSettings
+    loader: DataLoaderConfig  # data.batch_size: global, all processes x accumulation steps
     #: Per-layer sparsity diagnostics every N optimizer steps (``logger.diagnostics_every_n_steps``).
     diagnostics_every: int = 0
     #: Constant entries of every checkpoint (the resolved ``config``, ``meta``).
@@ -136,8 +128,8 @@ def steps_per_epoch(sampler: ResumableSampler, limit: int | None) -> int:
 def autocast(device: torch.device, precision: str):
     """A context-manager factory for the run's autocast: bf16/fp16 on CUDA, nothing elsewhere
     (on CPU ``bf16`` runs in fp32, see ``configs/trainer/default.yaml``)."""
-    amp = device.type == "cuda" and str(precision) in ("bf16", "16")
-    dtype = torch.bfloat16 if str(precision) == "bf16" else torch.float16
+    amp = device.type == "cuda" and precision in ("bf16", "16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype, enabled=amp)
 
 
@@ -224,13 +216,13 @@ class Trainer:
         self.progress = Progress()
         self.last_val: dict[str, float] = {}
         self.accum = int(settings.accumulate_grad_batches)
-        self.global_batch = env.loader.global_batch
+        self.global_batch = env.loader.batch_size
         self.micro_batch = self.global_batch // (self.dist.world_size * self.accum)
         self.steps_per_epoch = steps_per_epoch(self.sampler, settings.limit_train_batches)
         self.epochs = int(settings.epochs)
         self.val_loader = val_loader(
             self.data,
-            env.loader.val_batch_size,
+            env.loader.val_batch_size or self.global_batch,
             settings.limit_val_batches,
             self.device,
             env.loader.num_workers,
@@ -239,7 +231,7 @@ class Trainer:
         self.guard = NonFiniteGuard(
             skip=settings.skip_nonfinite,
             max_skips=settings.max_nonfinite_skips,
-            check_grads=str(settings.precision) != "16",
+            check_grads=settings.precision != "16",
         )
         self.autocast = autocast(self.device, settings.precision)
         self.preempt: PreemptionHandler | None = None
@@ -314,8 +306,6 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> None:
         """Run optimizer steps ``progress.step_in_epoch .. steps_per_epoch`` of ``epoch``."""
-        from fst.logging.progress import progress
-
         p, model = self.progress, self.model
         model.train()
         batches = iter(self._train_loader(epoch))
@@ -553,8 +543,6 @@ class Trainer:
         checkpoint's step (``fst.engine.resume`` decides which settings may change).
         """
         model = unwrap(self.model)
-        from fst.engine.resume import ResumeError
-
         lacking = [
             k for k in ("model", "progress", "optimizer", "scheduler", "scaler") if k not in state
         ]
@@ -568,12 +556,8 @@ class Trainer:
         known = {f.name for f in fields(Progress)}
         p = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         saved_batch = state.get("sampler", {}).get("global_batch", self.global_batch)
-        from fst.engine.sampler import LEGACY_ORDER
-
         # a run keeps the data order it started with (checkpoints before issue 27: seed + epoch)
         self.sampler.order = state.get("sampler", {}).get("order", LEGACY_ORDER)
-        from fst.engine.resume import ResumeError
-
         if p.step_in_epoch and saved_batch != self.global_batch:
             raise ResumeError(
                 f"checkpoint {source} stopped mid-epoch with data.batch_size={saved_batch}; "

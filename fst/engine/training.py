@@ -15,6 +15,7 @@ Only rank 0 resolves the run directory and writes files; the other ranks log war
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import subprocess
@@ -25,18 +26,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+import fst
+from fst.compile import compile_model
+from fst.data.images import unreadable_skipped
 from fst.engine import dist as fdist
-from fst.engine.config import (
-    group_kwargs,
-    missing_keys,
-    sparsifier_params,
-    sparsity_options,
-    trainer_settings,
-    validate_config,
-)
+from fst.engine import resume as fresume
+from fst.engine import validate as fvalidate
+from fst.engine.checkpoint import load_checkpoint, nonfinite_entries
+from fst.engine.config import RunConfig, missing_keys, resolve_config
+from fst.engine.faults import PREEMPTED_MARKER
+from fst.engine.optim import OPTIMIZERS, SCHEDULERS
 from fst.engine.record import EMBEDDED_DATASETS, data_fingerprint, run_meta, run_record
+from fst.engine.rundir import claim, remove_if_empty
+from fst.engine.sampler import ResumableSampler
+from fst.engine.trainer import RunEnv, RunParts, Trainer, steps_per_epoch
+from fst.logging import MaskTracker, RunLogger
+from fst.sparsifier import build_sparsifier
+from fst.tasks import TASKS
 from fst.types import ConfigError, FstError
 
 log = logging.getLogger(__name__)
@@ -68,10 +77,8 @@ def git_commit() -> str | None:
 def hydra_runtime() -> tuple[Path | None, str | None, str | None]:
     """(output dir, mode RUN/MULTIRUN, chosen experiment) of the current Hydra job, if any."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         hc = HydraConfig.get()
-    except (ImportError, ValueError):
+    except ValueError:
         return None, None, None
     mode = str(hc.mode).split(".")[-1] if hc.mode is not None else None
     return Path(hc.runtime.output_dir), mode, hc.runtime.choices.get("experiment")
@@ -82,27 +89,35 @@ def default_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_root) / str(cfg.name) / f"seed{cfg.seed}" / stamp
 
 
-def build_sparse_model(task, cfg: DictConfig) -> torch.nn.Module:
-    """``task.build_model()`` then ``fst.sparsify`` with the sparsity and backend groups."""
-    import fst
-
-    model = task.build_model()
+def build_model(task, run: RunConfig) -> torch.nn.Module:
+    """The task's model sparsified by the run's plan: ``fst.sparsify`` with the ``Strategy``
+    and ``Backend`` built once by ``resolve_config`` (training and ``eval.py``)."""
+    sp = run.sparsity
     try:
         return fst.sparsify(
-            model,
-            strategy=cfg.sparsity.strategy,
-            backend=cfg.backend.name,
-            decay=float(cfg.sparsity.decay),
-            exclude=list(cfg.sparsity.exclude),
-            **sparsity_options(cfg),
+            task.build_model(),
+            strategy=sp.strategy,
+            backend=run.backend.impl,
+            decay=sp.decay,
+            exclude=list(sp.exclude),
         )
     except ValueError as e:
         if "exclude pattern" not in str(e):
             raise
         raise ConfigError(
-            f"sparsity.exclude={list(cfg.sparsity.exclude)}: {e}; fix the patterns (fnmatch, "
+            f"sparsity.exclude={list(sp.exclude)}: {e}; fix the patterns (fnmatch, "
             "e.g. sparsity.exclude=[conv1,fc]) or use sparsity.exclude=[]"
         ) from None
+
+
+def place_model(model: torch.nn.Module, run: RunConfig, device: torch.device, compile=None):
+    """Move ``model`` to ``device`` (channels_last if configured) and compile it in place
+    (``compile``: a mode, else ``trainer.compile``), after its weights are in (training and
+    ``eval.py``): parameter and state_dict names stay the eager model's (``fst.compile``)."""
+    model.to(device)
+    if run.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return compile_model(model, run.trainer.compile if compile is None else compile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +130,7 @@ class RunSetup:
     """The outcome of ``prepare``: the final config, where the run writes, what it resumes."""
 
     cfg: DictConfig
+    run: RunConfig  # cfg, checked and typed
     device: torch.device
     dist: fdist.DistInfo
     run_dir: Path
@@ -127,8 +143,6 @@ class RunSetup:
 
 def _check_complete(cfg: DictConfig, missing: list[str], searched: str | None) -> None:
     """Fail naming every value still unset (``???``), with the dataset's own layout help."""
-    from fst.engine.validate import check_data
-
     if not missing:
         return
     why = ""
@@ -139,7 +153,7 @@ def _check_complete(cfg: DictConfig, missing: list[str], searched: str | None) -
         )
     if "data.root" in missing:
         try:
-            check_data(cfg.data)  # the dataset's check explains its expected layout
+            fvalidate.check_data(cfg.data)  # the dataset's check explains its expected layout
         except ConfigError as e:
             raise ConfigError(why + str(e)) from None
     shown = ", ".join(missing)
@@ -151,10 +165,6 @@ def _check_complete(cfg: DictConfig, missing: list[str], searched: str | None) -
 
 def _prepare_main(cfg: DictConfig, start: Path, mode: str | None, dist) -> tuple[Any, Any]:
     """Rank 0: resume point, completed config, data check, run directory claim."""
-    from fst.engine import resume as fresume
-    from fst.engine.rundir import claim
-    from fst.engine.validate import check_data
-
     point = fresume.locate(cfg, start, mode)
     missing = missing_keys(cfg)
     if point is not None:
@@ -165,7 +175,7 @@ def _prepare_main(cfg: DictConfig, start: Path, mode: str | None, dist) -> tuple
         dirs = fresume.auto_candidates(cfg, start, mode)
         searched = "searched " + ", ".join(str(d) for d in dirs[:4])
     _check_complete(cfg, missing, searched)
-    check_data(cfg.data)
+    fvalidate.check_data(cfg.data)
     in_place = point is not None and point.run_dir is not None
     rundir = claim(point.run_dir if in_place else start, resume=in_place)
     rundir.stop_at = _output_root(cfg)
@@ -175,8 +185,6 @@ def _prepare_main(cfg: DictConfig, start: Path, mode: str | None, dist) -> tuple
 def prepare(cfg: DictConfig, run_dir: str | Path | None = None) -> RunSetup:
     """Step 1 (see the module docstring). Raises ``FstError`` naming the problem and the fix;
     the directory Hydra made for this launch is removed again when nothing was written to it."""
-    from fst.engine.rundir import remove_if_empty
-
     try:
         return _prepare(cfg, run_dir)
     except BaseException:
@@ -193,13 +201,10 @@ def _output_root(cfg: DictConfig) -> Path | None:
 
 
 def _prepare(cfg: DictConfig, run_dir: str | Path | None) -> RunSetup:
-    from fst.engine.rundir import remove_if_empty
-    from fst.engine.validate import check_run_config, resolve_device
-
-    validate_config(cfg)
+    run = resolve_config(cfg)
     fdist.export_slurm_env()
-    check_run_config(cfg)  # device, backend, precision, batch split: same on every rank
-    device = resolve_device(str(cfg.trainer.device))
+    fvalidate.check_run_config(cfg)  # device, backend, precision, batch split: same on every rank
+    device = fvalidate.resolve_device(run.trainer.device)
     dist = fdist.init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
@@ -228,12 +233,16 @@ def _prepare(cfg: DictConfig, run_dir: str | Path | None) -> RunSetup:
         raise FstError(message)  # other ranks: rank 0 reports it
     for key, value in filled.items():
         OmegaConf.update(cfg, key, value, merge=False)
+    if filled:  # values taken from the checkpoint: type the completed config
+        same_plan = not any(k.startswith("sparsity.") for k in filled)
+        run = resolve_config(cfg, sparsity=run.sparsity if same_plan else None)
     chosen = Path(chosen)
     if launch_dir is not None and launch_dir.resolve() != chosen.resolve():
         # Hydra's directory for this launch, unused (or another rank's)
         remove_if_empty(launch_dir, stop_at=_output_root(cfg))
     return RunSetup(
         cfg=cfg,
+        run=run,
         device=device,
         dist=dist,
         run_dir=chosen,
@@ -252,61 +261,45 @@ def _prepare(cfg: DictConfig, run_dir: str | Path | None) -> RunSetup:
 
 def build_parts(cfg: DictConfig, setup: RunSetup):
     """Data, model, sampler, optimizer, schedule, scaler, DDP wrapper and logger, each built once
-    from the config. Returns ``(RunParts, RunEnv)`` for ``Trainer``."""
-    from fst.engine.optim import OPTIMIZERS, SCHEDULERS
-    from fst.engine.sampler import ResumableSampler
-    from fst.engine.trainer import LoaderSettings, RunEnv, RunParts, steps_per_epoch
-    from fst.logging import MaskTracker, RunLogger
-    from fst.tasks import TASKS
-
-    device, dist, tc = setup.device, setup.dist, cfg.trainer
+    from the typed config ``setup.run``. Returns ``(RunParts, RunEnv)`` for ``Trainer``."""
+    run, device, dist, tc = setup.run, setup.device, setup.dist, setup.run.trainer
     # Model initialisation must be identical on every rank; augmentation streams differ by rank.
-    seed_everything(int(cfg.seed))
-    task = TASKS.get(cfg.task)(cfg)
+    seed_everything(run.seed)
+    task = TASKS.get(run.task)(cfg)
     data = task.build_data()
-    model = build_sparse_model(task, cfg)
-    model.to(device)
-    if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = build_model(task, run)
     if tc.sync_batchnorm and dist.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # compiled in place before the DDP wrapper (fst.compile)
+    model = place_model(model, run, device)
 
-    global_batch = int(cfg.data.batch_size)
+    global_batch = run.loader.batch_size
     sampler = ResumableSampler(
         len(data.train),
         global_batch,
-        seed=int(cfg.seed),
+        seed=run.seed,
         rank=dist.rank,
         world_size=dist.world_size,
     )
     steps = steps_per_epoch(sampler, tc.limit_train_batches)
-    optimizer = OPTIMIZERS.get(cfg.optim.name)(model, **group_kwargs(cfg.optim))
-    scheduler = SCHEDULERS.get(cfg.sched.name)(
-        optimizer,
-        total_steps=int(tc.epochs) * steps,
-        steps_per_epoch=steps,
-        **group_kwargs(cfg.sched),
+    optimizer = OPTIMIZERS.get(run.optim.name)(model, **run.optim.kwargs)
+    scheduler = SCHEDULERS.get(run.sched.name)(
+        optimizer, total_steps=tc.epochs * steps, steps_per_epoch=steps, **run.sched.kwargs
     )
     scaler = torch.amp.GradScaler(
-        device.type, enabled=device.type == "cuda" and str(tc.precision) == "16"
+        device.type, enabled=device.type == "cuda" and tc.precision == "16"
     )
     # The sparsifier of strategies whose masks/gradients live across steps (None for stateless
     # ones), built beside the optimizer; the trainer steps it and checkpoints it.
-    from fst.sparsifier import build_sparsifier
-
     sparsifier = build_sparsifier(
         model,
         optimizer,
-        total_steps=int(tc.epochs) * steps,
+        strategy=run.sparsity.strategy,
+        total_steps=tc.epochs * steps,
         steps_per_epoch=steps,
-        seed=int(cfg.seed),
-        **sparsifier_params(cfg),
+        seed=run.seed,
+        **run.sparsity.schedule,
     )
-    # torch.compile after fst.sparsify, in place: parameter and state_dict names stay the eager
-    # model's (checkpoints, resume, eval.py); before the DDP wrapper (fst.compile).
-    from fst.compile import compile_model
-
-    compile_model(model, tc.get("compile", False))
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -314,16 +307,16 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # W&B dashboards group by flat keys (run.strategy, run.dataset, ...): a W&B sweep locks the
     # top-level keys it sets (sparsity=fst), so the nested sparsity.strategy may not arrive.
-    wandb_config = {**resolved, "run": {**run_record(cfg), "seed": int(cfg.seed)}}
-    wandb_cfg = cfg.logger.get("wandb")
+    wandb_config = {**resolved, "run": {**run_record(run), "seed": run.seed}}
+    wandb_cfg = run.logger.wandb
     resume_step = None
     if setup.resume is not None:
         resume_step = int(setup.resume.state.get("global_step", 0))
     logger = RunLogger(
         setup.run_dir,
         wandb_config,
-        name=str(cfg.name),
-        wandb_cfg=OmegaConf.to_container(wandb_cfg, resolve=True) if wandb_cfg else None,
+        name=run.name,
+        wandb_cfg=dataclasses.asdict(wandb_cfg) if wandb_cfg else None,
         active=dist.is_main,
         resume_step=resume_step,
     )
@@ -343,17 +336,12 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
         device=device,
         dist=dist,
         run_dir=setup.run_dir,
-        seed=int(cfg.seed),
-        loader=LoaderSettings(
-            global_batch=global_batch,
-            val_batch_size=int(cfg.data.get("val_batch_size") or global_batch),
-            num_workers=int(cfg.data.get("num_workers", 0)),
-            pin_memory=bool(cfg.data.get("pin_memory", False)),
-        ),
-        diagnostics_every=int(cfg.logger.get("diagnostics_every_n_steps", 0) or 0),
+        seed=run.seed,
+        loader=run.loader,
+        diagnostics_every=run.logger.diagnostics_every_n_steps,
         checkpoint_extra={
             "config": resolved,
-            "meta": run_meta(cfg, getattr(task, "num_classes", None)),
+            "meta": run_meta(run, getattr(task, "num_classes", None)),
             "data_fingerprint": {
                 "train": data_fingerprint(data.train),
                 "val": data_fingerprint(data.val),
@@ -401,10 +389,8 @@ def _write_config_files(cfg: DictConfig, run_dir: Path, resumed_step: int | None
     if hydra_dir.exists():
         return
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         hc = HydraConfig.get()
-    except (ImportError, ValueError):
+    except ValueError:
         return
     hydra_dir.mkdir()
     task_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
@@ -433,8 +419,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     and the fix in its message; exits with status 75 (preempted) or 130 (Ctrl-C) after writing
     ``last.pt``.
     """
-    from fst.engine.trainer import Trainer
-
     root = logging.getLogger()
     level = root.level
     setup = prepare(cfg, run_dir)
@@ -452,15 +436,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                         "resume: applying changed settings: %s", "; ".join(setup.resume.changes)
                     )
         parts, env = build_parts(cfg, setup)
-        if setup.resume_path is None and cfg.model.get("pretrained"):
-            _check_finite_pretrained(cfg, parts.model)
-        trainer = Trainer(parts, trainer_settings(cfg), env)
+        run = setup.run
+        if setup.resume_path is None and run.model.kwargs.get("pretrained"):
+            _check_finite_pretrained(run, parts.model)
+        trainer = Trainer(parts, setup.run.trainer, env)
         resumed_step = None
         if setup.resume_path is not None:
-            from fst.engine.checkpoint import load_checkpoint
-
             state = setup.resume.state if setup.resume else load_checkpoint(setup.resume_path)
-            _check_same_data(cfg, state, env.checkpoint_extra["data_fingerprint"], setup)
+            _check_same_data(run, state, env.checkpoint_extra["data_fingerprint"], setup)
             trainer.load_state_dict(state, source=str(setup.resume_path))
             resumed_step = trainer.progress.global_step
             log.info(
@@ -475,20 +458,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                 setup.resume.state = None  # free the checkpoint's memory
             del state
         else:
-            seed_everything(int(cfg.seed) + setup.dist.rank)
+            seed_everything(setup.run.seed + setup.dist.rank)
         if setup.dist.is_main:
-            from fst.engine.faults import PREEMPTED_MARKER
-
             (setup.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)  # continued now
             _write_config_files(cfg, setup.run_dir, resumed_step)
-            _log_header(cfg, trainer, parts)
+            _log_header(run, trainer, parts)
         started = True
         try:
             final = trainer.fit()
         except BaseException:
             parts.logger.finish(1)
             raise
-        summary = _summary(cfg, setup, trainer, final)
+        summary = _summary(run, setup, trainer, final)
         if setup.dist.is_main:
             parts.logger.write_summary(summary)
             parts.logger.finish(0)
@@ -515,25 +496,21 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         root.setLevel(level)
 
 
-def _check_finite_pretrained(cfg: DictConfig, model: torch.nn.Module) -> None:
+def _check_finite_pretrained(run: RunConfig, model: torch.nn.Module) -> None:
     """Weights loaded from ``model.pretrained`` hold no NaN/Inf (else the first step would be
     reported as divergence, with advice about the learning rate)."""
-    from fst.engine.checkpoint import nonfinite_entries
-
     bad = nonfinite_entries(model.state_dict())
     if bad:
         raise ConfigError(
-            f"model.pretrained={cfg.model.pretrained} holds non-finite values (NaN/Inf) in "
+            f"model.pretrained={run.model.kwargs['pretrained']} holds non-finite values (NaN/Inf) in "
             f"{len(bad)} tensor(s), e.g. {bad[0]}; these weights are broken: pass other "
             "weights, or model.pretrained=null to start from scratch"
         )
 
 
-def _check_same_data(cfg: DictConfig, state: dict, now: dict, setup: RunSetup) -> None:
+def _check_same_data(run: RunConfig, state: dict, now: dict, setup: RunSetup) -> None:
     """A resume reads the data its checkpoint was trained on (``data.root`` may move it, not
     replace it): the files and labels must match the checkpoint's fingerprint."""
-    from fst.engine.resume import ResumeError
-
     saved = state.get("data_fingerprint")
     if not saved:  # a checkpoint from before the fingerprint: nothing to compare
         return
@@ -545,8 +522,8 @@ def _check_same_data(cfg: DictConfig, state: dict, now: dict, setup: RunSetup) -
                 if a.get("samples") != b.get("samples")
                 else "the same number of samples but other files or labels"
             )
-            raise ResumeError(
-                f"cannot resume {setup.resume_path}: data.root={cfg.data.get('root')} holds "
+            raise fresume.ResumeError(
+                f"cannot resume {setup.resume_path}: data.root={run.data.kwargs.get('root')} holds "
                 f"other {split} data than the checkpoint's run ({what}); point data.root at the "
                 "data the run was trained on, or start a new run (resume=null)"
             )
@@ -563,18 +540,17 @@ def _final_line(summary: dict[str, Any]) -> str:
     return f"final val/{pm}: {value:.4g}{best_text}; run dir: {summary['run_dir']}"
 
 
-def _log_header(cfg: DictConfig, trainer, parts) -> None:
+def _log_header(run: RunConfig, trainer, parts) -> None:
     """Run dir, the model's sparsity in one line (the per-layer table goes to
     ``<run dir>/summary.txt``, and to the console with ``trainer.print_summary=true``), data."""
-    import fst
-
     log.info("run dir: %s", trainer.run_dir.resolve())
     table = fst.summary(parts.model.module if trainer.dist.enabled else parts.model)
     path = trainer.run_dir / "summary.txt"
-    path.write_text(f"model {cfg.model.name}, strategy {cfg.sparsity.strategy}\n{table}\n")
+    model, strategy = run.model.name, run.sparsity.strategy.name
+    path.write_text(f"model {model}, strategy {strategy}\n{table}\n")
     log.info("fst.summary: %s; full table in %s", table.headline(), path.resolve())
     if trainer.cfg.print_summary:
-        log.info("model (%s, strategy %s):\n%s", cfg.model.name, cfg.sparsity.strategy, table)
+        log.info("model (%s, strategy %s):\n%s", model, strategy, table)
     log.info(
         "%d train / %d val samples; %d steps/epoch x %d epochs; global batch %d = %d "
         "process(es) x %d accumulation x %d",
@@ -589,15 +565,13 @@ def _log_header(cfg: DictConfig, trainer, parts) -> None:
     )
 
 
-def _summary(cfg: DictConfig, setup: RunSetup, trainer, final: dict[str, float]) -> dict[str, Any]:
-    from fst.data.images import unreadable_skipped
-
+def _summary(run: RunConfig, setup: RunSetup, trainer, final: dict[str, float]) -> dict[str, Any]:
     p, run_dir = trainer.progress, setup.run_dir
     pm = trainer.task.primary_metric
     return {
-        **run_record(cfg),
+        **run_record(run),
         "experiment": setup.experiment,
-        "seed": int(cfg.seed),
+        "seed": run.seed,
         "epochs": trainer.epochs,
         "steps": p.global_step,
         "steps_per_epoch": trainer.steps_per_epoch,
@@ -617,5 +591,5 @@ def _summary(cfg: DictConfig, setup: RunSetup, trainer, final: dict[str, float])
         "run_dir": str(run_dir.resolve()),
         "config_path": str((run_dir / "config_resolved.yaml").resolve()),
         "checkpoint": str((run_dir / "checkpoints" / "last.pt").resolve()),
-        "embedded_data": str(cfg.data.name) in EMBEDDED_DATASETS,
+        "embedded_data": run.data.name in EMBEDDED_DATASETS,
     }

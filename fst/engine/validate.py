@@ -13,13 +13,19 @@ failure is a ``ConfigError`` that says what to change.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fst.data import DATASETS
+from fst.data.images import check_on_error
+from fst.engine.config import TrainerConfig
+from fst.ops import BACKENDS
 from fst.types import ConfigError
 
 __all__ = [
@@ -31,7 +37,12 @@ __all__ = [
 ]
 
 
+#: ``TrainerConfig``'s defaults, for configs given as a partial mapping.
+_TRAINER_DEFAULTS = {f"trainer.{f.name}": f.default for f in fields(TrainerConfig)}
+
+
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    default = _TRAINER_DEFAULTS.get(key, default)
     value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
     return default if value is None else value
 
@@ -77,7 +88,7 @@ def check_run_config(cfg: DictConfig | Mapping, world_size: int | None = None) -
 
 def check_device(cfg: DictConfig) -> torch.device:
     """``trainer.device`` exists here and ``backend`` runs on it (train.py and eval.py)."""
-    device_name = str(_get(cfg, "trainer.device", "auto"))
+    device_name = str(_get(cfg, "trainer.device"))
     device = resolve_device(device_name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -106,7 +117,7 @@ def check_device(cfg: DictConfig) -> torch.device:
 
 
 def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size: int) -> None:
-    precision = str(_get(cfg, "trainer.precision", "32"))
+    precision = str(_get(cfg, "trainer.precision"))
     if precision == "16" and device.type != "cuda":
         raise ConfigError(
             f"trainer.precision=16 (float16 autocast with a grad scaler) needs a CUDA device, "
@@ -121,7 +132,7 @@ def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size
             )
 
     batch = _get(cfg, "data.batch_size")
-    accum = int(_get(cfg, "trainer.accumulate_grad_batches", 1))
+    accum = int(_get(cfg, "trainer.accumulate_grad_batches"))
     if accum < 1:
         raise ConfigError(f"trainer.accumulate_grad_batches={accum}; it must be >= 1")
     if batch is not None and int(batch) < 1:
@@ -139,8 +150,6 @@ def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size
 
     on_error = _get(cfg, "data.on_error")
     if on_error is not None:
-        from fst.data.images import check_on_error
-
         check_on_error(on_error)
 
     for key in ("trainer.debug_signal_at_step", "trainer.debug_nan_at_step"):
@@ -162,8 +171,6 @@ def _check_precision_and_batch(cfg: DictConfig, device: torch.device, world_size
 
 def _check_torch_file(path: Path, key: str) -> None:
     """``path`` is a file written by ``torch.save`` (a zip archive, or the legacy pickle)."""
-    import zipfile
-
     with open(path, "rb") as f:
         head = f.read(2)
     if zipfile.is_zipfile(path) or head[:1] == b"\x80":
@@ -176,8 +183,6 @@ def _check_torch_file(path: Path, key: str) -> None:
 
 def backend_needs_cuda(name: str) -> bool:
     """Whether backend ``name`` runs only on CUDA (the registered backend's ``needs_cuda``)."""
-    from fst.ops import BACKENDS
-
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown backend {name!r} at backend.name; valid choices: {', '.join(sorted(BACKENDS))}"
@@ -192,8 +197,6 @@ def check_data(data: DictConfig | Mapping) -> None:
     ``root`` / ``*_dir`` / ``*_file`` / ``*_path`` / ``*_root`` key that is set must name an
     existing path. A key still ``???`` is reported as not set.
     """
-    from fst.data import DATASETS
-
     if not isinstance(data, DictConfig):
         data = OmegaConf.create(dict(data))
     name = data.get("name")

@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from fst.engine.config import ConfigError, normalize_overrides, validate_config
+from fst.engine.config import ConfigError, normalize_overrides, resolve_config, validate_config
 from tests.conftest import CONFIGS, compose
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -238,12 +238,10 @@ def test_wrong_type_fails():
 
 
 def test_schedule_parameters_belong_to_the_strategy_sparsifier():
-    from fst.engine.config import sparsifier_params, sparsity_options
-
     cfg = compose(["sparsity=asp", "sparsity.dense_epochs=1"])
-    validate_config(cfg)
-    assert sparsifier_params(cfg) == {"dense_epochs": 1}
-    assert sparsity_options(cfg) == {}  # not a strategy option of fst.sparsify
+    sparsity = resolve_config(cfg).sparsity
+    assert sparsity.schedule == {"dense_epochs": 1}
+    assert sparsity.options == {}  # not a strategy option of fst.sparsify
     cfg = compose(["sparsity=dpf", "+sparsity.dense_epochs=1"])  # ASP's, not DPF's
     with pytest.raises(ConfigError, match="dense_epochs.*ramp_end"):
         validate_config(cfg)

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from fst.engine.training import build_sparse_model, train
+from fst.engine.config import resolve_config
+from fst.engine.training import build_model, train
 from fst.layers import SparseConv2d, SparseLinear
 from fst.tasks import TASKS
 from tests.conftest import CONFIGS, compose
@@ -58,7 +59,7 @@ def test_train_step_and_evaluate(experiment, shapes_root):
     data = task.build_data()
     assert task.num_classes == 4 and data.num_classes == 4
     torch.manual_seed(0)
-    model = build_sparse_model(task, cfg)
+    model = build_model(task, resolve_config(cfg))
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     assert layers and all(isinstance(m, (SparseConv2d, SparseLinear)) for m in layers)
 
