@@ -20,6 +20,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self.version = 0  # bumped by every (un)registration: memos keyed on it stay valid
 
     def register(self, name: str, obj: T | None = None):
         """``REG.register("key", obj)`` or ``@REG.register("key")`` on a function or class."""
@@ -37,10 +38,12 @@ class Registry(Generic[T]):
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
+        self.version += 1
 
     def unregister(self, name: str) -> T:
         """Remove and return ``name`` (plugins and tests that register temporarily)."""
         self.get(name)  # the helpful error for an unknown key
+        self.version += 1
         return self._items.pop(name)
 
     def get(self, name: str) -> T:

@@ -52,7 +52,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from fst import strategies
 from fst.compile import compile_mode
 from fst.data import DATASETS
 from fst.engine.optim import OPTIMIZERS, SCHEDULERS
@@ -60,7 +59,7 @@ from fst.models import MODELS
 from fst.ops import BACKENDS, Backend, build_backend
 from fst.registry import group_kwargs
 from fst.sparsifier import schedule_params
-from fst.strategies import STRATEGIES, Strategy, get_strategy
+from fst.strategies import OPTIONS, STRATEGIES, Strategy, get_strategy
 from fst.tasks import TASKS
 from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError, DataLoaderConfig
 
@@ -164,10 +163,10 @@ class SparsityConfig:
     parameters of the strategy's sparsifier (``fst.build_sparsifier``)."""
 
     strategy: Strategy  # fst.strategies.get_strategy(name, **options): the one lookup of a run
-    decay: float = 0.0
-    exclude: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
-    schedule: dict[str, Any] = field(default_factory=dict)
+    decay: float  # no defaults here: configs/sparsity/*.yaml hold them
+    exclude: tuple[str, ...]
+    options: dict[str, Any]
+    schedule: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -473,6 +472,11 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+#: Sparsity groups typed in this process, by their YAML: ``train.py``'s check before Hydra and
+#: the run itself (or a resume's second typing) share one strategy lookup.
+_RESOLVED_SPARSITY: dict[str, SparsityConfig] = {}
+
+
 def _resolve_sparsity(cfg: DictConfig) -> SparsityConfig:
     """The sparsity group, typed: the strategy built once (``get_strategy``), its options and
     the schedule parameters of its sparsifier (issue 12) apart."""
@@ -496,13 +500,15 @@ def _resolve_sparsity(cfg: DictConfig) -> SparsityConfig:
         raise ConfigError(
             f"sparsity.exclude must be a list of fnmatch patterns (e.g. [conv1, fc]), got {exclude!r}"
         )
+    memo = f"{STRATEGIES.version}\n{OmegaConf.to_yaml(sp, resolve=True)}"
+    if memo in _RESOLVED_SPARSITY:
+        return _RESOLVED_SPARSITY[memo]
     plan = get_strategy(str(sp.strategy))
     schedule_keys = schedule_params(plan.sparsifier) if plan.sparsifier else set()
     # Extra keys are strategy options (fst.sparsify's keyword arguments, declared by
     # fst.strategies.OPTIONS) or schedule parameters of the strategy's sparsifier.
-    options_known = getattr(strategies, "OPTIONS", None)  # else get_strategy checks them
-    valid = set(options_known or ()) | schedule_keys | set(SPARSITY_KEYS)
-    _check_keys("sparsity", keys, valid, open_ended=options_known is None)
+    valid = set(OPTIONS) | schedule_keys | set(SPARSITY_KEYS)
+    _check_keys("sparsity", keys, valid)
     extra = group_kwargs(sp, drop=SPARSITY_KEYS)
     options = {k: v for k, v in extra.items() if k not in schedule_keys}
     try:
@@ -512,7 +518,9 @@ def _resolve_sparsity(cfg: DictConfig) -> SparsityConfig:
     except TypeError as e:
         raise ConfigError(f"sparsity: {e}") from None
     schedule = {k: v for k, v in extra.items() if k in schedule_keys}
-    return SparsityConfig(plan, float(decay), tuple(exclude), options, schedule)
+    typed = SparsityConfig(plan, float(decay), tuple(exclude), options, schedule)
+    _RESOLVED_SPARSITY[memo] = typed
+    return typed
 
 
 def _resolve_backend(cfg: DictConfig) -> BackendConfig:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fst.engine.config import resolve_config
+from fst.engine import config as run_config
+from fst.engine.config import resolve_config, validate_config
 from fst.engine.training import train
 from fst.registry import Registry
 from fst.strategies import STRATEGIES
@@ -24,7 +25,9 @@ def test_the_strategy_registry_is_consulted_once_per_run(sparsity, tmp_path, mon
 
     monkeypatch.setattr(Registry, "get", counting_get)
     monkeypatch.setattr(Registry, "__getitem__", counting_get)
+    monkeypatch.setattr(run_config, "_RESOLVED_SPARSITY", {})  # a fresh process
     cfg = compose([*SHRINK, *TINY_DIGITS, f"sparsity={sparsity}", "trainer.limit_train_batches=1"])
+    validate_config(cfg)  # train.py's check before Hydra starts (fst.engine.launch)
     summary = train(cfg, run_dir=tmp_path)
     assert summary["steps"] == 1 and summary["strategy"] == sparsity
     assert lookups == [sparsity]
