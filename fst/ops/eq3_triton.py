@@ -19,10 +19,10 @@ Segments (``start``, ``width``, ``rows``, ``coef``) describe the token axis, at 
   pruned as one more row (``"include"``: ``(0, prefix, 1, ir_coef)``).
 
 An odd ``width`` keeps ``(width + 1) // 2`` columns; the last one has no right neighbour (no
-IR term), exactly as :func:`fst.ops.native.ir_half` pads it.
+IR term), exactly as :func:`fst.ops.eq3.ir_half` pads it.
 
 Used by the ``sparse24`` backend for the weight gradient of token Linear layers on CUDA when
-Triton imports (``FST_SPARSE24_FUSED_EQ3=0`` turns it off; the unfused ``native`` path is the
+Triton imports (its ``fused_eq3=false`` turns it off; the unfused ``native`` path is the
 fallback). Under ``torch.compile`` it is the opaque custom op ``fst::eq3_fixed``. Tests run it
 on CPU under Triton's interpreter (``TRITON_INTERPRET=1``) against the ``reference`` backend.
 On CUDA the tile sizes are autotuned per (out, in, kept tokens); when the output tiles alone
@@ -278,7 +278,7 @@ def fixed_weight_grad(
 
     ``dy`` [..., T, out] and ``x`` [..., T, in] of one dtype (bf16, fp16 or fp32), tokens on
     dim -2 laid out as ``tokens`` (a :class:`fst.tokens.TokenLayout`, or None: one row). Equal
-    to :func:`fst.ops.native._linear_weight_grad` for a ``fixed`` plan, computed in one kernel
+    to :func:`fst.ops.eq3.linear_weight_grad` for a ``fixed`` plan, computed in one kernel
     (see the module docstring). ``split_k``: reduction splits (default: chosen from the GPU's
     size; 1 on CPU).
     """
