@@ -34,6 +34,12 @@ class ConvGeometry:
             pad = (0, 0)
         return cls(tuple(conv.stride), tuple(pad), tuple(conv.dilation))
 
+    def out_hw(self, h: int, w: int, k) -> tuple[int, int]:
+        """(Ho, Wo) of an (h, w) input under a ``k`` = (kh, kw) kernel."""
+        s, p, d = self.stride, self.padding, self.dilation
+        ho = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+        return ho, (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+
 
 class Backend:
     """Executes the three GEMMs of a plan. Subclasses implement :meth:`conv2d` and :meth:`linear`.

@@ -409,15 +409,9 @@ class CusparseltGemm(SparseGemm):
         self.search_alg = search_alg
         self._alg: dict[tuple, int] = {}
         self._checked: set[torch.device] = set()
-        self.driver_choice = driver or os.environ.get("FST_CUSPARSELT_DRIVER", "auto")
-        if isinstance(self.driver_choice, str) and self.driver_choice not in (
-            "auto",
-            "cupy",
-            "torch",
-        ):
-            raise ValueError(
-                f"FST_CUSPARSELT_DRIVER={self.driver_choice!r}; valid: auto, cupy, torch"
-            )
+        choice = self.driver_choice = driver or os.environ.get("FST_CUSPARSELT_DRIVER", "auto")
+        if isinstance(choice, str) and choice not in ("auto", "cupy", "torch"):
+            raise ValueError(f"FST_CUSPARSELT_DRIVER={choice!r}; valid: auto, cupy, torch")
         self._driver: PlanDriver | None = None
         self._driver_ready = False
         self.driver_failure: str | None = None

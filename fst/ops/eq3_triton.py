@@ -84,30 +84,12 @@ if triton is not None:
 
     @triton.jit
     def _segment(
-        acc,
-        dy_ptr,
-        x_ptr,
-        O,
-        I,
-        NB,
-        s_dyb,
-        s_dyt,
-        s_dyc,
-        s_xb,
-        s_xt,
-        s_xc,
-        start,
-        width,
-        rows,
-        coef,
-        offs_m,
-        offs_n,
-        pid_k,
-        SPLIT_K: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
-    ):
+        acc, dy_ptr, x_ptr, O, I, NB,  # fp32 tile, operands, out / in / batch sizes
+        s_dyb, s_dyt, s_dyc, s_xb, s_xt, s_xc,  # strides: batch, token, channel
+        start, width, rows, coef,  # the segment
+        offs_m, offs_n, pid_k,
+        SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
         half = (width + 1) // 2
         per_b = rows * half
         total = NB * per_b
@@ -143,34 +125,13 @@ if triton is not None:
 
     @triton.jit
     def _eq3_kernel(
-        dy_ptr,
-        x_ptr,
-        out_ptr,
-        O,
-        I,
-        NB,
-        s_dyb,
-        s_dyt,
-        s_dyc,
-        s_xb,
-        s_xt,
-        s_xc,
-        a_start,
-        a_width,
-        a_rows,
-        a_coef,
-        b_start,
-        b_width,
-        b_rows,
-        b_coef,
+        dy_ptr, x_ptr, out_ptr, O, I, NB,
+        s_dyb, s_dyt, s_dyc, s_xb, s_xt, s_xc,
+        a_start, a_width, a_rows, a_coef, b_start, b_width, b_rows, b_coef,  # two segments
         KEPT,  # kept tokens per example (autotune key only)
-        SPLIT_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
+        SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
         # out is [SPLIT_K, O, I] fp32, contiguous; program (m, n, k) writes its partial tile
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)

@@ -21,13 +21,12 @@ from fst.strategies import Strategy
 
 
 class Kernels(NamedTuple):
-    """One backend's arithmetic for one layer type; ``args`` is its per-call argument.
+    """One backend's arithmetic for one layer type (``args``: its per-call argument).
 
-    ``eq1(xc, wf, b, weight, args) -> (y, saved)``: Eq. 1 on the cast operands (``weight``:
-    the parameter, to name cached operands) and the activation tensor backward needs.
-    ``grads(dy, saved, wb, weight, plan, kw, args, x_shape, need) -> (dx, dw, db)``: Eq. 2, 3
-    and the bias gradient in the compute dtype, each None unless ``need`` (x, w, b) asks;
-    ``kw``: the layer's rule state (:func:`fst.rules.with_state`).
+    ``eq1(xc, wf, b, weight, args) -> (y, saved)``: Eq. 1 on the cast operands and the tensor
+    backward needs (``weight``: the parameter). ``grads(dy, saved, wb, weight, plan, kw, args,
+    x_shape, need) -> (dx, dw, db)``: Eq. 2, 3 and the bias gradient, each None unless ``need``
+    (x, w, b) asks; ``kw``: the layer's rule state (:func:`fst.rules.with_state`).
     """
 
     eq1: Callable

@@ -19,9 +19,7 @@ from fst.ops.function import Kernels, LayerFunction
 
 def _conv_eq1(xc, wf, b, weight, g):
     cols = F.unfold(xc, wf.shape[2:], g.dilation, g.padding, g.stride)  # [N, K, L]
-    (h, w), (kh, kw) = xc.shape[2:], wf.shape[2:]
-    ho = (h + 2 * g.padding[0] - g.dilation[0] * (kh - 1) - 1) // g.stride[0] + 1
-    wo = (w + 2 * g.padding[1] - g.dilation[1] * (kw - 1) - 1) // g.stride[1] + 1
+    ho, wo = g.out_hw(*xc.shape[2:], wf.shape[2:])
     y = torch.einsum("ok,nkl->nol", wf.flatten(1), cols)
     if b is not None:
         y = y + b[None, :, None]

@@ -42,30 +42,17 @@ and cuSPARSELt, and compute dtypes other than bf16/fp16 (cuSPARSELt's float32 is
 2:4): train with ``trainer.precision=bf16`` (autocast). Every other plan runs exactly: a GEMM
 that cannot use sparse tensor cores runs as ``native`` runs it.
 
-Settings: the keyword arguments of :class:`Sparse24Backend` = the keys of
-``configs/backend/sparse24.yaml`` (``backend.kernels=sparse``; :func:`fst.ops.build_backend`),
-defaults in the signature. An environment variable, when set, overrides its setting whatever
-the config says (read when the backend is created; :data:`ENV`, the only place fst reads them):
-
-=============  ==========================  ====================================================
-setting        environment override        values
-=============  ==========================  ====================================================
-``kernels``    ``FST_SPARSE24_KERNELS``    ``auto`` (time and pick) | ``sparse`` (first sparse
-                                           kernel that may run, no timing) | ``dense`` (all as
-                                           ``native``); attribute ``mode``
-``verify``     ``FST_SPARSE24_VERIFY``     check new routes against ``dense`` (``1`` | ``0``)
-``tol``        ``FST_SPARSE24_TOL``        the check's relative tolerance
-``alg_search`` ``FST_SPARSE24_ALG_SEARCH`` search cuSPARSELt's fastest algorithm once per
-                                           problem (on an H100 its default algorithm was 0.81x
-                                           of cuBLAS over ResNet-50's Eq. 1 GEMMs, the searched
-                                           ones 1.08x, ``results/gpu/``)
-``fused_eq3``  ``FST_SPARSE24_FUSED_EQ3``  the fused Triton Eq. 3 above, where Triton imports
-``timing``     ``FST_SPARSE24_TIMING``     ``eager`` (a kernel's time includes its host work,
-                                           what eager training pays) | ``graph`` (GPU time
-                                           only, for steps replayed as CUDA graphs,
-                                           :mod:`fst.ops.gputime`)
-``pack_cache`` ``FST_SPARSE24_PACK_CACHE`` compress each weight operand once per step (below)
-=============  ==========================  ====================================================
+Settings (:class:`Sparse24Backend`'s keyword arguments, defaults in its signature, and the
+keys of ``configs/backend/sparse24.yaml``: ``backend.kernels=sparse``): ``kernels`` = ``auto``
+(time and pick) | ``sparse`` (first sparse kernel that may run, no timing) | ``dense``
+(everything as ``native``), attribute ``mode``; ``verify`` and ``tol`` (the check above);
+``alg_search`` (search cuSPARSELt's fastest algorithm once per problem: on an H100 its default
+algorithm was 0.81x of cuBLAS over ResNet-50's Eq. 1 GEMMs, the searched ones 1.08x,
+``results/gpu/``); ``fused_eq3`` (the fused Triton Eq. 3 above, where Triton imports);
+``timing`` = ``eager`` (a kernel's time includes its host work, what eager training pays) |
+``graph`` (GPU time only, for steps replayed as CUDA graphs, :mod:`fst.ops.gputime`);
+``pack_cache`` (below). An environment variable of :data:`ENV` (``FST_SPARSE24_<SETTING>``),
+when set, overrides its setting whatever the config says (read when the backend is created).
 
 Each weight operand is compressed once per optimizer step (the pack cache of
 :class:`~fst.ops.cslt.SparseGemm`, keyed on the parameter's version counter; Eq. 1 and
@@ -111,7 +98,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ENV", "KERNELS", "Sparse24Backend", "SparseGemmError", "eligible_kernels"]
 
-#: The environment variable that overrides each setting (see the module docstring).
+#: The environment variable that overrides each setting (the only ones fst reads for it).
 ENV = {
     "kernels": "FST_SPARSE24_KERNELS",
     "verify": "FST_SPARSE24_VERIFY",
@@ -214,12 +201,6 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).contiguous()
 
 
-def _out_hw(h, w, k, g: ConvGeometry):
-    ho = (h + 2 * g.padding[0] - g.dilation[0] * (k[0] - 1) - 1) // g.stride[0] + 1
-    wo = (w + 2 * g.padding[1] - g.dilation[1] * (k[1] - 1) - 1) // g.stride[1] + 1
-    return ho, wo
-
-
 def conv_eq1_dense(gemm, x, w, b, g):
     return F.conv2d(x, w, b, g.stride, g.padding, g.dilation)
 
@@ -237,7 +218,7 @@ def conv_eq1_gemm(gemm: SparseGemm, x, w, b, g):
 def _patches(x, k, g: ConvGeometry):
     """(N*Ho*Wo, Ci*kh*kw) im2col rows of ``x`` in PyTorch's (Ci, kh, kw) order, from NHWC."""
     n, ci, h, w = x.shape
-    ho, wo = _out_hw(h, w, k, g)
+    ho, wo = g.out_hw(h, w, k)
     ph, pw = g.padding
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()  # (N, Hp, Wp, Ci)
     s_n, s_h, s_w, s_c = xp.stride()
@@ -259,7 +240,7 @@ def conv_eq1_taps(gemm: SparseGemm, x, w, b, g):
     """Stride 1: ``P = Xpad [S(W) at each (i, j)]^T`` then ``Y(h, w) = sum_ij P_ij(h+i, w+j)``."""
     co, ci, kh, kw = w.shape
     n, _, h, wd = x.shape
-    ho, wo = _out_hw(h, wd, (kh, kw), g)
+    ho, wo = g.out_hw(h, wd, (kh, kw))
     ph, pw = g.padding
     dh, dw = g.dilation
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()  # (N, Hp, Wp, Ci)
@@ -373,7 +354,7 @@ LINEAR_EQ2 = {"dense": linear_eq2_dense, "gemm": linear_eq2_gemm}
 
 
 # --------------------------------------------------------------------------------------------
-# autograd
+# a layer's route and its kernels for fst.ops.function.LayerFunction
 # --------------------------------------------------------------------------------------------
 
 
@@ -535,15 +516,13 @@ class Sparse24Backend(NativeBackend):
     # ---- public entry points (fst.ops.base.Backend) ---------------------------------------
 
     def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
-        # masks held by a sparsifier (state), a dense plan or nothing sparse: as native
-        route = None
-        if not plan.is_dense and state is None:
-            route = self._route("conv", x, weight, bias, geom, plan)
-        if route is None:
+        if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
             return super().conv2d(x, weight, bias, geom, plan, decay, state)
-        return LayerFunction.apply(
-            CONV, x, weight, bias, plan, decay, None, (geom, route, self.gemm)
-        )
+        route = self._route("conv", x, weight, bias, geom, plan)
+        if route is None:
+            return super().conv2d(x, weight, bias, geom, plan, decay)
+        args = (geom, route, self.gemm)
+        return LayerFunction.apply(CONV, x, weight, bias, plan, decay, None, args)
 
     def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
@@ -709,34 +688,35 @@ class Sparse24Backend(NativeBackend):
             log.info("sparse24 %s: %s", ckey[:4], choice)
         return choice.route
 
-    def _operands(self, x, weight, bias, plan, dt, need_x):
+    def _trial(self, kind, x, weight, bias, geom, plan, dt, cl, need_x):
+        """The kernel tables of ``kind``, the arguments of Eq. 1 on this input and, if
+        ``need_x``, of Eq. 2 with a random dY (else None), and the dense Eq. 1 output."""
+        eq1, eq2 = (CONV_EQ1, CONV_EQ2) if kind == "conv" else (LINEAR_EQ1, LINEAR_EQ2)
         w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=need_x)
-        return cast(dt, x.detach(), w_fwd, w_bwd, None if bias is None else bias.detach())
+        b = None if bias is None else bias.detach()
+        xc, wf, wb, b = cast(dt, x.detach(), w_fwd, w_bwd, b)
+        args1 = (xc, wf, b, geom) if kind == "conv" else (xc, wf, b)
+        y, args2 = eq1["dense"](self.gemm, *args1), None
+        if need_x:  # a private generator: choosing kernels must not move the global RNG
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            dy = torch.randn(y.shape, generator=gen, device=x.device, dtype=dt)
+            if cl:
+                dy = dy.contiguous(memory_format=torch.channels_last)
+            args2 = (dy, xc.shape, wb, geom, plan) if kind == "conv" else (dy, wb, plan)
+        return eq1, eq2, args1, args2, y
 
     def _time(self, kind, x, weight, bias, geom, plan, dt, k1, k2, cl) -> Choice:
         """Time every eligible kernel of Eq. 1 and Eq. 2 once on this shape; keep the fastest."""
-        eq1, eq2 = (CONV_EQ1, CONV_EQ2) if kind == "conv" else (LINEAR_EQ1, LINEAR_EQ2)
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            xc, wf, wb, b = self._operands(x, weight, bias, plan, dt, k2 != ["none"])
-            choice = Choice(Route("dense", "dense"))
-            args1 = (xc, wf, b, geom) if kind == "conv" else (xc, wf, b)
-            y = eq1["dense"](self.gemm, *args1)
+        choice, dev = Choice(Route("dense", "dense")), x.device
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+            trial = self._trial(kind, x, weight, bias, geom, plan, dt, cl, k2 != ["none"])
+            eq1, eq2, args1, args2, _ = trial
             for k in k1:
-                self._time_one(choice.eq1_ms, choice.errors, f"eq1:{k}", x.device, eq1[k], args1)
-            if k2 == ["none"]:
-                route2 = "none"
-            else:  # a private generator: choosing kernels must not move the global RNG
-                gen = torch.Generator(device=x.device).manual_seed(0)
-                dy = torch.randn(y.shape, generator=gen, device=x.device, dtype=dt)
-                if cl:
-                    dy = dy.contiguous(memory_format=torch.channels_last)
-                args2 = (dy, xc.shape, wb, geom, plan) if kind == "conv" else (dy, wb, plan)
-                for k in k2:
-                    self._time_one(
-                        choice.eq2_ms, choice.errors, f"eq2:{k}", x.device, eq2[k], args2
-                    )
-                route2 = min(choice.eq2_ms, key=choice.eq2_ms.get, default="dense")
+                self._time_one(choice.eq1_ms, choice.errors, f"eq1:{k}", dev, eq1[k], args1)
+            for k in k2 if args2 else ():
+                self._time_one(choice.eq2_ms, choice.errors, f"eq2:{k}", dev, eq2[k], args2)
         route1 = min(choice.eq1_ms, key=choice.eq1_ms.get, default="dense")
+        route2 = min(choice.eq2_ms, key=choice.eq2_ms.get, default="dense") if args2 else "none"
         choice.route = Route(route1, route2)
         return choice
 
@@ -760,22 +740,14 @@ class Sparse24Backend(NativeBackend):
 
     def _check(self, rec, key, kind, x, weight, bias, geom, plan, route, need_x) -> None:
         """Compare the route's Eq. 1 and Eq. 2 with the dense kernels on this input."""
-        eq1, eq2 = (CONV_EQ1, CONV_EQ2) if kind == "conv" else (LINEAR_EQ1, LINEAR_EQ2)
-        dt = key[2]
         errs = []
         try:
             with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-                xc, wf, wb, b = self._operands(x, weight, bias, plan, dt, need_x)
-                args1 = (xc, wf, b, geom) if kind == "conv" else (xc, wf, b)
-                y_ref = eq1["dense"](self.gemm, *args1)
+                trial = self._trial(kind, x, weight, bias, geom, plan, key[2], key[1], need_x)
+                eq1, eq2, args1, args2, y = trial
                 if route.eq1 != "dense":
-                    errs.append(("eq1", _rel_err(eq1[route.eq1](self.gemm, *args1), y_ref)))
+                    errs.append(("eq1", _rel_err(eq1[route.eq1](self.gemm, *args1), y)))
                 if route.eq2 not in ("dense", "none"):
-                    gen = torch.Generator(device=x.device).manual_seed(0)
-                    dy = torch.randn(y_ref.shape, generator=gen, device=x.device, dtype=dt)
-                    if key[1]:
-                        dy = dy.contiguous(memory_format=torch.channels_last)
-                    args2 = (dy, xc.shape, wb, geom, plan) if kind == "conv" else (dy, wb, plan)
                     ref = eq2["dense"](self.gemm, *args2)
                     errs.append(("eq2", _rel_err(eq2[route.eq2](self.gemm, *args2), ref)))
         except Exception as e:
