@@ -10,11 +10,11 @@ What torch 2.14's dynamo traces (checked by ``tests/test_compile.py`` with
 ``torch._dynamo.explain`` for every strategy x backend, on a ResNet-18 and a timm ViT;
 stateful strategies with their sparsifier, stepped between compiled steps):
 
-- the sparse layers' custom ``torch.autograd.Function``s (``fst.ops.native``,
-  ``fst.ops.reference``), forward and ``once_differentiable`` backward, traced whole: their
-  non-tensor arguments (the frozen :class:`fst.strategies.Strategy`, ``ConvGeometry``, the
-  decay) are constants of the graph; a changed decay scale (a GradScaler's loss scale)
-  recompiles once and is then a graph input;
+- the sparse layers' custom ``torch.autograd.Function`` (every backend's
+  :class:`fst.ops.function.LayerFunction`), forward and ``once_differentiable`` backward,
+  traced whole: its non-tensor arguments (the backend's kernels, the frozen
+  :class:`fst.strategies.Strategy`, ``ConvGeometry``, the decay) are constants of the graph; a
+  changed decay scale (a GradScaler's loss scale) recompiles once and is then a graph input;
 - what used to break graphs, now restructured: ``Strategy.rules`` was a ``cached_property``
   (its lock cannot be traced on Python < 3.12), the IR half of an odd width wrote through
   ``out=`` into a strided view, and ``fst_released`` drew its X patterns with ``.tolist()``.
