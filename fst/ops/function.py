@@ -1,8 +1,8 @@
 """The one autograd skeleton of every backend's sparse layer: :class:`LayerFunction`.
 
 Forward: the plan's weights of Eq. 1 and 2 (masked once), cast to the autocast dtype, Eq. 1
-with autocast off, the operands saved. Backward: dY in the compute dtype, Eq. 2 and 3 (and the
-bias gradient), then the SR-STE decay and the input dtypes. The arithmetic is a
+with autocast off, the operands saved. Backward: dY in the compute dtype, Eq. 2 and 3, the
+bias gradient, then the SR-STE decay and the input dtypes. The arithmetic is a
 :class:`Kernels` pair of plain functions per backend and layer type. ``torch.compile`` traces
 the Function whole (forward and ``once_differentiable`` backward, no graph break).
 """
@@ -25,8 +25,9 @@ class Kernels(NamedTuple):
 
     ``eq1(xc, wf, b, weight, args) -> (y, saved)``: Eq. 1 on the cast operands and the tensor
     backward needs (``weight``: the parameter). ``grads(dy, saved, wb, weight, plan, kw, args,
-    x_shape, need) -> (dx, dw, db)``: Eq. 2, 3 and the bias gradient, each None unless ``need``
-    (x, w, b) asks; ``kw``: the layer's rule state (:func:`fst.rules.with_state`).
+    x_shape, need) -> (dx, dw, db)``: Eq. 2 and 3, each None unless ``need`` (x, w, b) asks;
+    ``db`` None: the sum of dY (else the kernel's, e.g. from one fused call); ``kw``: the
+    layer's rule state (:func:`fst.rules.with_state`).
     """
 
     eq1: Callable
@@ -56,14 +57,14 @@ class LayerFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         saved, wb, weight, w_fwd = ctx.saved_tensors
-        need = ctx.needs_input_grad[1:4]
+        need, plan = ctx.needs_input_grad[1:4], ctx.plan
         dy = dy.to(saved.dtype)
-        dx, dw, db = ctx.k.grads(
-            dy, saved, wb, weight, ctx.plan, ctx.kw, ctx.args, ctx.x_shape, need
-        )
+        dx, dw, db = ctx.k.grads(dy, saved, wb, weight, plan, ctx.kw, ctx.args, ctx.x_shape, need)
+        if need[2] and db is None:  # dY summed over all but its channels (conv: dim 1)
+            db = dy.sum((0, 2, 3)) if weight.dim() == 4 else dy.reshape(-1, dy.shape[-1]).sum(0)
         if dw is not None:
             with elementwise(weight):
-                dw = add_decay(dw.to(weight.dtype), weight, w_fwd, ctx.plan, ctx.decay)
+                dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
         dx = None if dx is None else dx.to(ctx.x_dtype)
         db = None if db is None else db.to(weight.dtype)
         return None, dx, dw, db, None, None, None, None

@@ -36,15 +36,13 @@ def _conv_grads(dy, xc, wb, weight, plan, kw, g, x_shape, need):
     if not eq2.prunes_dy and not eq3.prunes:
         bias_sizes = [weight.shape[0]] if need_b else None
         return conv_bwd(dy, xc, wb, bias_sizes, *args, [need_x, need_w, need_b])
-    dx = dw = db = None
+    dx = dw = None
     if need_x:
         dyi = eq2.prune_dy(dy, 1, plan, **kw)
         dx = conv_bwd(dyi, xc, wb, None, *args, [True, False, False])[0]
-    if need_b:
-        db = dy.sum((0, 2, 3))
     if need_w:
         dw = conv_weight_grad(dy, xc, wb, g, plan, kw)
-    return dx, dw, db
+    return dx, dw, None
 
 
 def _linear_eq1(xc, wf, b, weight, tokens):
@@ -52,11 +50,8 @@ def _linear_eq1(xc, wf, b, weight, tokens):
 
 
 def _linear_grads(dy, xc, wb, weight, plan, kw, tokens, x_shape, need):
-    need_x, need_w, need_b = need
-    dx = plan.rules[1].prune_dy(dy, -1, plan, **kw) @ wb if need_x else None
-    db = dy.reshape(-1, dy.shape[-1]).sum(0) if need_b else None
-    dw = linear_weight_grad(dy, xc, plan, kw, tokens) if need_w else None
-    return dx, dw, db
+    dx = plan.rules[1].prune_dy(dy, -1, plan, **kw) @ wb if need[0] else None
+    return dx, linear_weight_grad(dy, xc, plan, kw, tokens) if need[1] else None, None
 
 
 CONV = Kernels(_conv_eq1, _conv_grads)

@@ -31,7 +31,7 @@ def _conv_eq1(xc, wf, b, weight, g):
 def _conv_grads(dy, cols, wb, weight, plan, kw, g, x_shape, need):
     wo = dy.shape[3]
     dy = dy.flatten(2)  # [N, Co, L]
-    dx = dw = db = None
+    dx = dw = None
     if need[0]:
         dcols = torch.einsum(
             "ok,nol->nkl", wb.flatten(1), plan.rules[1].prune_dy(dy, 1, plan, **kw)
@@ -40,9 +40,7 @@ def _conv_grads(dy, cols, wb, weight, plan, kw, g, x_shape, need):
     if need[1]:
         dyw, xw = plan.rules[2].operands(dy, cols, plan, dim=-1, width=wo, **kw)
         dw = torch.einsum("nol,nkl->ok", dyw, xw).reshape(wb.shape)
-    if need[2]:
-        db = dy.sum((0, 2))
-    return dx, dw, db
+    return dx, dw, None
 
 
 def _linear_eq1(xc, wf, b, weight, tokens):
@@ -51,7 +49,7 @@ def _linear_eq1(xc, wf, b, weight, tokens):
 
 
 def _linear_grads(dy, xc, wb, weight, plan, kw, tokens, x_shape, need):
-    dx = dw = db = None
+    dx = dw = None
     if need[0]:
         dx = torch.einsum("oi,...o->...i", wb, plan.rules[1].prune_dy(dy, -1, plan, **kw))
     if need[1]:
@@ -62,9 +60,7 @@ def _linear_grads(dy, xc, wb, weight, plan, kw, tokens, x_shape, need):
             dw = sum(torch.einsum("...to,...ti->oi", d, t) for d, t in segments)
         else:  # no positions axis: Eq. 3 stays dense
             dw = torch.einsum("bo,bi->oi", dy, xc)
-    if need[2]:
-        db = dy.reshape(-1, dy.shape[-1]).sum(0)
-    return dx, dw, db
+    return dx, dw, None
 
 
 CONV = Kernels(_conv_eq1, _conv_grads)

@@ -380,15 +380,13 @@ def _conv_eq1(xc, wf, b, weight, args):
 
 def _conv_grads(dy, xc, wb, weight, plan, kw, args, x_shape, need):
     g, route, gemm = args
-    dx = dw = db = None
+    dx = dw = None
     if need[0]:
         gemm = gemm.owned(weight, f"eq2:{route.eq2}")
         dx = CONV_EQ2[route.eq2](gemm, dy, x_shape, wb, g, plan)
-    if need[2]:
-        db = dy.sum((0, 2, 3))
     if need[1]:  # Eq. 3 exactly as native (halved for fst / fst_noir)
         dw = eq3.conv_weight_grad(dy, xc, wb, g, plan, kw)
-    return dx, dw, db
+    return dx, dw, None
 
 
 def _linear_eq1(xc, wf, b, weight, args):
@@ -398,16 +396,14 @@ def _linear_eq1(xc, wf, b, weight, args):
 
 def _linear_grads(dy, xc, wb, weight, plan, kw, args, x_shape, need):
     route, gemm, tokens, fuse = args  # tokens: a ViT layer's layout, Eq. 3 follows its rows
-    dx = dw = db = None
+    dx = dw = None
     if need[0]:
         dx = LINEAR_EQ2[route.eq2](gemm.owned(weight, f"eq2:{route.eq2}"), dy, wb, plan)
-    if need[2]:
-        db = dy.reshape(-1, dy.shape[-1]).sum(0)
     if need[1]:
         dw = eq3.fused_linear_weight_grad(dy, xc, plan, tokens) if fuse else None
         if dw is None:
             dw = eq3.linear_weight_grad(dy, xc, plan, kw, tokens)
-    return dx, dw, db
+    return dx, dw, None
 
 
 CONV = Kernels(_conv_eq1, _conv_grads)
