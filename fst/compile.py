@@ -10,11 +10,11 @@ What torch 2.14's dynamo traces (checked by ``tests/test_compile.py`` with
 ``torch._dynamo.explain`` for every strategy x backend, on a ResNet-18 and a timm ViT;
 stateful strategies with their sparsifier, stepped between compiled steps):
 
-- the sparse layers' custom ``torch.autograd.Function``s (``fst.ops.native``,
-  ``fst.ops.reference``), forward and ``once_differentiable`` backward, traced whole: their
-  non-tensor arguments (the frozen :class:`fst.strategies.Strategy`, ``ConvGeometry``, the
-  decay) are constants of the graph; a changed decay scale (a GradScaler's loss scale)
-  recompiles once and is then a graph input;
+- the sparse layers' custom ``torch.autograd.Function`` (every backend's
+  :class:`fst.ops.function.LayerFunction`), forward and ``once_differentiable`` backward,
+  traced whole: its non-tensor arguments (the backend's kernels, the frozen
+  :class:`fst.strategies.Strategy`, ``ConvGeometry``, the decay) are constants of the graph; a
+  changed decay scale (a GradScaler's loss scale) recompiles once and is then a graph input;
 - what used to break graphs, now restructured: ``Strategy.rules`` was a ``cached_property``
   (its lock cannot be traced on Python < 3.12), the IR half of an odd width wrote through
   ``out=`` into a strided view, and ``fst_released`` drew its X patterns with ``.tolist()``.
@@ -55,6 +55,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._inductor import list_mode_options
+
+from fst.layers import sparse_layers
 
 MODES = ("default", "max-autotune")
 
@@ -78,15 +81,11 @@ def compile_mode(value: Any) -> str | None:
 
 def draws_random(model: nn.Module) -> bool:
     """Does any sparse layer's plan draw random numbers (:meth:`Rule.draws_random`)?"""
-    from fst.layers import sparse_layers
-
     return any(r.draws_random(m.plan) for _, m in sparse_layers(model) for r in m.plan.rules)
 
 
 def compile_options(model: nn.Module, mode: str) -> dict[str, Any]:
     """Inductor options of ``mode``, plus ``fallback_random`` when the model draws."""
-    from torch._inductor import list_mode_options
-
     options = dict(list_mode_options(mode))
     if draws_random(model):
         options["fallback_random"] = True
@@ -114,9 +113,7 @@ def compile_model(model: nn.Module, mode: Any) -> nn.Module:
 
 def decides_per_input(model: nn.Module) -> bool:
     """Does any sparse layer's backend pick kernels on its inputs (``sparse24``)?"""
-    from fst.layers import sparse_layers
-
-    return any(m._backend.decides_per_input for _, m in sparse_layers(model))
+    return any(m.backend_impl.decides_per_input for _, m in sparse_layers(model))
 
 
 def eager_first_calls(model: nn.Module) -> nn.Module:

@@ -101,7 +101,7 @@ def sparsify(
 
 def _to_dense(m: _SparseMixin) -> None:
     m.__class__ = DENSE_CLASSES[type(m)]
-    attrs = ("plan", "strategy", "backend", "_backend", "decay", "geom", "last_input_shape")
+    attrs = ("plan", "strategy", "backend", "backend_impl", "decay", "geom", "last_input_shape")
     for attr in (*attrs, "rule_state"):
         m.__dict__.pop(attr, None)
 
@@ -259,7 +259,7 @@ def _gemm_report(m: _SparseMixin) -> dict:
         note = eq3.note(plan, _out_width(m, shape[-1]))
         if note:
             notes.append(note)
-    describe = getattr(m._backend, "describe_layer", None)  # e.g. sparse24: kernel per GEMM
+    describe = getattr(m.backend_impl, "describe_layer", None)  # e.g. sparse24: kernel per GEMM
     if describe is not None:
         notes.append(describe(m))
     return {**eqs, "note": "; ".join(notes)}

@@ -19,7 +19,8 @@ from fst.tokens import TokenLayout
 
 
 class _SparseMixin:
-    """Holds the plan (``.plan``), its key (``.strategy``), the backend and the SR-STE decay.
+    """Holds the plan (``.plan``), its key (``.strategy``), the backend (``.backend_impl``, the
+    :class:`fst.ops.Backend` that runs the layer; ``.backend``, its key) and the SR-STE decay.
 
     ``rule_state``: the layer's per-layer state for plans whose rules keep some across steps
     (a dict owned by the plan's :class:`fst.sparsifier.Sparsifier`, which sets it); None for
@@ -29,6 +30,7 @@ class _SparseMixin:
     plan: Strategy
     strategy: str
     backend: str
+    backend_impl: Backend
     decay: float
     rule_state: dict | None = None
     # Multiplies ``decay`` in backward: the decay term is added to the gradient in every
@@ -41,10 +43,14 @@ class _SparseMixin:
             raise ValueError(f"decay must be >= 0, got {decay}")
         self.plan = plan
         self.strategy = plan.name
-        self._backend = backend if isinstance(backend, Backend) else BACKENDS.get(backend)
-        self.backend = self._backend.name
+        self.backend_impl = backend if isinstance(backend, Backend) else BACKENDS.get(backend)
+        self.backend = self.backend_impl.name
         self.decay = float(decay)
         self.rule_state = None  # a new plan's sparsifier attaches its state
+
+    @property
+    def _backend(self) -> Backend:  # the older name of backend_impl
+        return self.backend_impl
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, strategy={self.strategy}, backend={self.backend}"
@@ -71,9 +77,8 @@ class SparseConv2d(_SparseMixin, nn.Conv2d):
         decay = self.decay * self.decay_scale
         kw = with_state(self.rule_state)
         call = _call if self.plan.traceable else _eager_call
-        return call(
-            self._backend.conv2d, x, self.weight, self.bias, self.geom, self.plan, decay, **kw
-        )
+        fn = self.backend_impl.conv2d
+        return call(fn, x, self.weight, self.bias, self.geom, self.plan, decay, **kw)
 
 
 class SparseLinear(_SparseMixin, nn.Linear):
@@ -94,7 +99,7 @@ class SparseLinear(_SparseMixin, nn.Linear):
             tokens.check(self.last_input_shape)
             kw["tokens"] = tokens
         call = _call if self.plan.traceable else _eager_call
-        return call(self._backend.linear, x, self.weight, self.bias, self.plan, decay, **kw)
+        return call(self.backend_impl.linear, x, self.weight, self.bias, self.plan, decay, **kw)
 
 
 SPARSE_CLASSES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}

@@ -322,7 +322,7 @@ def breakdown(args, device: torch.device) -> dict:
 
 def _pieces(gemm, x, dy, w, tokens, fst_plan, mvue_plan) -> dict:
     """The timed pieces of one Linear layer (``x`` [B, T, in], ``dy`` [B, T, out], ``w``)."""
-    from fst.ops import eq3_triton, native
+    from fst.ops import eq3, eq3_triton
     from fst.rules import weight_operands
 
     dtype, (o, i) = x.dtype, w.shape
@@ -336,14 +336,14 @@ def _pieces(gemm, x, dy, w, tokens, fst_plan, mvue_plan) -> dict:
         "eq2 dense": lambda: dy2 @ wb,
         "eq2 2:4": lambda: gemm.mm(p2, dy2.t(), transpose_result=True),
         "eq3 dense": lambda: dy2.t() @ x2,
-        "eq3 fst unfused": lambda: native._linear_weight_grad(dy, x, fst_plan, {}, tokens),
-        "eq3 mvue": lambda: native._linear_weight_grad(dy, x, mvue_plan, {}, tokens),
+        "eq3 fst unfused": lambda: eq3.linear_weight_grad(dy, x, fst_plan, {}, tokens),
+        "eq3 mvue": lambda: eq3.linear_weight_grad(dy, x, mvue_plan, {}, tokens),
         "masks S(W), S(W^T)": lambda: weight_operands(w, fst_plan),
         "compress 2 operands": lambda: (gemm.compress(wf), gemm.compress(wb.t().contiguous())),
     }
     if tokens.prefix:
         grid_dy = dy[:, tokens.prefix :].reshape(dy.shape[0], *tokens.grid, o)
-        work["IR half alone"] = lambda: native.ir_half(grid_dy, 1.0, dim=-2)
+        work["IR half alone"] = lambda: eq3.ir_half(grid_dy, 1.0, dim=-2)
     if eq3_triton.available(x):
         work["eq3 fst fused"] = lambda: eq3_triton.fixed_weight_grad(dy, x, 1.0, tokens)
     return work

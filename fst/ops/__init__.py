@@ -1,6 +1,7 @@
 """Backends that execute a :class:`fst.strategies.Strategy` for Conv2d and Linear layers.
 
-``BACKENDS[name]`` is a :class:`Backend`; keys are ``configs/backend/*.yaml`` stems:
+``BACKENDS[name]`` is the :class:`Backend` with its default settings, ``build_backend(name,
+**settings)`` one with the other keys of ``configs/backend/<name>.yaml`` (keys: the stems):
 
 - ``reference``: literal, in the im2col domain (unfold, masked matrices, einsum). The oracle.
 - ``native``: fastest with dense kernels on any device (cuDNN / oneDNN convolutions with

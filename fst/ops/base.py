@@ -1,16 +1,20 @@
-"""What every backend shares: the registry, conv geometry, autocast casting, the SR-STE decay.
+"""What every backend shares: the registry and its builder, conv geometry, autocast casting,
+the eager CPU thread scope, the SR-STE decay.
 
 What each GEMM prunes is not decided here but by the plan's rules (:mod:`fst.rules`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
 
 from fst.registry import Registry
 from fst.strategies import Strategy
+from fst.threads import work_threads
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,12 @@ class ConvGeometry:
             pad = (0, 0)
         return cls(tuple(conv.stride), tuple(pad), tuple(conv.dilation))
 
+    def out_hw(self, h: int, w: int, k) -> tuple[int, int]:
+        """(Ho, Wo) of an (h, w) input under a ``k`` = (kh, kw) kernel."""
+        s, p, d = self.stride, self.padding, self.dilation
+        ho = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+        return ho, (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+
 
 class Backend:
     """Executes the three GEMMs of a plan. Subclasses implement :meth:`conv2d` and :meth:`linear`.
@@ -41,6 +51,8 @@ class Backend:
     ``state``: the layer's per-layer state, given only for plans that keep some (a dict the
     backend hands to the plan's rule hooks as ``**with_state(state)`` without reading it;
     see :mod:`fst.rules.base`, "Per-layer state").
+    Settings (``configs/backend/<key>.yaml``'s keys): the keyword-only arguments of
+    ``__init__``, each default written there once (:func:`build_backend`).
     """
 
     name = "base"
@@ -61,19 +73,42 @@ class Backend:
         return f"<backend {self.name}>"
 
     def __deepcopy__(self, memo):
-        # one shared instance per registry key: a copied model's layers use the same backend
-        # (its settings, caches and ``emulate()`` context), not a private copy of it
+        # one shared instance per key and settings: a copied model's layers use the same
+        # backend (its settings, caches and ``emulate()`` context), not a private copy of it
         return self
 
 
+#: ``BACKENDS[key]``: the backend with its default settings, shared by every layer using it.
 BACKENDS: Registry[Backend] = Registry("backend")
+_BUILT: dict[tuple, Backend] = {}
+
+
+def settings_of(cls: type[Backend]) -> dict:
+    """A backend class's settings and their defaults: its keyword-only ``__init__`` arguments."""
+    params = inspect.signature(cls).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def build_backend(name: str, **kwargs) -> Backend:
-    """The backend ``name`` configured by ``kwargs`` (``configs/backend/<name>.yaml``'s keys)."""
-    if kwargs:
-        raise TypeError(f"backend {name!r} takes no option(s) {sorted(kwargs)}")
-    return BACKENDS.get(name)
+    """The backend ``name`` with the settings ``kwargs`` (``configs/backend/<name>.yaml``'s keys
+    but ``name``), one shared instance per settings: the defaults give ``BACKENDS[name]``.
+
+    An unknown setting raises ``TypeError`` naming the valid ones; a bad value, the backend's
+    ``ValueError``.
+    """
+    shared = BACKENDS.get(name)
+    defaults = settings_of(type(shared))
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise TypeError(f"backend {name!r} has no setting(s) {unknown}; valid: {valid}")
+    settings = {**defaults, **kwargs}
+    if settings == defaults:
+        return shared
+    key = (name, tuple(sorted(settings.items())))
+    if key not in _BUILT:
+        _BUILT[key] = type(shared)(**kwargs)
+    return _BUILT[key]
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -89,6 +124,15 @@ def cast(dtype: torch.dtype | None, *tensors):
     if dtype is None:
         return tensors
     return tuple(t if t is None else t.to(dtype) for t in tensors)
+
+
+def elementwise(t: torch.Tensor):
+    """Eager CPU element-wise work over ``t`` runs on as few threads as its size merits
+    (:func:`fst.threads.work_threads`: each small op would pay a thread barrier, which costs
+    milliseconds while another process holds a core); compiled or on a GPU: no change."""
+    if torch.compiler.is_compiling() or t.device.type != "cpu":
+        return contextlib.nullcontext()
+    return work_threads(t.numel())
 
 
 def add_decay(grad_w: torch.Tensor, weight: torch.Tensor, w_fwd: torch.Tensor, plan, decay):

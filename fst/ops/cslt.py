@@ -52,9 +52,9 @@ destroys a cuSPARSELt plan inside every ``torch._cslt_sparse_mm``), two caches:
   :meth:`SparseGemm.owned` names the parameter an operand is derived from, and
   :meth:`SparseGemm.compress_cached` reuses the compressed operand while the parameter's
   version counter (bumped by every in-place update: ``optimizer.step()``, ``copy_``,
-  ``load_state_dict``), storage and the operand's shape and dtype are unchanged.
-  ``FST_SPARSE24_PACK_CACHE=0`` turns it off. (Writes through ``param.data`` bypass the version
-  counter: call :meth:`SparseGemm.clear_packs` after such a write.)
+  ``load_state_dict``), storage and the operand's shape and dtype are unchanged. The
+  ``sparse24`` backend's ``pack_cache=false`` turns it off. (Writes through ``param.data``
+  bypass the version counter: call :meth:`SparseGemm.clear_packs` after such a write.)
 
 :class:`EmulatedGemm` runs the same padding and layout logic with a dense matmul of the masked
 ``A`` and *checks* what cuSPARSELt silently assumes (2:4 along rows, row-major ``A``,
@@ -272,7 +272,7 @@ class SparseGemm:
         return {k: v for k, v in self.__dict__.items() if k not in ("handle", "_packs")}
 
     #: Reuse compressed weight operands within an optimizer step (see the module docstring).
-    cache_packs: bool = os.environ.get("FST_SPARSE24_PACK_CACHE", "1") != "0"
+    cache_packs: bool = True
 
     def check_device(self, device: torch.device) -> None:
         """Raise :class:`SparseGemmError` if this implementation cannot run on ``device``."""
@@ -409,15 +409,9 @@ class CusparseltGemm(SparseGemm):
         self.search_alg = search_alg
         self._alg: dict[tuple, int] = {}
         self._checked: set[torch.device] = set()
-        self.driver_choice = driver or os.environ.get("FST_CUSPARSELT_DRIVER", "auto")
-        if isinstance(self.driver_choice, str) and self.driver_choice not in (
-            "auto",
-            "cupy",
-            "torch",
-        ):
-            raise ValueError(
-                f"FST_CUSPARSELT_DRIVER={self.driver_choice!r}; valid: auto, cupy, torch"
-            )
+        choice = self.driver_choice = driver or os.environ.get("FST_CUSPARSELT_DRIVER", "auto")
+        if isinstance(choice, str) and choice not in ("auto", "cupy", "torch"):
+            raise ValueError(f"FST_CUSPARSELT_DRIVER={choice!r}; valid: auto, cupy, torch")
         self._driver: PlanDriver | None = None
         self._driver_ready = False
         self.driver_failure: str | None = None

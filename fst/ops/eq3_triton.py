@@ -19,10 +19,10 @@ Segments (``start``, ``width``, ``rows``, ``coef``) describe the token axis, at 
   pruned as one more row (``"include"``: ``(0, prefix, 1, ir_coef)``).
 
 An odd ``width`` keeps ``(width + 1) // 2`` columns; the last one has no right neighbour (no
-IR term), exactly as :func:`fst.ops.native.ir_half` pads it.
+IR term), exactly as :func:`fst.ops.eq3.ir_half` pads it.
 
 Used by the ``sparse24`` backend for the weight gradient of token Linear layers on CUDA when
-Triton imports (``FST_SPARSE24_FUSED_EQ3=0`` turns it off; the unfused ``native`` path is the
+Triton imports (its ``fused_eq3=false`` turns it off; the unfused ``native`` path is the
 fallback). Under ``torch.compile`` it is the opaque custom op ``fst::eq3_fixed``. Tests run it
 on CPU under Triton's interpreter (``TRITON_INTERPRET=1``) against the ``reference`` backend.
 On CUDA the tile sizes are autotuned per (out, in, kept tokens); when the output tiles alone
@@ -84,30 +84,12 @@ if triton is not None:
 
     @triton.jit
     def _segment(
-        acc,
-        dy_ptr,
-        x_ptr,
-        O,
-        I,
-        NB,
-        s_dyb,
-        s_dyt,
-        s_dyc,
-        s_xb,
-        s_xt,
-        s_xc,
-        start,
-        width,
-        rows,
-        coef,
-        offs_m,
-        offs_n,
-        pid_k,
-        SPLIT_K: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
-    ):
+        acc, dy_ptr, x_ptr, O, I, NB,  # fp32 tile, operands, out / in / batch sizes
+        s_dyb, s_dyt, s_dyc, s_xb, s_xt, s_xc,  # strides: batch, token, channel
+        start, width, rows, coef,  # the segment
+        offs_m, offs_n, pid_k,
+        SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
         half = (width + 1) // 2
         per_b = rows * half
         total = NB * per_b
@@ -143,34 +125,13 @@ if triton is not None:
 
     @triton.jit
     def _eq3_kernel(
-        dy_ptr,
-        x_ptr,
-        out_ptr,
-        O,
-        I,
-        NB,
-        s_dyb,
-        s_dyt,
-        s_dyc,
-        s_xb,
-        s_xt,
-        s_xc,
-        a_start,
-        a_width,
-        a_rows,
-        a_coef,
-        b_start,
-        b_width,
-        b_rows,
-        b_coef,
+        dy_ptr, x_ptr, out_ptr, O, I, NB,
+        s_dyb, s_dyt, s_dyc, s_xb, s_xt, s_xc,
+        a_start, a_width, a_rows, a_coef, b_start, b_width, b_rows, b_coef,  # two segments
         KEPT,  # kept tokens per example (autotune key only)
-        SPLIT_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
+        SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
         # out is [SPLIT_K, O, I] fp32, contiguous; program (m, n, k) writes its partial tile
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -278,7 +239,7 @@ def fixed_weight_grad(
 
     ``dy`` [..., T, out] and ``x`` [..., T, in] of one dtype (bf16, fp16 or fp32), tokens on
     dim -2 laid out as ``tokens`` (a :class:`fst.tokens.TokenLayout`, or None: one row). Equal
-    to :func:`fst.ops.native._linear_weight_grad` for a ``fixed`` plan, computed in one kernel
+    to :func:`fst.ops.eq3.linear_weight_grad` for a ``fixed`` plan, computed in one kernel
     (see the module docstring). ``split_k``: reduction splits (default: chosen from the GPU's
     size; 1 on CPU).
     """

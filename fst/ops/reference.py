@@ -12,89 +12,59 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from fst.ops.base import BACKENDS, Backend, add_decay, autocast_dtype, cast
-from fst.rules import weight_operands, with_state
-
-
-class _Conv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, geom, plan, decay, state):
-        w_fwd, w_bwd = weight_operands(weight, plan, state=state)
-        xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
-        k = weight.shape[2:]
-        cols = F.unfold(xc, k, geom.dilation, geom.padding, geom.stride)  # [N, K, L]
-        h, w = x.shape[2:]
-        ho = (h + 2 * geom.padding[0] - geom.dilation[0] * (k[0] - 1) - 1) // geom.stride[0] + 1
-        wo = (w + 2 * geom.padding[1] - geom.dilation[1] * (k[1] - 1) - 1) // geom.stride[1] + 1
-        y = torch.einsum("ok,nkl->nol", wf.flatten(1), cols)
-        if b is not None:
-            y = y + b[None, :, None]
-        ctx.save_for_backward(cols, wb, weight, w_fwd)
-        ctx.geom, ctx.plan, ctx.decay, ctx.hw, ctx.wo = geom, plan, decay, (h, w), wo
-        ctx.kw = with_state(state)
-        ctx.x_dtype = x.dtype
-        # einsum's output is channel-major; a contiguous output keeps the layers after it
-        # (batch norm) on the same strides in eager and under torch.compile's fake tensors
-        return y.reshape(x.shape[0], -1, ho, wo).contiguous()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        cols, wb, weight, w_fwd = ctx.saved_tensors
-        g, plan = ctx.geom, ctx.plan
-        dy = dy.to(cols.dtype).flatten(2)  # [N, Co, L]
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dyi = plan.rules[1].prune_dy(dy, 1, plan, **ctx.kw)
-            dcols = torch.einsum("ok,nol->nkl", wb.flatten(1), dyi)
-            k = weight.shape[2:]
-            dx = F.fold(dcols, ctx.hw, k, g.dilation, g.padding, g.stride).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            dyw, xw = plan.rules[2].operands(dy, cols, plan, dim=-1, width=ctx.wo, **ctx.kw)
-            dw = torch.einsum("nol,nkl->ok", dyw, xw).reshape(weight.shape)
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        if ctx.needs_input_grad[2]:
-            db = dy.sum((0, 2)).to(weight.dtype)
-        return dx, dw, db, None, None, None, None
+from fst.ops.base import BACKENDS, Backend
+from fst.ops.function import Kernels, LayerFunction
 
 
-class _Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, plan, decay, state, tokens=None):
-        w_fwd, w_bwd = weight_operands(weight, plan, state=state)
-        xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
-        y = torch.einsum("oi,...i->...o", wf, xc)
-        if b is not None:
-            y = y + b
-        ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.plan, ctx.decay, ctx.x_dtype = plan, decay, x.dtype
-        ctx.kw, ctx.tokens = with_state(state), tokens
-        return y
+def _conv_eq1(xc, wf, b, weight, g):
+    cols = F.unfold(xc, wf.shape[2:], g.dilation, g.padding, g.stride)  # [N, K, L]
+    ho, wo = g.out_hw(*xc.shape[2:], wf.shape[2:])
+    y = torch.einsum("ok,nkl->nol", wf.flatten(1), cols)
+    if b is not None:
+        y = y + b[None, :, None]
+    # einsum's output is channel-major; a contiguous output keeps the layers after it
+    # (batch norm) on the same strides in eager and under torch.compile's fake tensors
+    return y.reshape(xc.shape[0], -1, ho, wo).contiguous(), cols
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        xc, wb, weight, w_fwd = ctx.saved_tensors
-        plan = ctx.plan
-        dy = dy.to(xc.dtype)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dyi = plan.rules[1].prune_dy(dy, -1, plan, **ctx.kw)
-            dx = torch.einsum("oi,...o->...i", wb, dyi).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            eq3 = plan.rules[2]
-            # tokens (dim -2) are the positions axis of Eq. 3; per-example rules need none
-            if xc.dim() >= 3 or not eq3.positions_axis:
-                segments = eq3.token_operands(dy, xc, plan, ctx.tokens, **ctx.kw)
-                dw = sum(torch.einsum("...to,...ti->oi", d, t) for d, t in segments)
-            else:  # no positions axis: Eq. 3 stays dense
-                dw = torch.einsum("bo,bi->oi", dy, xc)
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        if ctx.needs_input_grad[2]:
-            db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
-        return dx, dw, db, None, None, None, None
+
+def _conv_grads(dy, cols, wb, weight, plan, kw, g, x_shape, need):
+    wo = dy.shape[3]
+    dy = dy.flatten(2)  # [N, Co, L]
+    dx = dw = None
+    if need[0]:
+        dcols = torch.einsum(
+            "ok,nol->nkl", wb.flatten(1), plan.rules[1].prune_dy(dy, 1, plan, **kw)
+        )
+        dx = F.fold(dcols, x_shape[2:], wb.shape[2:], g.dilation, g.padding, g.stride)
+    if need[1]:
+        dyw, xw = plan.rules[2].operands(dy, cols, plan, dim=-1, width=wo, **kw)
+        dw = torch.einsum("nol,nkl->ok", dyw, xw).reshape(wb.shape)
+    return dx, dw, None
+
+
+def _linear_eq1(xc, wf, b, weight, tokens):
+    y = torch.einsum("oi,...i->...o", wf, xc)
+    return (y if b is None else y + b), xc
+
+
+def _linear_grads(dy, xc, wb, weight, plan, kw, tokens, x_shape, need):
+    dx = dw = None
+    if need[0]:
+        dx = torch.einsum("oi,...o->...i", wb, plan.rules[1].prune_dy(dy, -1, plan, **kw))
+    if need[1]:
+        eq3 = plan.rules[2]
+        # tokens (dim -2) are the positions axis of Eq. 3; per-example rules need none
+        if xc.dim() >= 3 or not eq3.positions_axis:
+            segments = eq3.token_operands(dy, xc, plan, tokens, **kw)
+            dw = sum(torch.einsum("...to,...ti->oi", d, t) for d, t in segments)
+        else:  # no positions axis: Eq. 3 stays dense
+            dw = torch.einsum("bo,bi->oi", dy, xc)
+    return dx, dw, None
+
+
+CONV = Kernels(_conv_eq1, _conv_grads)
+LINEAR = Kernels(_linear_eq1, _linear_grads)
 
 
 class ReferenceBackend(Backend):
@@ -103,10 +73,10 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
-        return _Conv.apply(x, weight, bias, geom, plan, decay, state)
+        return LayerFunction.apply(CONV, x, weight, bias, plan, decay, state, geom)
 
     def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
-        return _Linear.apply(x, weight, bias, plan, decay, state, tokens)
+        return LayerFunction.apply(LINEAR, x, weight, bias, plan, decay, state, tokens)
 
 
 BACKENDS.register("reference", ReferenceBackend())

@@ -7,10 +7,10 @@ Each layer's three GEMMs (notation of :mod:`fst.strategies`):
   transposed, (K, Co), 2:4 along Co) and multiplied by :mod:`fst.ops.cslt`. ``fst``'s S(W)
   and S(W^T) (from the dense W) are two separately compressed operands; ``tsm``'s T(W) is 2:4
   both ways and is compressed in both orientations (never re-pruned by a tile kernel).
-- Eq. 3 is :mod:`fst.ops.native`'s (the halved weight gradient for ``fst``/``fst_noir``),
-  except for Linear layers over tokens with ``fst``/``fst_noir`` on CUDA: there it is one
-  Triton GEMM that does the IR sum and the even-column gather while loading its tiles
-  (:mod:`fst.ops.eq3_triton`; ``FST_SPARSE24_FUSED_EQ3=0``: the ``native`` path).
+- Eq. 3 is ``native``'s (:mod:`fst.ops.eq3`: the halved weight gradient for
+  ``fst``/``fst_noir``), except for Linear layers over tokens with ``fst``/``fst_noir`` on
+  CUDA: there it is one Triton GEMM that does the IR sum and the even-column gather while
+  loading its tiles (:mod:`fst.ops.eq3_triton`; ``fused_eq3=false``: the ``native`` path).
 
 Kernels per GEMM (``KERNELS``); which ones may run is decided from the operand's 2:4 grouping
 (exactness), which one does from a one-time timing per layer shape (``choices``):
@@ -32,7 +32,7 @@ Kernels per GEMM (``KERNELS``); which ones may run is decided from the operand's
 
 Before a layer's first use with a new input shape, the chosen sparse kernels are checked
 against the ``dense`` ones on the real input (and a random dY) within ``tol`` (relative to
-the largest output, default 0.02; bf16 rounds at 2^-9); on a mismatch or an error the layer
+the largest output; bf16 rounds at 2^-9); on a mismatch or an error the layer
 falls back to ``native`` for good, with a warning. ``fst.summary`` shows, per layer, the
 kernel of each GEMM, why, and the check (``describe_layer``).
 
@@ -42,18 +42,17 @@ and cuSPARSELt, and compute dtypes other than bf16/fp16 (cuSPARSELt's float32 is
 2:4): train with ``trainer.precision=bf16`` (autocast). Every other plan runs exactly: a GEMM
 that cannot use sparse tensor cores runs as ``native`` runs it.
 
-Settings (environment, read when the backend is created; or set the attributes):
-``FST_SPARSE24_KERNELS`` = ``auto`` (time and pick, default) | ``sparse`` (first sparse
-kernel that may run, no timing) | ``dense`` (everything as ``native``);
-``FST_SPARSE24_VERIFY`` = ``1`` | ``0``; ``FST_SPARSE24_TOL`` (0.02);
-``FST_SPARSE24_ALG_SEARCH`` = ``1`` (default: search cuSPARSELt's fastest algorithm once per
-problem; on an H100 its default algorithm was 0.81x of cuBLAS over ResNet-50's Eq. 1 GEMMs,
-the searched ones 1.08x, ``results/gpu/``) | ``0``;
-``FST_SPARSE24_FUSED_EQ3`` = ``1`` (default: the fused Triton Eq. 3 above, where Triton
-imports) | ``0``;
-``FST_SPARSE24_TIMING`` = ``eager`` (default: a kernel's time includes its host work, what
-eager training pays) | ``graph`` (GPU time only, for steps replayed as CUDA graphs, see
-:mod:`fst.ops.gputime`).
+Settings (:class:`Sparse24Backend`'s keyword arguments, defaults in its signature, and the
+keys of ``configs/backend/sparse24.yaml``: ``backend.kernels=sparse``): ``kernels`` = ``auto``
+(time and pick) | ``sparse`` (first sparse kernel that may run, no timing) | ``dense``
+(everything as ``native``), attribute ``mode``; ``verify`` and ``tol`` (the check above);
+``alg_search`` (search cuSPARSELt's fastest algorithm once per problem: on an H100 its default
+algorithm was 0.81x of cuBLAS over ResNet-50's Eq. 1 GEMMs, the searched ones 1.08x,
+``results/gpu/``); ``fused_eq3`` (the fused Triton Eq. 3 above, where Triton imports);
+``timing`` = ``eager`` (a kernel's time includes its host work, what eager training pays) |
+``graph`` (GPU time only, for steps replayed as CUDA graphs, :mod:`fst.ops.gputime`);
+``pack_cache`` (below). An environment variable of :data:`ENV` (``FST_SPARSE24_<SETTING>``),
+when set, overrides its setting whatever the config says (read when the backend is created).
 
 Each weight operand is compressed once per optimizer step (the pack cache of
 :class:`~fst.ops.cslt.SparseGemm`, keyed on the parameter's version counter; Eq. 1 and
@@ -85,18 +84,31 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from fst.ops import eq3_triton, native
-from fst.ops.base import BACKENDS, Backend, ConvGeometry, add_decay, autocast_dtype, cast
+from fst.ops import eq3, eq3_triton  # noqa: F401  (eq3_triton: the tests patch it here)
+from fst.ops.base import BACKENDS, ConvGeometry, autocast_dtype, cast, settings_of
 from fst.ops.cslt import CusparseltGemm, EmulatedGemm, SparseGemm, SparseGemmError
+from fst.ops.function import Kernels, LayerFunction
 from fst.ops.gputime import graph_ms, time_ms
-from fst.rules import weight_operands, with_state
+from fst.ops.native import NativeBackend
+from fst.rules import weight_operands
 from fst.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KERNELS", "Sparse24Backend", "SparseGemmError", "eligible_kernels"]
+__all__ = ["ENV", "KERNELS", "Sparse24Backend", "SparseGemmError", "eligible_kernels"]
+
+#: The environment variable that overrides each setting (the only ones fst reads for it).
+ENV = {
+    "kernels": "FST_SPARSE24_KERNELS",
+    "verify": "FST_SPARSE24_VERIFY",
+    "tol": "FST_SPARSE24_TOL",
+    "alg_search": "FST_SPARSE24_ALG_SEARCH",
+    "fused_eq3": "FST_SPARSE24_FUSED_EQ3",
+    "timing": "FST_SPARSE24_TIMING",
+    "pack_cache": "FST_SPARSE24_PACK_CACHE",
+}
+CHOICES = {"kernels": ("auto", "sparse", "dense"), "timing": ("eager", "graph")}
 
 KERNELS = {
     "dense": "masked dense kernel, as backend=native",
@@ -104,8 +116,7 @@ KERNELS = {
     "im2col": "NHWC patch gather + one cuSPARSELt GEMM (Eq. 2: GEMM + col2im)",
     "taps": "one cuSPARSELt GEMM over the kh*kw kernel positions + shift-and-add (stride 1)",
 }
-SPARSE_PREFERENCE = ("gemm", "taps", "im2col")  # FST_SPARSE24_KERNELS=sparse takes the first
-_conv_bwd = torch.ops.aten.convolution_backward.default
+SPARSE_PREFERENCE = ("gemm", "taps", "im2col")  # kernels=sparse takes the first
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,12 +201,6 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).contiguous()
 
 
-def _out_hw(h, w, k, g: ConvGeometry):
-    ho = (h + 2 * g.padding[0] - g.dilation[0] * (k[0] - 1) - 1) // g.stride[0] + 1
-    wo = (w + 2 * g.padding[1] - g.dilation[1] * (k[1] - 1) - 1) // g.stride[1] + 1
-    return ho, wo
-
-
 def conv_eq1_dense(gemm, x, w, b, g):
     return F.conv2d(x, w, b, g.stride, g.padding, g.dilation)
 
@@ -213,7 +218,7 @@ def conv_eq1_gemm(gemm: SparseGemm, x, w, b, g):
 def _patches(x, k, g: ConvGeometry):
     """(N*Ho*Wo, Ci*kh*kw) im2col rows of ``x`` in PyTorch's (Ci, kh, kw) order, from NHWC."""
     n, ci, h, w = x.shape
-    ho, wo = _out_hw(h, w, k, g)
+    ho, wo = g.out_hw(h, w, k)
     ph, pw = g.padding
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()  # (N, Hp, Wp, Ci)
     s_n, s_h, s_w, s_c = xp.stride()
@@ -235,7 +240,7 @@ def conv_eq1_taps(gemm: SparseGemm, x, w, b, g):
     """Stride 1: ``P = Xpad [S(W) at each (i, j)]^T`` then ``Y(h, w) = sum_ij P_ij(h+i, w+j)``."""
     co, ci, kh, kw = w.shape
     n, _, h, wd = x.shape
-    ho, wo = _out_hw(h, wd, (kh, kw), g)
+    ho, wo = g.out_hw(h, wd, (kh, kw))
     ph, pw = g.padding
     dh, dw = g.dilation
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()  # (N, Hp, Wp, Ci)
@@ -263,7 +268,7 @@ def conv_eq2_dense(gemm, dy, x_shape, wb, g, plan):
     fmt = torch.channels_last if cl else torch.contiguous_format
     x = torch.empty(x_shape, dtype=dy.dtype, device=dy.device, memory_format=fmt)
     args = (g.stride, g.padding, g.dilation, False, [0, 0], 1)
-    return _conv_bwd(dyi, x, wb, None, *args, [True, False, False])[0]
+    return eq3.conv_bwd(dyi, x, wb, None, *args, [True, False, False])[0]
 
 
 def conv_eq2_gemm(gemm: SparseGemm, dy, x_shape, wb, g, plan):
@@ -349,7 +354,7 @@ LINEAR_EQ2 = {"dense": linear_eq2_dense, "gemm": linear_eq2_gemm}
 
 
 # --------------------------------------------------------------------------------------------
-# autograd
+# a layer's route and its kernels for fst.ops.function.LayerFunction
 # --------------------------------------------------------------------------------------------
 
 
@@ -368,84 +373,41 @@ class Route:
 DENSE_ROUTE = Route("dense", "dense")  # a constant: torch.compile traces no dataclass creation
 
 
-class _Conv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, geom, plan, decay, route: Route, gemm: SparseGemm):
-        need_x = ctx.needs_input_grad[0]
-        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=need_x)
-        xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
-        with torch.autocast(x.device.type, enabled=False):
-            y = CONV_EQ1[route.eq1](gemm.owned(weight, f"eq1:{route.eq1}"), xc, wf, b, geom)
-        ctx.save_for_backward(xc, wf if wb is None else wb, weight, w_fwd)
-        ctx.geom, ctx.plan, ctx.decay, ctx.route, ctx.gemm = geom, plan, decay, route, gemm
-        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        xc, wb, weight, w_fwd = ctx.saved_tensors
-        g, plan = ctx.geom, ctx.plan
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dy = dy.to(xc.dtype)
-        dx = dw = db = None
-        if need_x:
-            gemm = ctx.gemm.owned(weight, f"eq2:{ctx.route.eq2}")
-            dx = CONV_EQ2[ctx.route.eq2](gemm, dy, xc.shape, wb, g, plan).to(ctx.x_dtype)
-        if need_b:
-            db = dy.sum((0, 2, 3)).to(weight.dtype)
-        if need_w:  # Eq. 3 exactly as native (halved for fst / fst_noir)
-            dw = native._conv_weight_grad(dy, xc, wb, g, plan, {})
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        return dx, dw, db, None, None, None, None, None
+def _conv_eq1(xc, wf, b, weight, args):
+    g, route, gemm = args
+    return CONV_EQ1[route.eq1](gemm.owned(weight, f"eq1:{route.eq1}"), xc, wf, b, g), xc
 
 
-def fused_eq3(dy, xc, plan: Strategy, tokens=None) -> torch.Tensor | None:
-    """Eq. 3 of a token Linear as one Triton GEMM (:mod:`fst.ops.eq3_triton`), float32; None
-    where it does not apply (another Eq. 3 rule, 2-D input, no Triton, a CPU tensor outside
-    Triton's interpreter, float64): the caller runs :func:`fst.ops.native._linear_weight_grad`.
-    """
-    if plan.rules[2].key != "fixed" or xc.dim() < 3 or not eq3_triton.available(xc):
-        return None
-    if xc.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        return None
-    return eq3_triton.fixed_weight_grad(dy, xc, plan.ir_coef, tokens, plan.prefix_tokens)
+def _conv_grads(dy, xc, wb, weight, plan, kw, args, x_shape, need):
+    g, route, gemm = args
+    dx = dw = None
+    if need[0]:
+        gemm = gemm.owned(weight, f"eq2:{route.eq2}")
+        dx = CONV_EQ2[route.eq2](gemm, dy, x_shape, wb, g, plan)
+    if need[1]:  # Eq. 3 exactly as native (halved for fst / fst_noir)
+        dw = eq3.conv_weight_grad(dy, xc, wb, g, plan, kw)
+    return dx, dw, None
 
 
-class _Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, x, weight, bias, plan, decay, route: Route, gemm: SparseGemm, tokens=None, fuse=False
-    ):
-        w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=ctx.needs_input_grad[0])
-        xc, wf, wb, b = cast(autocast_dtype(x), x, w_fwd, w_bwd, bias)
-        with torch.autocast(x.device.type, enabled=False):
-            y = LINEAR_EQ1[route.eq1](gemm.owned(weight, f"eq1:{route.eq1}"), xc, wf, b)
-        ctx.save_for_backward(xc, wb, weight, w_fwd)
-        ctx.plan, ctx.decay, ctx.route, ctx.gemm = plan, decay, route, gemm
-        ctx.tokens = tokens  # a ViT layer's token layout: Eq. 3 follows its grid rows
-        ctx.x_dtype, ctx.fuse = x.dtype, fuse
-        return y
+def _linear_eq1(xc, wf, b, weight, args):
+    route, gemm, _, _ = args
+    return LINEAR_EQ1[route.eq1](gemm.owned(weight, f"eq1:{route.eq1}"), xc, wf, b), xc
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        xc, wb, weight, w_fwd = ctx.saved_tensors
-        plan = ctx.plan
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dy = dy.to(xc.dtype)
-        dx = dw = db = None
-        if need_x:
-            gemm = ctx.gemm.owned(weight, f"eq2:{ctx.route.eq2}")
-            dx = LINEAR_EQ2[ctx.route.eq2](gemm, dy, wb, plan).to(ctx.x_dtype)
-        if need_b:
-            db = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype)
-        if need_w:
-            dw = fused_eq3(dy, xc, plan, ctx.tokens) if ctx.fuse else None
-            if dw is None:
-                dw = native._linear_weight_grad(dy, xc, plan, {}, ctx.tokens)
-            dw = add_decay(dw.to(weight.dtype), weight, w_fwd, plan, ctx.decay)
-        return dx, dw, db, None, None, None, None, None, None
+
+def _linear_grads(dy, xc, wb, weight, plan, kw, args, x_shape, need):
+    route, gemm, tokens, fuse = args  # tokens: a ViT layer's layout, Eq. 3 follows its rows
+    dx = dw = None
+    if need[0]:
+        dx = LINEAR_EQ2[route.eq2](gemm.owned(weight, f"eq2:{route.eq2}"), dy, wb, plan)
+    if need[1]:
+        dw = eq3.fused_linear_weight_grad(dy, xc, plan, tokens) if fuse else None
+        if dw is None:
+            dw = eq3.linear_weight_grad(dy, xc, plan, kw, tokens)
+    return dx, dw, None
+
+
+CONV = Kernels(_conv_eq1, _conv_grads)
+LINEAR = Kernels(_linear_eq1, _linear_grads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,35 +466,45 @@ class _PerTensor:
         return len(self._d)
 
 
-def _env_flag(name: str, default: str) -> str:
-    return os.environ.get(name, default).strip().lower()
-
-
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().float(), b.detach().float()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-class Sparse24Backend(Backend):
-    """Eq. 1 and 2 on sparse tensor cores where exact and faster; see the module docstring."""
+class Sparse24Backend(NativeBackend):
+    """Eq. 1 and 2 on sparse tensor cores where exact and faster, else as its base class
+    ``native``; see the module docstring (settings: its table; ``gemm``: default cuSPARSELt)."""
 
     name = "sparse24"
     needs_cuda = True
     decides_per_input = True
 
-    def __init__(self, gemm: SparseGemm | None = None):
-        self.gemm = gemm or CusparseltGemm(
-            search_alg=_env_flag("FST_SPARSE24_ALG_SEARCH", "1") == "1"
-        )
-        self.mode = _env_flag("FST_SPARSE24_KERNELS", "auto")
-        if self.mode not in ("auto", "sparse", "dense"):
-            raise ValueError(f"FST_SPARSE24_KERNELS={self.mode!r}; valid: auto, sparse, dense")
-        self.verify = _env_flag("FST_SPARSE24_VERIFY", "1") not in ("0", "false", "no")
-        self.tol = float(os.environ.get("FST_SPARSE24_TOL", "0.02"))
-        self.fused_eq3 = _env_flag("FST_SPARSE24_FUSED_EQ3", "1") not in ("0", "false", "no")
-        self.timing = _env_flag("FST_SPARSE24_TIMING", "eager")
-        if self.timing not in ("eager", "graph"):
-            raise ValueError(f"FST_SPARSE24_TIMING={self.timing!r}; valid: eager, graph")
+    def __init__(
+        self,
+        gemm: SparseGemm | None = None,
+        *,
+        kernels: str = "auto",
+        verify: bool = True,
+        tol: float = 0.02,
+        alg_search: bool = True,
+        fused_eq3: bool = True,
+        timing: str = "eager",
+        pack_cache: bool = True,
+    ):
+        s = {k: v for k, v in locals().items() if k in ENV}
+        defaults = settings_of(type(self))
+        for key, var in ENV.items():  # the environment overrides, parsed like the default
+            raw = os.environ.get(var, "").strip().lower()
+            if raw:
+                s[key] = raw not in ("0", "false", "no") if type(defaults[key]) is bool else raw
+        for key, valid in CHOICES.items():
+            if s[key] not in valid:
+                raise ValueError(
+                    f"sparse24 {key}={s[key]!r} (setting or {ENV[key]}); valid: {', '.join(valid)}"
+                )
+        self.mode, self.timing, self.tol = s["kernels"], s["timing"], float(s["tol"])
+        self.verify, self.fused_eq3, self.pack_cache = s["verify"], s["fused_eq3"], s["pack_cache"]
+        self.gemm = self._packing(gemm or CusparseltGemm(search_alg=bool(s["alg_search"])))
         self.timer: Callable[[Callable[[], object], torch.device, str], float] = self._time_kernel
         self.choices: dict[tuple, Choice] = {}
         self.layers = _PerTensor()
@@ -541,29 +513,24 @@ class Sparse24Backend(Backend):
 
     def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
-            kw = with_state(state)
-            return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay, **kw)
+            return super().conv2d(x, weight, bias, geom, plan, decay, state)
         route = self._route("conv", x, weight, bias, geom, plan)
         if route is None:
-            return BACKENDS.get("native").conv2d(x, weight, bias, geom, plan, decay)
-        return _Conv.apply(x, weight, bias, geom, plan, decay, route, self.gemm)
+            return super().conv2d(x, weight, bias, geom, plan, decay)
+        args = (geom, route, self.gemm)
+        return LayerFunction.apply(CONV, x, weight, bias, plan, decay, None, args)
 
     def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
-        native_kw = {**with_state(state), **({} if tokens is None else {"tokens": tokens})}
         if plan.is_dense or state is not None:  # masks held by a sparsifier: as native
-            return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
+            return super().linear(x, weight, bias, plan, decay, state, tokens)
         route = self._route("linear", x, weight, bias, None, plan)
-        fuse = (
-            self.fused_eq3
-            and plan.rules[2].key == "fixed"
-            and x.dim() >= 3
-            and eq3_triton.available(x)
-        )
+        fuse = self.fused_eq3 and eq3.fuses(plan, x)
         if route is None and fuse:  # Eq. 1 and 2 dense (as native), Eq. 3 fused
             route = DENSE_ROUTE
         if route is None:
-            return BACKENDS.get("native").linear(x, weight, bias, plan, decay, **native_kw)
-        return _Linear.apply(x, weight, bias, plan, decay, route, self.gemm, tokens, fuse)
+            return super().linear(x, weight, bias, plan, decay, state, tokens)
+        args = (route, self.gemm, tokens, fuse)
+        return LayerFunction.apply(LINEAR, x, weight, bias, plan, decay, None, args)
 
     def describe_layer(self, m) -> str:
         """One line for ``fst.summary``: the kernel of Eq. 1 and 2, why, and the check."""
@@ -595,7 +562,7 @@ class Sparse24Backend(Backend):
     def emulate(self, gemm: SparseGemm | None = None, timer=None):
         """Run on any device with ``gemm`` (default :class:`EmulatedGemm`); restores on exit."""
         saved = (self.gemm, self.timer, self.choices, self.layers)
-        self.gemm = gemm or EmulatedGemm()
+        self.gemm = self._packing(gemm or EmulatedGemm())
         if timer is not None:
             self.timer = timer
         self.choices, self.layers = {}, _PerTensor()
@@ -624,6 +591,11 @@ class Sparse24Backend(Backend):
         return "\n".join(lines)
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _packing(self, gemm: SparseGemm) -> SparseGemm:
+        if not self.pack_cache:  # the setting turns the gemm's pack cache off
+            gemm.cache_packs = False
+        return gemm
 
     def _record(self, weight, kind, plan, geom) -> LayerRecord:
         rec = self.layers.get(weight)
@@ -712,34 +684,35 @@ class Sparse24Backend(Backend):
             log.info("sparse24 %s: %s", ckey[:4], choice)
         return choice.route
 
-    def _operands(self, x, weight, bias, plan, dt, need_x):
+    def _trial(self, kind, x, weight, bias, geom, plan, dt, cl, need_x):
+        """The kernel tables of ``kind``, the arguments of Eq. 1 on this input and, if
+        ``need_x``, of Eq. 2 with a random dY (else None), and the dense Eq. 1 output."""
+        eq1, eq2 = (CONV_EQ1, CONV_EQ2) if kind == "conv" else (LINEAR_EQ1, LINEAR_EQ2)
         w_fwd, w_bwd = weight_operands(weight, plan, need_bwd=need_x)
-        return cast(dt, x.detach(), w_fwd, w_bwd, None if bias is None else bias.detach())
+        b = None if bias is None else bias.detach()
+        xc, wf, wb, b = cast(dt, x.detach(), w_fwd, w_bwd, b)
+        args1 = (xc, wf, b, geom) if kind == "conv" else (xc, wf, b)
+        y, args2 = eq1["dense"](self.gemm, *args1), None
+        if need_x:  # a private generator: choosing kernels must not move the global RNG
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            dy = torch.randn(y.shape, generator=gen, device=x.device, dtype=dt)
+            if cl:
+                dy = dy.contiguous(memory_format=torch.channels_last)
+            args2 = (dy, xc.shape, wb, geom, plan) if kind == "conv" else (dy, wb, plan)
+        return eq1, eq2, args1, args2, y
 
     def _time(self, kind, x, weight, bias, geom, plan, dt, k1, k2, cl) -> Choice:
         """Time every eligible kernel of Eq. 1 and Eq. 2 once on this shape; keep the fastest."""
-        eq1, eq2 = (CONV_EQ1, CONV_EQ2) if kind == "conv" else (LINEAR_EQ1, LINEAR_EQ2)
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            xc, wf, wb, b = self._operands(x, weight, bias, plan, dt, k2 != ["none"])
-            choice = Choice(Route("dense", "dense"))
-            args1 = (xc, wf, b, geom) if kind == "conv" else (xc, wf, b)
-            y = eq1["dense"](self.gemm, *args1)
+        choice, dev = Choice(Route("dense", "dense")), x.device
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+            trial = self._trial(kind, x, weight, bias, geom, plan, dt, cl, k2 != ["none"])
+            eq1, eq2, args1, args2, _ = trial
             for k in k1:
-                self._time_one(choice.eq1_ms, choice.errors, f"eq1:{k}", x.device, eq1[k], args1)
-            if k2 == ["none"]:
-                route2 = "none"
-            else:  # a private generator: choosing kernels must not move the global RNG
-                gen = torch.Generator(device=x.device).manual_seed(0)
-                dy = torch.randn(y.shape, generator=gen, device=x.device, dtype=dt)
-                if cl:
-                    dy = dy.contiguous(memory_format=torch.channels_last)
-                args2 = (dy, xc.shape, wb, geom, plan) if kind == "conv" else (dy, wb, plan)
-                for k in k2:
-                    self._time_one(
-                        choice.eq2_ms, choice.errors, f"eq2:{k}", x.device, eq2[k], args2
-                    )
-                route2 = min(choice.eq2_ms, key=choice.eq2_ms.get, default="dense")
+                self._time_one(choice.eq1_ms, choice.errors, f"eq1:{k}", dev, eq1[k], args1)
+            for k in k2 if args2 else ():
+                self._time_one(choice.eq2_ms, choice.errors, f"eq2:{k}", dev, eq2[k], args2)
         route1 = min(choice.eq1_ms, key=choice.eq1_ms.get, default="dense")
+        route2 = min(choice.eq2_ms, key=choice.eq2_ms.get, default="dense") if args2 else "none"
         choice.route = Route(route1, route2)
         return choice
 
@@ -763,22 +736,14 @@ class Sparse24Backend(Backend):
 
     def _check(self, rec, key, kind, x, weight, bias, geom, plan, route, need_x) -> None:
         """Compare the route's Eq. 1 and Eq. 2 with the dense kernels on this input."""
-        eq1, eq2 = (CONV_EQ1, CONV_EQ2) if kind == "conv" else (LINEAR_EQ1, LINEAR_EQ2)
-        dt = key[2]
         errs = []
         try:
             with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-                xc, wf, wb, b = self._operands(x, weight, bias, plan, dt, need_x)
-                args1 = (xc, wf, b, geom) if kind == "conv" else (xc, wf, b)
-                y_ref = eq1["dense"](self.gemm, *args1)
+                trial = self._trial(kind, x, weight, bias, geom, plan, key[2], key[1], need_x)
+                eq1, eq2, args1, args2, y = trial
                 if route.eq1 != "dense":
-                    errs.append(("eq1", _rel_err(eq1[route.eq1](self.gemm, *args1), y_ref)))
+                    errs.append(("eq1", _rel_err(eq1[route.eq1](self.gemm, *args1), y)))
                 if route.eq2 not in ("dense", "none"):
-                    gen = torch.Generator(device=x.device).manual_seed(0)
-                    dy = torch.randn(y_ref.shape, generator=gen, device=x.device, dtype=dt)
-                    if key[1]:
-                        dy = dy.contiguous(memory_format=torch.channels_last)
-                    args2 = (dy, xc.shape, wb, geom, plan) if kind == "conv" else (dy, wb, plan)
                     ref = eq2["dense"](self.gemm, *args2)
                     errs.append(("eq2", _rel_err(eq2[route.eq2](self.gemm, *args2), ref)))
         except Exception as e:

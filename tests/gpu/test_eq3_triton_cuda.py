@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import fst
-from fst.ops import native
+from fst.ops import eq3
 from fst.ops.eq3_triton import fixed_weight_grad
 from fst.tokens import TokenLayout
 from tests.gpu.conftest import needs_cuda, needs_sparse_tensor_cores, rel_err
@@ -31,7 +31,7 @@ SHAPES = [
 
 def _want(dy, x, key, layout, prefix_tokens):
     plan = fst.STRATEGIES.get(key).with_options(prefix_tokens=prefix_tokens)
-    return native._linear_weight_grad(dy.double().cpu(), x.double().cpu(), plan, {}, layout)
+    return eq3.linear_weight_grad(dy.double().cpu(), x.double().cpu(), plan, {}, layout)
 
 
 @needs_cuda

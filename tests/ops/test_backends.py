@@ -231,12 +231,12 @@ def test_gradcheck_dense(backend):
     fst.sparsify(lin, "dense", backend)
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: conv._backend.conv2d(x, w, b, conv.geom, conv.plan, 0.0),
+        lambda x, w, b: conv.backend_impl.conv2d(x, w, b, conv.geom, conv.plan, 0.0),
         (x, conv.weight, conv.bias),
     )
     t = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda t, w, b: lin._backend.linear(t, w, b, lin.plan, 0.0), (t, lin.weight, lin.bias)
+        lambda t, w, b: lin.backend_impl.linear(t, w, b, lin.plan, 0.0), (t, lin.weight, lin.bias)
     )
 
 
