@@ -19,9 +19,9 @@ from fst.data import DATASETS
 from fst.masks import nm_mask
 from fst.metrics import METRICS, Metric
 from fst.models import MODELS
-from fst.ops import BACKENDS, Backend
+from fst.ops import BACKENDS, Backend, build_backend
 from fst.rules import FORWARD_RULES
-from fst.rules.base import register
+from fst.rules.base import option, register
 from fst.rules.forward import ForwardRule
 from fst.strategies import STRATEGIES, Strategy
 from fst.tasks import TASKS
@@ -33,19 +33,21 @@ from fst.types import DataBundle
 # ------------------------------------------------------------------------------------------
 
 
-# fst/rules/forward.py: an Eq. 1 mode, the largest |w| of every 2 along K (1:2, not 2:4).
+# fst/rules/forward.py: an Eq. 1 mode, the largest |w| of every 2 along K (1:2, not 2:4), with
+# one option of its own.
 class ToyHalf(ForwardRule):
     key = "toy_half"
     operand = "W"
+    toy_keep: int = option(1, "toy_half: entries of W kept in every 2 along K", choices=(1, 2))
 
     def formula(self, plan) -> str:
         return "H(W) X"
 
     def pattern(self, plan) -> str:
-        return "1:2"
+        return f"{self.toy_keep}:2"
 
     def mask(self, w, plan, abs_w=None, state=None):
-        return nm_mask(w.reshape(w.shape[0], -1), dim=1, n=1, m=2).view(w.shape)
+        return nm_mask(w.reshape(w.shape[0], -1), dim=1, n=self.toy_keep, m=2).view(w.shape)
 
 
 # fst/strategies.py: one STRATEGIES entry naming a rule per GEMM (+ configs/sparsity/toy.yaml).
@@ -54,20 +56,22 @@ def toy_strategy() -> Strategy:
 
 
 # fst/ops/toy.py (+ its import in fst/ops/__init__.py, configs/backend/toy.yaml): a Backend
-# subclass with conv2d and linear; this one counts its calls and runs the reference arithmetic.
+# subclass with conv2d and linear; this one counts its calls and runs another backend's
+# arithmetic. Its setting (a keyword-only argument) is a key of its YAML.
 class ToyBackend(Backend):
     name = "toy"
 
-    def __init__(self):
+    def __init__(self, *, arithmetic: str = "reference"):
+        self.arithmetic = BACKENDS.get(arithmetic)
         self.calls = 0
 
     def conv2d(self, x, weight, bias, geom, plan, decay, state=None):
         self.calls += 1
-        return BACKENDS.get("reference").conv2d(x, weight, bias, geom, plan, decay, state)
+        return self.arithmetic.conv2d(x, weight, bias, geom, plan, decay, state)
 
     def linear(self, x, weight, bias, plan, decay, state=None, tokens=None):
         self.calls += 1
-        return BACKENDS.get("reference").linear(x, weight, bias, plan, decay, state, tokens)
+        return self.arithmetic.linear(x, weight, bias, plan, decay, state, tokens)
 
 
 @pytest.fixture
@@ -161,6 +165,23 @@ def test_toy_strategy_rule_and_backend_train(toy_gemm):
         torch.testing.assert_close(p.grad, q.grad)
     assert STRATEGIES.get("toy").describe()["eq1"] == "H(W) X"
     assert "H(W) X" in str(fst.summary(model))
+
+
+def test_toy_rule_option_and_backend_setting(toy_gemm):
+    """The rule's option is a strategy option (``sparsity.toy_keep``); the backend's setting a
+    key of its YAML (``backend.arithmetic``), both with no other edit."""
+    torch.manual_seed(0)
+    toy = build_backend("toy", arithmetic="native")
+    assert toy is not BACKENDS.get("toy") and toy.arithmetic is BACKENDS.get("native")
+    with pytest.raises(TypeError, match="arithmetic"):
+        build_backend("toy", arithmetc="native")
+    model = fst.sparsify(build_toy_model(num_classes=3), "toy", toy, toy_keep=2)
+    assert model[0].plan.rules[0].toy_keep == 2 and model[0].backend == "toy"
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model[0](x), F.conv2d(x, model[0].weight, model[0].bias, padding=1))
+    assert toy.calls == 1
+    with pytest.raises(ValueError, match="toy_keep"):
+        fst.sparsify(build_toy_model(num_classes=3), "toy", toy, toy_keep=3)
 
 
 def test_toy_dataset_model_and_metric_through_the_registries(toy_parts):
