@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fst
 from fst.data import DATASETS
+from fst.engine.config import resolve_config
 from fst.masks import nm_mask
 from fst.metrics import METRICS, Metric
 from fst.models import MODELS
@@ -26,6 +26,7 @@ from fst.rules.forward import ForwardRule
 from fst.strategies import STRATEGIES, Strategy
 from fst.tasks import TASKS
 from fst.types import DataBundle
+from tests.conftest import compose
 
 # ------------------------------------------------------------------------------------------
 # Strategy, GEMM mode, backend: written against the API of fst.strategies / fst.rules /
@@ -185,15 +186,11 @@ def test_toy_rule_option_and_backend_setting(toy_gemm):
 
 
 def test_toy_dataset_model_and_metric_through_the_registries(toy_parts):
-    cfg = OmegaConf.create(
-        {
-            "task": "classification",
-            "data": {"name": "toy", "num_samples": 12, "image_size": 8, "batch_size": 4},
-            "model": {"name": "toy", "num_classes": None, "width": 8},
-            "trainer": {},
-        }
-    )
-    task = TASKS[cfg.task](cfg)
+    cfg = compose([])  # the default run, with the toy data and model groups below
+    cfg.data = {"name": "toy", "num_samples": 12, "image_size": 8, "batch_size": 4}
+    cfg.model = {"name": "toy", "label": "toy", "num_classes": None, "width": 8}
+    run = resolve_config(cfg)
+    task = TASKS[run.task](run)
     data = task.build_data()
     assert task.num_classes == 3 and len(data.train) == 12
     model = task.build_model().eval()

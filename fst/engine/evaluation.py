@@ -238,7 +238,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path | None = None) -> d
     check_data(run.data)
     device = resolve_device(typed.trainer.device)
 
-    task = TASKS.get(typed.task)(run)
+    task = TASKS.get(typed.task)(typed)
     data = task.build_data()
     model = build_model(task, typed)
     check_state_dict_compatible(model, state["model"], source=str(ckpt_path))

@@ -265,7 +265,7 @@ def build_parts(cfg: DictConfig, setup: RunSetup):
     run, device, dist, tc = setup.run, setup.device, setup.dist, setup.run.trainer
     # Model initialisation must be identical on every rank; augmentation streams differ by rank.
     seed_everything(run.seed)
-    task = TASKS.get(run.task)(cfg)
+    task = TASKS.get(run.task)(run)
     data = task.build_data()
     model = build_model(task, run)
     if tc.sync_batchnorm and dist.enabled:

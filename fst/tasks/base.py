@@ -5,10 +5,11 @@ optimizer and schedule, autocast, gradient accumulation, checkpoints, logging. A
 batch *means*: which model and data to build, what one training step computes, how to evaluate.
 
 A task is registered in ``fst.tasks.TASKS`` under the value of the top-level ``task`` config field
-(``task: classification`` or ``task: detection``) and is constructed as ``TASKS[cfg.task](cfg)``
-with the full resolved run config (an ``omegaconf.DictConfig``). The engine then calls, in order::
+(``task: classification`` or ``task: detection``) and is constructed as ``TASKS[run.task](run)``
+with the typed run config (``fst.engine.config.RunConfig``, from ``resolve_config``; a task reads
+its ``model``, ``data``, ``loss`` and ``trainer`` parts). The engine then calls, in order::
 
-    task = TASKS[cfg.task](cfg)
+    task = TASKS[run.task](run)
     data = task.build_data()                # DataBundle(train=Dataset, val=Dataset, collate_fn=...)
     model = task.build_model()              # plain nn.Module, before sparsification; may use
                                             # what build_data learned (e.g. the class count)
@@ -41,7 +42,7 @@ class Task:
     """Base class for tasks. Subclasses implement the four methods and set ``primary_metric``.
 
     Attributes:
-        cfg: the resolved run config (``DictConfig``) the task was built from.
+        run: the typed run config (``fst.engine.config.RunConfig``) the task was built from.
         primary_metric: key of ``evaluate``'s result used to pick the best checkpoint and
             reported as the run's headline number (e.g. ``"top1"`` or ``"map"``).
         higher_is_better: direction of ``primary_metric``.
@@ -54,16 +55,17 @@ class Task:
     higher_is_better: bool = True
     metric: str = ""
 
-    def __init__(self, cfg: Any):
-        self.cfg = cfg
+    def __init__(self, run: Any):
+        self.run = run
+        self.num_classes: int | None = run.model.kwargs.get("num_classes")
         self.data: Any = None
 
     def build_model(self) -> nn.Module:
-        """Return the dense model described by ``cfg.model`` (the engine sparsifies it)."""
+        """Return the dense model described by ``run.model`` (the engine sparsifies it)."""
         raise NotImplementedError
 
     def build_data(self) -> DataBundle:
-        """Return the train/val datasets described by ``cfg.data``."""
+        """Return the train/val datasets described by ``run.data``."""
         raise NotImplementedError
 
     def train_step(

@@ -8,8 +8,7 @@ from torch import nn
 
 from fst.data import DATASETS
 from fst.models import MODELS
-from fst.registry import group_kwargs
-from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
+from fst.types import ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -23,19 +22,16 @@ class ClassificationTask(Task):
     higher_is_better = True
     metric = "accuracy"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.num_classes: int | None = cfg.model.get("num_classes")
-        loss_cfg = cfg.get("loss") or {}
-        self.label_smoothing = float(loss_cfg.get("label_smoothing", 0.0))
-        self.channels_last = bool(cfg.trainer.get("channels_last", False))
+    def __init__(self, run):
+        super().__init__(run)
+        self.label_smoothing = float(run.loss.label_smoothing)
+        self.channels_last = bool(run.trainer.channels_last)
 
     def build_data(self) -> DataBundle:
-        kwargs = group_kwargs(self.cfg.data, drop=DATA_LOADER_KEYS)
-        data = DATASETS.get(self.cfg.data.name)(**kwargs)
+        data = DATASETS.get(self.run.data.name)(**self.run.data.kwargs)
         if data.num_classes is not None and data.num_classes < 2:
             raise ConfigError(
-                f"data={self.cfg.data.name} has {data.num_classes} class: a classifier needs at "
+                f"data={self.run.data.name} has {data.num_classes} class: a classifier needs at "
                 "least 2 (check data.root and the class folders under train/)"
             )
         if self.num_classes is None:
@@ -44,10 +40,10 @@ class ClassificationTask(Task):
         return data
 
     def build_model(self) -> nn.Module:
-        kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
+        kwargs = dict(self.run.model.kwargs)
         if "num_classes" in kwargs and kwargs["num_classes"] is None:
             kwargs["num_classes"] = self.num_classes
-        return MODELS.get(self.cfg.model.name)(**kwargs)
+        return MODELS.get(self.run.model.name)(**kwargs)
 
     def _to(self, batch, device: torch.device):
         images, labels = batch

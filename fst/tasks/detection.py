@@ -13,15 +13,13 @@ import logging
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from fst.data import DATASETS
 from fst.data.detection import collate
 from fst.logging.progress import track
 from fst.models import MODELS
-from fst.registry import group_kwargs
-from fst.types import DATA_LOADER_KEYS, MODEL_KEYS, ConfigError
+from fst.types import ConfigError
 
 from . import TASKS
 from .base import DataBundle, Task
@@ -45,18 +43,13 @@ class DetectionTask(Task):
     primary_metric = "mAP"
     higher_is_better = True
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.num_classes: int | None = cfg.model.get("num_classes")
-
     def build_data(self) -> DataBundle:
-        kwargs = group_kwargs(self.cfg.data, drop=DATA_LOADER_KEYS)
-        self.data = DATASETS.get(self.cfg.data.name)(**kwargs)
+        self.data = DATASETS.get(self.run.data.name)(**self.run.data.kwargs)
         if self.num_classes is None:
             self.num_classes = self.data.num_classes
         elif self.num_classes != self.data.num_classes:
             raise ConfigError(
-                f"model.num_classes={self.num_classes} but the {self.cfg.data.name} data has "
+                f"model.num_classes={self.num_classes} but the {self.run.data.name} data has "
                 f"{self.data.num_classes} classes; set model.num_classes=null to infer it"
             )
         self.metric = self.data.metric  # the data's METRICS key: "coco" or "voc"
@@ -65,12 +58,12 @@ class DetectionTask(Task):
         )
 
     def build_model(self) -> nn.Module:
-        kwargs = group_kwargs(self.cfg.model, drop=MODEL_KEYS)
+        kwargs = dict(self.run.model.kwargs)
         if kwargs.get("num_classes") is None:
             if self.num_classes is None:
                 raise ValueError("model.num_classes is null: call build_data() first or set it")
             kwargs["num_classes"] = self.num_classes
-        return MODELS.get(self.cfg.model.name)(**kwargs)
+        return MODELS.get(self.run.model.name)(**kwargs)
 
     def train_step(self, model: nn.Module, batch, device: torch.device) -> dict[str, torch.Tensor]:
         images, targets = batch
@@ -87,9 +80,7 @@ class DetectionTask(Task):
             raise RuntimeError("evaluate() needs build_data() first (it holds the ground truth)")
         metric = self.build_metric()
         shown = []
-        show_bar = True
-        if OmegaConf.is_config(self.cfg):
-            show_bar = bool(OmegaConf.select(self.cfg, "trainer.progress_bar", default=True))
+        show_bar = self.run.trainer.progress_bar
         for images, targets in track(loader, "eval", unit="batch", leave=False, enabled=show_bar):
             out = model([im.to(device, non_blocking=True) for im in images])
             out = [

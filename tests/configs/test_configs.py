@@ -78,7 +78,7 @@ def test_model_label_is_not_passed_to_the_builder():
     from fst.tasks import TASKS
 
     cfg = compose(["model=timm", "model.arch=test_resnet", "model.num_classes=10"])
-    model = TASKS.get("classification")(cfg).build_model()
+    model = TASKS.get("classification")(resolve_config(cfg)).build_model()
     assert model.num_classes == 10
 
 

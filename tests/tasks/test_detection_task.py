@@ -55,11 +55,12 @@ def test_train_step_and_evaluate(experiment, shapes_root):
     model_name = experiment.removeprefix("table4_").rsplit("_shapes", 1)[0]
     cfg = compose([f"+experiment={experiment}", *_shrink(shapes_root, model_name)])
     assert cfg.task == "detection" and cfg.model.name == model_name
-    task = TASKS[cfg.task](cfg)
+    run = resolve_config(cfg)
+    task = TASKS[run.task](run)
     data = task.build_data()
     assert task.num_classes == 4 and data.num_classes == 4
     torch.manual_seed(0)
-    model = build_model(task, resolve_config(cfg))
+    model = build_model(task, run)
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     assert layers and all(isinstance(m, (SparseConv2d, SparseLinear)) for m in layers)
 
