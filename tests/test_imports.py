@@ -97,13 +97,6 @@ def _module_imports(path: Path, module: str, modules: set[str]) -> set[str]:
     return (out & modules) - own
 
 
-# Circles owned by other parts of issue 25, to be removed by them: rules/base -> strategies
-# (rules read options off a Strategy) and ops/cslt <-> ops/cslt_cupy.
-KNOWN_CIRCLES: list[set[str]] = [
-    {"fst.ops.cslt", "fst.ops.cslt_cupy"},
-]
-
-
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of ``graph`` with more than one node (Tarjan)."""
     index: dict[str, int] = {}
@@ -181,7 +174,7 @@ def test_module_graph_has_no_circle():
         parts = f.relative_to(ROOT).with_suffix("").parts
         files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     graph = {m: _module_imports(f, m, set(files)) for m, f in files.items()}
-    circles = [c for c in _cycles(graph) if not any(known <= set(c) for known in KNOWN_CIRCLES)]
+    circles = _cycles(graph)
     assert circles == [], "import circle(s), lazy imports counted: " + "; ".join(
         " <-> ".join(c) for c in circles
     )

@@ -10,7 +10,7 @@
   Eq. 3 as ``native``; per layer shape the faster of sparse and dense kernels.
 """
 
-from fst.ops import native, reference, sparse24  # noqa: E402,F401  (fill BACKENDS)
+from fst.ops import cslt_cupy, native, reference, sparse24  # noqa: F401  (fill the registries)
 from fst.ops.base import BACKENDS, Backend, ConvGeometry, build_backend
 
 __all__ = ["BACKENDS", "Backend", "ConvGeometry", "build_backend"]

@@ -231,6 +231,11 @@ class PlanDriver:
         raise NotImplementedError
 
 
+#: Plan drivers by name, registered by their modules (:mod:`fst.ops.cslt_cupy` adds ``"cupy"``;
+#: ``fst.ops`` imports it), so that this module imports none of them.
+PLAN_DRIVERS: dict[str, type[PlanDriver]] = {}
+
+
 class _Owned:
     """A gemm whose :meth:`matmul` compresses ``a`` through the per-step pack cache of
     ``owner`` (the parameter ``a`` is derived from) under ``tag`` (which operand of it)."""
@@ -436,9 +441,7 @@ class CusparseltGemm(SparseGemm):
                 self._driver = choice
             elif choice in ("auto", "cupy"):
                 try:
-                    from fst.ops.cslt_cupy import CupyDriver
-
-                    self._driver = CupyDriver()
+                    self._driver = PLAN_DRIVERS["cupy"]()
                 except Exception as e:  # no CuPy / no cuSPARSELt binding: torch's operators
                     self.driver_failure = f"{type(e).__name__}: {e}"
                     log.log(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fst.ops.cslt import PlanDriver, PlanKey
+from fst.ops.cslt import PLAN_DRIVERS, PlanDriver, PlanKey
 
 
 class _Plan:
@@ -119,3 +119,6 @@ class CupyDriver(PlanDriver):
             plan.workspace.data_ptr(),
         )
         return out
+
+
+PLAN_DRIVERS[CupyDriver.name] = CupyDriver
