@@ -12,9 +12,7 @@ import difflib
 import logging
 from pathlib import Path
 
-import timm
 import torch
-from timm.models import is_model_in_modules
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models import resnet50 as tv_resnet50
@@ -216,6 +214,8 @@ def timm_model(
     pretrained_strict: bool = False,
 ) -> nn.Module:
     """Any ``timm`` architecture by name (``timm.create_model(arch, pretrained=False, ...)``)."""
+    import timm  # at first use: ~0.9 s (and wandb) that ResNet runs need not pay at start-up
+
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5)
         raise ConfigError(
@@ -262,6 +262,9 @@ def vit(
     this layout (:mod:`fst.tokens`) so that Eq. 3 pairs each patch with its right neighbour in
     the same grid row. Weights only from ``pretrained`` (a local file).
     """
+    import timm  # at first use (see timm_model)
+    from timm.models import is_model_in_modules
+
     if not timm.is_model(arch) or not is_model_in_modules(arch, ["vision_transformer", "deit"]):
         names = timm.list_models(module=["vision_transformer", "deit"])
         close = difflib.get_close_matches(arch, names, n=5)
