@@ -19,6 +19,7 @@ each entry takes the data config and returns a ``DetectionData``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -543,14 +544,19 @@ class DetectionData:
         return len(self.class_names)
 
 
+#: The shapes set's parameters (their defaults: :func:`build_shapes`'s, written there once).
+SHAPES_PARAMS = ("num_train", "num_val", "image_size", "max_objects", "scale", "generator_seed")
+
+
 def shapes_dir(
-    root: str | None = None,
-    num_train: int = 1000,
-    num_val: int = 200,
-    image_size: int = 128,
-    max_objects: int = 4,
-    scale: tuple[float, float] = (0.15, 0.5),
-    generator_seed: int = 0,
+    root: str | None,
+    *,
+    num_train: int,
+    num_val: int,
+    image_size: int,
+    max_objects: int,
+    scale: tuple[float, float],
+    generator_seed: int,
 ) -> Path:
     """The shapes set's COCO folder under ``root`` (default: ``default_cache_dir()``), named by
     its parameters and generated on first use (``data=shapes`` and mmdet's ``FSTShapesDataset``
@@ -579,13 +585,28 @@ def build_shapes(
 ) -> DetectionData:
     """The embedded set, generated on first use under ``root`` (default: ``default_cache_dir()``)
     in a folder named by its parameters, then read through the COCO code path."""
-    d = shapes_dir(root, num_train, num_val, image_size, max_objects, scale, generator_seed)
+    d = shapes_dir(
+        root,
+        num_train=num_train,
+        num_val=num_val,
+        image_size=image_size,
+        max_objects=max_objects,
+        scale=scale,
+        generator_seed=generator_seed,
+    )
     ann = d / "annotations"
     train = CocoDetection(
         d / "train", ann / "instances_train.json", build_transforms(augment, True), train=True
     )
     val = CocoDetection(d / "val", ann / "instances_val.json", build_transforms(augment, False))
     return DetectionData(train, val, "coco", train.class_names, log_images)
+
+
+def shapes_params(kwargs: dict) -> dict:
+    """Pop the shapes set's parameters (:data:`SHAPES_PARAMS`) out of ``kwargs``, with
+    :func:`build_shapes`'s defaults for those not given."""
+    defaults = inspect.signature(build_shapes).parameters
+    return {k: kwargs.pop(k, defaults[k].default) for k in SHAPES_PARAMS}
 
 
 def _require_root(root: str | None, what: str) -> Path:

@@ -41,7 +41,7 @@ from mmengine.optim import OptimWrapper
 from torch import nn
 
 from fst.convert import sparsify, summary
-from fst.data.detection import SHAPE_CLASSES, shapes_dir
+from fst.data.detection import SHAPE_CLASSES, shapes_dir, shapes_params
 from fst.layers import sparse_layers
 from fst.logging.sparsity import MaskTracker
 from fst.ops import BACKENDS
@@ -262,8 +262,9 @@ class FSTShapesDataset(CocoDataset):
 
     Args:
         split: ``"train"`` or ``"val"``.
-        root, num_train, num_val, image_size, max_objects, scale, generator_seed: as
-            ``configs/data/shapes.yaml``.
+        root, and the shapes parameters (``fst.data.detection.SHAPES_PARAMS``: ``num_train``,
+            ``image_size``, ...): as ``configs/data/shapes.yaml``, with ``data=shapes``'s
+            defaults.
     """
 
     METAINFO = {
@@ -271,23 +272,10 @@ class FSTShapesDataset(CocoDataset):
         "palette": [(220, 20, 60), (0, 128, 255), (0, 170, 0), (255, 160, 0)],
     }
 
-    def __init__(
-        self,
-        split: str = "train",
-        root: str | None = None,
-        num_train: int = 1000,
-        num_val: int = 200,
-        image_size: int = 128,
-        max_objects: int = 4,
-        scale: tuple[float, float] = (0.15, 0.5),
-        generator_seed: int = 0,
-        **kwargs,
-    ):
+    def __init__(self, split: str = "train", root: str | None = None, **kwargs):
         if split not in ("train", "val"):
             raise ValueError(f"FSTShapesDataset: split must be 'train' or 'val', got {split!r}")
-        d = shapes_dir(
-            root, num_train, num_val, image_size, max_objects, tuple(scale), generator_seed
-        )
+        d = shapes_dir(root, **shapes_params(kwargs))  # the rest of kwargs is CocoDataset's
         super().__init__(
             data_root=str(d),
             ann_file=f"annotations/instances_{split}.json",

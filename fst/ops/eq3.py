@@ -95,7 +95,7 @@ def _kept_halves(dy, xc, coef: float, plan: Strategy, tokens) -> list[tuple]:
     segments = [_kept_half(dy[..., p:, :], xc[..., p:, :], coef, tokens.width)]
     if p:
         dyp, xp = dy[..., :p, :], xc[..., :p, :]
-        if plan.prefix_tokens == "include":
+        if plan.rules[2].prefix_tokens == "include":  # the Eq. 3 rule owns the option
             dyp, xp = _kept_half(dyp, xp, coef, p)
         segments.insert(0, (dyp, xp))
     return segments
@@ -122,4 +122,4 @@ def fused_linear_weight_grad(dy, xc, plan: Strategy, tokens=None) -> torch.Tenso
     if not fuses(plan, xc) or xc.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return None
     coef = plan.rules[2].kept_half(plan)
-    return eq3_triton.fixed_weight_grad(dy, xc, coef, tokens, plan.prefix_tokens)
+    return eq3_triton.fixed_weight_grad(dy, xc, coef, tokens, plan.rules[2].prefix_tokens)

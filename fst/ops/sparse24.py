@@ -138,7 +138,7 @@ def eq1_grouping(plan: Strategy, weight_shape) -> tuple[set[str], str]:
     one_by_one = len(weight_shape) == 2 or tuple(weight_shape[2:]) == (1, 1)
     if one_by_one:
         return {"K", "Ci"}, w
-    if "mask_layout" in rule.options and plan.mask_layout == "cin":
+    if getattr(rule, "mask_layout", "") == "cin":  # an option of the Eq. 1 rule
         return {"Ci"}, w
     return {"K"}, w
 
